@@ -1,0 +1,30 @@
+"""optimum-multipruner: training-free structured pruning (MultiPruner, BlockPruner) for Hugging Face LLMs.
+
+Importing the package registers the pruned model types (`multipruner_llama`, ...) with transformers' Auto classes,
+so `AutoModelForCausalLM.from_pretrained(pruned_dir)` works.
+"""
+
+from .architectures import ADAPTERS, get_adapter
+from .configuration import MultiPrunerConfig
+from .modeling import register_pruned_models
+from .pruner import MultiPruner
+from .record import PruningRecord, PruningStep
+from .surgery import PrunedStructure, count_parameters
+from .version import __version__
+
+
+register_pruned_models()
+
+SUPPORTED_MODEL_TYPES = tuple(sorted(ADAPTERS))
+
+__all__ = [
+    "MultiPruner",
+    "MultiPrunerConfig",
+    "PrunedStructure",
+    "PruningRecord",
+    "PruningStep",
+    "SUPPORTED_MODEL_TYPES",
+    "count_parameters",
+    "get_adapter",
+    "__version__",
+]

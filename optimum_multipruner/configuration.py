@@ -1,0 +1,178 @@
+"""`MultiPrunerConfig`: every setting of a MultiPruner (or BlockPruner) search, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from .utils import atomic_write_text
+
+
+CONFIG_NAME = "multipruner_config.json"
+
+STAGES = ("block", "mlp", "attention")
+
+
+@dataclass
+class MultiPrunerConfig:
+    """Configuration of a training-free MultiPruner search.
+
+    The search removes structure in three stages, in this order: residual blocks (whole attention or MLP sub-blocks),
+    MLP intermediate channels, attention heads (whole KV groups under GQA). Stage targets are cumulative shares of
+    `target_ratio` given by `pruning_distribution`. A distribution of `(1, 0, 0)` is BlockPruner
+    (see [`MultiPrunerConfig.blockpruner`]).
+
+    Args:
+        target_ratio (`float`): share of **all** model parameters (embeddings and `lm_head` included) to remove, in (0, 1).
+        pruning_distribution (`tuple[float, float, float]`): relative budget of the block, MLP-channel and
+            attention-head stages (normalised to sum 1). Defaults to the reference `(44, 52, 4)`.
+        mlp_channel_group_size (`int`): intermediate channels removed per MLP step (reference: 1024).
+        attn_channel_group_size (`int`, *optional*): query channels removed per attention step; must be a multiple of
+            one whole KV group (`num_attention_heads / num_key_value_heads * head_dim`). Defaults to one KV group.
+        width_alignment (`int`): MLP group sizes must be multiples of it, so pruned widths stay friendly to int4
+            group-wise compression and CPU GEMM kernels (128 by default).
+        weight_reorder (`bool`): reorder channels/heads once by L1 weight magnitude before the width stages, so each
+            step removes the least important tail group (reference default).
+        calibration_dataset (`str`): `"alpaca"` (Hub `tatsu-lab/alpaca`), `"wikitext2"`, `"ptb"`, `"c4"`, any Hub
+            dataset name, or a local `.txt`/`.json`/`.jsonl`/`.parquet` file.
+        calibration_text_column (`str`): column holding the text for table-like datasets.
+        num_calibration_samples_block (`int`): calibration rows for the block stage (reference: 256).
+        num_calibration_samples_width (`int`): calibration rows for the width stages (reference: 128).
+        sequence_length (`int`): tokens per calibration sequence (reference: 2048).
+        batch_size (`int`): sequences per forward pass.
+        seed (`int`): seed of the calibration row sampling (reference: 42).
+        block_types (`tuple[str, ...]`): which sub-blocks the block stage may remove: `"attention"`, `"mlp"` or both.
+        accelerated_search (`bool`): reuse cached hidden states and stop losing candidates early. It makes the same
+            choices as the plain search; switch it off only to compare.
+    """
+
+    target_ratio: float = 0.20
+    pruning_distribution: tuple[float, float, float] = (44.0, 52.0, 4.0)
+    mlp_channel_group_size: int = 1024
+    attn_channel_group_size: Optional[int] = None
+    width_alignment: int = 128
+    weight_reorder: bool = True
+    calibration_dataset: str = "alpaca"
+    calibration_text_column: str = "text"
+    num_calibration_samples_block: int = 256
+    num_calibration_samples_width: int = 128
+    sequence_length: int = 2048
+    batch_size: int = 2
+    seed: int = 42
+    block_types: tuple[str, ...] = ("attention", "mlp")
+    accelerated_search: bool = True
+
+    def __post_init__(self) -> None:
+        self.pruning_distribution = tuple(float(x) for x in self.pruning_distribution)
+        self.block_types = tuple(self.block_types)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise `ValueError` with an actionable message on any inconsistent setting."""
+        ratio = self.target_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0 < ratio < 1:
+            raise ValueError(f"`target_ratio` must be a number in (0, 1) (a share of all parameters), got {ratio!r}.")
+        dist = self.pruning_distribution
+        if len(dist) != 3:
+            raise ValueError(f"`pruning_distribution` needs 3 parts (blocks, MLP channels, attention heads), got {dist}.")
+        if any(math.isnan(x) or x < 0 for x in dist) or sum(dist) <= 0:
+            raise ValueError(
+                f"`pruning_distribution` parts must be non-negative with a positive sum, got {dist}."
+            )
+        for name in (
+            "mlp_channel_group_size",
+            "width_alignment",
+            "num_calibration_samples_block",
+            "num_calibration_samples_width",
+            "sequence_length",
+            "batch_size",
+        ):
+            _check_positive_int(name, getattr(self, name))
+        if self.attn_channel_group_size is not None:
+            _check_positive_int("attn_channel_group_size", self.attn_channel_group_size)
+        if self.mlp_channel_group_size % self.width_alignment:
+            raise ValueError(
+                f"`mlp_channel_group_size` ({self.mlp_channel_group_size}) must be a multiple of `width_alignment` "
+                f"({self.width_alignment}) so every pruned MLP width stays aligned."
+            )
+        unknown = set(self.block_types) - {"attention", "mlp"}
+        if unknown or not self.block_types:
+            raise ValueError(f"`block_types` must be a non-empty subset of ('attention', 'mlp'), got {self.block_types}.")
+        if not isinstance(self.calibration_dataset, str) or not self.calibration_dataset:
+            raise ValueError("`calibration_dataset` must be a dataset name or a path to a local file.")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def stage_targets(self) -> dict[str, float]:
+        """Cumulative ratio each stage must reach: `T*a`, `T*(a+b)`, `T` (normalised distribution)."""
+        a, b, c = (x / sum(self.pruning_distribution) for x in self.pruning_distribution)
+        return {"block": self.target_ratio * a, "mlp": self.target_ratio * (a + b), "attention": self.target_ratio}
+
+    @property
+    def active_stages(self) -> tuple[str, ...]:
+        return tuple(stage for stage, share in zip(STAGES, self.pruning_distribution) if share > 0)
+
+    @property
+    def is_blockpruner(self) -> bool:
+        return self.active_stages == ("block",)
+
+    @classmethod
+    def blockpruner(cls, target_ratio: float = 0.20, **kwargs: Any) -> "MultiPrunerConfig":
+        """BlockPruner (Zhong et al., 2024): only whole attention/MLP sub-blocks, 128 calibration rows by default."""
+        kwargs.setdefault("num_calibration_samples_block", 128)
+        return cls(target_ratio=target_ratio, pruning_distribution=(1.0, 0.0, 0.0), **kwargs)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["pruning_distribution"] = list(self.pruning_distribution)
+        data["block_types"] = list(self.block_types)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MultiPrunerConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"A MultiPrunerConfig must be a JSON object, got {type(data).__name__}.")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"Unknown MultiPrunerConfig field(s) {unknown}; known fields: {sorted(names)}.")
+        try:
+            return cls(**data)
+        except TypeError as error:  # wrong value types from a hand-edited file
+            raise ValueError(f"Invalid MultiPrunerConfig: {error}") from error
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> str:
+        """Write `multipruner_config.json` into `save_directory` (atomically) and return its path."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"`save_directory` ({save_directory}) is a file, not a directory.")
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        atomic_write_text(path, self.to_json_string())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, os.PathLike]) -> "MultiPrunerConfig":
+        """Load from a directory holding `multipruner_config.json`, or from a JSON file."""
+        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"No MultiPruner configuration found at {file}.")
+        with open(file, encoding="utf-8") as handle:
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{file} is not valid JSON ({error}); the file is corrupted or truncated.") from error
+        return cls.from_dict(data)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")

@@ -1,0 +1,86 @@
+"""Registered pruned model types (`multipruner_<family>`) that stock `transformers` saves and loads.
+
+A pruned checkpoint keeps every dense field of its family's config and adds one `pruning` section (per-layer kept
+query heads, KV heads and MLP width). Its model class applies that structure in `post_init`, before weights load, so
+`AutoModelForCausalLM.from_pretrained` finds tensors of exactly the right shapes.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .architectures import ADAPTERS, PRUNED_MODEL_TYPE_PREFIX, ArchitectureAdapter
+from .surgery import PrunedStructure, apply_structure, compact_cache_slots
+
+
+PRUNED_CONFIG_CLASSES: dict[str, type] = {}
+PRUNED_MODEL_CLASSES: dict[str, type] = {}
+
+
+def _make_pruned_classes(adapter: ArchitectureAdapter) -> tuple[type, type]:
+    model_type = PRUNED_MODEL_TYPE_PREFIX + adapter.model_type
+    module = sys.modules[__name__]
+
+    config_class = type(
+        f"MultiPruned{adapter.stem}Config",
+        (adapter.config_class,),
+        {
+            "__module__": __name__,
+            "__doc__": f"`{adapter.config_class.__name__}` plus the `pruning` section of a MultiPruner checkpoint.",
+            "__annotations__": {"pruning": Optional[dict]},
+            "model_type": model_type,
+            "pruning": None,
+        },
+    )
+
+    def post_init(self) -> None:
+        if self.config.pruning is not None:
+            apply_structure(self, adapter, PrunedStructure.from_dict(self.config.pruning))
+        compact_cache_slots(self, adapter)
+        adapter.causal_lm_class.post_init(self)
+
+    model_class = type(
+        f"MultiPruned{adapter.stem}ForCausalLM",
+        (adapter.causal_lm_class,),
+        {
+            "__module__": __name__,
+            "__doc__": f"`{adapter.causal_lm_class.__name__}` with per-layer pruned attention heads and MLP widths.",
+            "config_class": config_class,
+            "post_init": post_init,
+        },
+    )
+    setattr(module, config_class.__name__, config_class)
+    setattr(module, model_class.__name__, model_class)
+    return config_class, model_class
+
+
+def register_pruned_models() -> None:
+    """Create and register the pruned config/model class of every supported family with the Auto classes."""
+    for base_type, adapter in ADAPTERS.items():
+        if base_type in PRUNED_CONFIG_CLASSES:
+            continue
+        config_class, model_class = _make_pruned_classes(adapter)
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
+        PRUNED_CONFIG_CLASSES[base_type] = config_class
+        PRUNED_MODEL_CLASSES[base_type] = model_class
+
+
+def to_pruned_model(model: nn.Module, adapter: ArchitectureAdapter, structure: PrunedStructure) -> nn.Module:
+    """Turn a physically pruned model into its registered pruned class, in place (no weight is copied)."""
+    register_pruned_models()
+    old_config = model.config
+    values = {k: v for k, v in old_config.to_dict().items() if k not in ("model_type", "architectures", "pruning")}
+    values["pruning"] = structure.to_dict()
+    new_config = PRUNED_CONFIG_CLASSES[adapter.model_type].from_dict(values)
+    new_config._attn_implementation = old_config._attn_implementation
+    for module in model.modules():
+        if getattr(module, "config", None) is old_config:
+            module.config = new_config
+    model.__class__ = PRUNED_MODEL_CLASSES[adapter.model_type]
+    compact_cache_slots(model, adapter)
+    return model

@@ -1,0 +1,71 @@
+"""Small shared helpers: the library logger and atomic file writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator, Union
+
+_LIBRARY_LOGGER = "optimum_multipruner"
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Logger under the library's namespace (`optimum_multipruner.*`)."""
+    if not name.startswith(_LIBRARY_LOGGER):
+        name = f"{_LIBRARY_LOGGER}.{name}"
+    return logging.getLogger(name)
+
+
+def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def check_output_dir(path: Union[str, os.PathLike], overwrite: bool) -> None:
+    """Refuse to write into an existing output unless `overwrite`; a file in the way is always an error."""
+    if os.path.isfile(path):
+        raise FileExistsError(f"The output path {path} is a file; give a directory path.")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(
+            f"The output directory {path} already exists and is not empty. Pass `overwrite=True` (`--overwrite` on the "
+            "command line) to replace it, or choose another directory."
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"Cannot write the output directory {path}: {parent} is not writable.")
+
+
+@contextmanager
+def atomic_directory(path: Union[str, os.PathLike], overwrite: bool = False) -> Iterator[str]:
+    """Yield a temporary sibling folder; on success it replaces `path`, on failure it is removed and `path` is intact."""
+    check_output_dir(path, overwrite)
+    path = os.path.abspath(path)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    backup = None
+    if os.path.exists(path):
+        backup = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.old-")
+        os.rmdir(backup)
+        os.replace(path, backup)
+    os.replace(tmp, path)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,39 @@
+from setuptools import find_namespace_packages, setup
+
+
+version = {}
+with open("optimum_multipruner/version.py", encoding="utf-8") as handle:
+    exec(handle.read(), version)
+
+INSTALL_REQUIRES = [
+    "torch>=2.1",
+    "transformers>=5.5,<5.6",
+    "optimum>=2.3,<2.4",
+    "optimum-intel>=2.2,<2.3",
+    "openvino>=2026.0",
+    "openvino-tokenizers>=2026.0",
+    "nncf>=3.3",
+    "datasets>=3.0",
+    "safetensors>=0.4",
+    "tqdm",
+]
+
+EXTRAS_REQUIRE = {
+    "eval": ["lm-eval>=0.4.2,<0.5", "matplotlib"],
+    "smollm2": ["gguf", "accelerate"],
+    "tests": ["pytest", "lm-eval>=0.4.2,<0.5", "matplotlib", "gguf", "accelerate"],
+}
+
+setup(
+    name="optimum-multipruner",
+    version=version["__version__"],
+    description="Training-free structured pruning (MultiPruner, BlockPruner) of Hugging Face LLMs for OpenVINO",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_namespace_packages(include=["optimum_multipruner*", "optimum.commands.register"]),
+    package_data={"optimum_multipruner": ["evaluation/tasks/*.yaml"]},
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

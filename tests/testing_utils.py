@@ -1,0 +1,81 @@
+"""Tiny random models and a local tokenizer and text, built in code (no Hub)."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+
+VOCAB_SIZE = 320
+WORDS = (
+    "the a model layer prunes heads channels of in and to small fast block attention network weights data text "
+    "token learns runs is was on with for by at from every each some many quiet bright river stone light open"
+).split()
+
+_COMMON = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=3,
+)
+
+CONFIGS = {
+    "llama": lambda: LlamaConfig(**_COMMON, head_dim=16),
+    "mistral": lambda: MistralConfig(**_COMMON, head_dim=16, sliding_window=32),
+    "qwen2": lambda: Qwen2Config(**_COMMON),
+    "qwen3": lambda: Qwen3Config(**_COMMON, head_dim=16),
+    "phi3": lambda: Phi3Config(**_COMMON),
+}
+FAMILIES = sorted(CONFIGS)
+
+
+def make_text(num_rows: int = 400, seed: int = 0) -> list[str]:
+    """Deterministic pseudo-sentences, one per row."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 18))) + "." for _ in range(num_rows)]
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `make_text()` (ids 0-3 are special: unk, bos, eos, pad)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(make_text(), trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def make_model(family: str, seed: int = 0, attn_implementation: str = "eager", **overrides):
+    """A tiny random model of `family` in eval mode."""
+    config = CONFIGS[family]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    return model.eval()
