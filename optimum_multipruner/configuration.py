@@ -48,6 +48,8 @@ class MultiPrunerConfig:
         block_types (`tuple[str, ...]`): which sub-blocks the block stage may remove: `"attention"`, `"mlp"` or both.
         accelerated_search (`bool`): reuse cached hidden states and stop losing candidates early. It makes the same
             choices as the plain search; switch it off only to compare.
+        max_steps (`int`, *optional*): stop after this many greedy steps even below the target ratio (BlockPruner's
+            "number of blocks to delete" is `max_steps` with a block-only distribution).
     """
 
     target_ratio: float = 0.20
@@ -65,6 +67,7 @@ class MultiPrunerConfig:
     seed: int = 42
     block_types: tuple[str, ...] = ("attention", "mlp")
     accelerated_search: bool = True
+    max_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.pruning_distribution = tuple(float(x) for x in self.pruning_distribution)
@@ -93,8 +96,9 @@ class MultiPrunerConfig:
             "batch_size",
         ):
             _check_positive_int(name, getattr(self, name))
-        if self.attn_channel_group_size is not None:
-            _check_positive_int("attn_channel_group_size", self.attn_channel_group_size)
+        for name in ("attn_channel_group_size", "max_steps"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
         if self.mlp_channel_group_size % self.width_alignment:
             raise ValueError(
                 f"`mlp_channel_group_size` ({self.mlp_channel_group_size}) must be a multiple of `width_alignment` "

@@ -43,6 +43,18 @@ def _make_pruned_classes(adapter: ArchitectureAdapter) -> tuple[type, type]:
         compact_cache_slots(self, adapter)
         adapter.causal_lm_class.post_init(self)
 
+    def from_pretrained(cls, *args, **kwargs):
+        """Stock loading, but a tensor whose shape disagrees with the `pruning` section is an error, not a re-init."""
+        want_info = kwargs.pop("output_loading_info", False)
+        kwargs["ignore_mismatched_sizes"] = True  # collect the mismatches, then refuse them below with their names
+        model, info = adapter.causal_lm_class.from_pretrained.__func__(cls, *args, output_loading_info=True, **kwargs)
+        if info.get("mismatched_keys"):
+            raise ValueError(
+                "The checkpoint's tensors do not match its `pruning` section (config.json): "
+                f"{_describe_mismatches(info['mismatched_keys'])}. The checkpoint is corrupted or was edited."
+            )
+        return (model, info) if want_info else model
+
     model_class = type(
         f"MultiPruned{adapter.stem}ForCausalLM",
         (adapter.causal_lm_class,),
@@ -51,11 +63,24 @@ def _make_pruned_classes(adapter: ArchitectureAdapter) -> tuple[type, type]:
             "__doc__": f"`{adapter.causal_lm_class.__name__}` with per-layer pruned attention heads and MLP widths.",
             "config_class": config_class,
             "post_init": post_init,
+            "from_pretrained": classmethod(from_pretrained),
         },
     )
     setattr(module, config_class.__name__, config_class)
     setattr(module, model_class.__name__, model_class)
     return config_class, model_class
+
+
+def _describe_mismatches(mismatches) -> str:
+    """`model.layers.3.mlp.up_proj.weight: checkpoint [128, 64] vs pruning [192, 64]`, for each mismatch."""
+    parts = []
+    for entry in sorted(mismatches, key=str):
+        if isinstance(entry, (tuple, list)) and len(entry) == 3:
+            key, checkpoint_shape, model_shape = entry
+            parts.append(f"{key}: checkpoint {list(checkpoint_shape)} vs pruning {list(model_shape)}")
+        else:
+            parts.append(str(entry))
+    return "; ".join(parts)
 
 
 def register_pruned_models() -> None:

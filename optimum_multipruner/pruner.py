@@ -93,6 +93,9 @@ class MultiPruner:
                 record.start_perplexity[calibration_set] = evaluator.base_perplexity
             bar = tqdm(total=round(target * 100, 2), desc=f"{stage} stage (% removed)", disable=not progress)
             while ratio < target:
+                if config.max_steps is not None and len(record.steps) >= config.max_steps:
+                    record.target_reached = False
+                    break
                 candidates = candidates_for(stage, layers, adapter, layout, units)
                 if not candidates:
                     logger.warning("Stage %s ran out of candidates at ratio %.4f (target %.4f).", stage, ratio, target)
@@ -182,12 +185,6 @@ class MultiPruner:
 
     def _calibration_sequences(self, config: MultiPrunerConfig) -> dict[str, torch.Tensor]:
         """The reference's two row sets, drawn from one seeded stream: width rows first, then block rows."""
-        vocab = self.model.get_input_embeddings().num_embeddings
-        if len(self.tokenizer) > vocab:
-            raise ValueError(
-                f"The tokenizer has {len(self.tokenizer)} tokens but the model's embedding has {vocab} rows: the "
-                "tokenizer does not belong to this model."
-            )
         rows = load_text_rows(config.calibration_dataset, "calibration", config.calibration_text_column)
         rng = random.Random(config.seed)
         sets = {}
@@ -197,6 +194,13 @@ class MultiPruner:
         if "block" in config.active_stages:
             picked = sample_rows(rows, config.num_calibration_samples_block, rng, config.calibration_dataset)
             sets["block"] = build_sequences(self.tokenizer, picked, config.sequence_length, "The block calibration text")
+        vocab = self.model.get_input_embeddings().num_embeddings
+        largest = max(int(sequences.max()) for sequences in sets.values())
+        if largest >= vocab:
+            raise ValueError(
+                f"The tokenizer produced token id {largest} but the model's embedding has only {vocab} rows: the "
+                "tokenizer does not belong to this model."
+            )
         return sets
 
     def _kept(self, layer: nn.Module, candidate: Candidate) -> int:

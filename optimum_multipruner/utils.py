@@ -19,6 +19,13 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
+def _default_mode(directory: bool) -> int:
+    """Permissions a plain `open`/`mkdir` would give under the current umask (temp files start private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -28,6 +35,7 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _default_mode(directory=False))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -56,6 +64,7 @@ def atomic_directory(path: Union[str, os.PathLike], overwrite: bool = False) -> 
     check_output_dir(path, overwrite)
     path = os.path.abspath(path)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.tmp-")
+    os.chmod(tmp, _default_mode(directory=True))
     try:
         yield tmp
     except BaseException:

@@ -5,8 +5,8 @@ points at a loader below, which reads a local copy of the data set from the task
 the stock task evaluates. Where the local format allows it the loader rebuilds the stock task's Hub schema, so the YAML
 keeps the stock `doc_to_text` / `doc_to_target` / `doc_to_choice` verbatim.
 
-The data directory comes from the task metadata key `data_dir` (lm-eval passes task metadata to `custom_dataset`; set it
-with `TaskManager(metadata={"data_dir": ...})` or `lm_eval --metadata '{"data_dir": ...}'`), else from the
+The data directory comes from the task metadata key `data_dir` (lm-eval passes task metadata to `custom_dataset`;
+set it with `TaskManager(metadata={"data_dir": ...})` or `lm_eval --metadata '{"data_dir": ...}'`), else from the
 `MULTIPRUNER_TASK_DATA` environment variable. Its layout (paths in `TASK_FILES`) is that of the shared assets folder.
 """
 
@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import datasets
-
-# The stock HellaSwag preprocessing (query/choices/gold built from the Hub columns), reused as is.
-from lm_eval.tasks.hellaswag.utils import process_docs as process_hellaswag_docs  # noqa: F401  (used by hellaswag.yaml)
 
 
 TASK_DATA_ENV = "MULTIPRUNER_TASK_DATA"
@@ -73,7 +70,7 @@ def _single_split(split: str, records: list[dict[str, Any]]) -> datasets.Dataset
 
 
 def load_piqa(data_dir: Optional[str] = None, **metadata: Any) -> datasets.DatasetDict:
-    """PIQA validation in the Hub schema (`goal`, `sol1`, `sol2`, `label`), strings exactly as in the original files."""
+    """PIQA validation in the Hub schema (`goal`, `sol1`, `sol2`, `label`), strings as in the original files."""
     questions_path, labels_path = task_files("piqa", data_dir)
     questions = _read_jsonl(questions_path)
     labels = labels_path.read_text(encoding="utf-8").split()
@@ -87,7 +84,7 @@ def load_piqa(data_dir: Optional[str] = None, **metadata: Any) -> datasets.Datas
 
 
 def load_winogrande(data_dir: Optional[str] = None, **metadata: Any) -> datasets.DatasetDict:
-    """WinoGrande xl dev as `{"context_options", "continuation", "gold"}` records (see the `winogrande_*` functions)."""
+    """WinoGrande xl dev as `{"context_options", "continuation", "gold"}` records (see `winogrande_*` below)."""
     (path,) = task_files("winogrande", data_dir)
     return _single_split("validation", _read_jsonl(path))
 
@@ -98,13 +95,22 @@ def load_hellaswag(data_dir: Optional[str] = None, **metadata: Any) -> datasets.
     return _single_split("validation", _read_jsonl(path))
 
 
+def process_hellaswag_docs(dataset: datasets.Dataset) -> datasets.Dataset:
+    """The stock HellaSwag preprocessing (`query`, `choices`, `gold` from the Hub columns), called as is."""
+    from lm_eval.tasks.hellaswag.utils import process_docs
+
+    return process_docs(dataset)
+
+
 def _load_arc(task: str, data_dir: Optional[str]) -> datasets.DatasetDict:
     """ARC test rows rebuilt in the Hub schema (`question`, `choices.text`, `choices.label`, `answerKey`)."""
     (path,) = task_files(task, data_dir)
     records = []
     for row in _read_jsonl(path):
         if not row["query"].startswith(_QUESTION_PREFIX):
-            raise ValueError(f"{path}: expected queries starting with {_QUESTION_PREFIX!r}, got {row['query'][:40]!r}.")
+            raise ValueError(
+                f"{path}: expected queries starting with {_QUESTION_PREFIX!r}, got {row['query'][:40]!r}."
+            )
         labels = list(_ARC_LABELS[: len(row["choices"])])
         records.append(
             {
