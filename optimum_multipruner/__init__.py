@@ -6,6 +6,7 @@ so `AutoModelForCausalLM.from_pretrained(pruned_dir)` works.
 
 from .architectures import ADAPTERS, get_adapter
 from .configuration import MultiPrunerConfig
+from .exporters import enable_lazy_openvino_registration, export_openvino
 from .modeling import register_pruned_models
 from .pruner import MultiPruner
 from .record import PruningRecord, PruningStep
@@ -14,6 +15,7 @@ from .version import __version__
 
 
 register_pruned_models()
+enable_lazy_openvino_registration()  # OpenVINO export configs register when optimum's OpenVINO exporter is imported
 
 SUPPORTED_MODEL_TYPES = tuple(sorted(ADAPTERS))
 
@@ -25,6 +27,7 @@ __all__ = [
     "PruningStep",
     "SUPPORTED_MODEL_TYPES",
     "count_parameters",
+    "export_openvino",
     "get_adapter",
     "__version__",
 ]

@@ -22,9 +22,13 @@ def base_model_type(model_type: str) -> str:
 
 
 def get_adapter(model_or_config) -> ArchitectureAdapter:
-    """The adapter of a model (or config); `ValueError` naming the supported families for anything else."""
-    config = getattr(model_or_config, "config", model_or_config)
-    model_type = base_model_type(getattr(config, "model_type", "") or "")
+    """The adapter of a model, a config or a `model_type` string; `ValueError` naming the supported families for
+    anything else."""
+    if isinstance(model_or_config, str):
+        model_type = base_model_type(model_or_config)
+    else:
+        config = getattr(model_or_config, "config", model_or_config)
+        model_type = base_model_type(getattr(config, "model_type", "") or "")
     if model_type not in ADAPTERS:
         raise ValueError(
             f"Unsupported architecture {model_type or type(model_or_config).__name__!r}: MultiPruner supports the "

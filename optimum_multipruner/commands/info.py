@@ -1,0 +1,105 @@
+"""`optimum-cli multipruner info`: the per-layer structure of a pruned checkpoint or of its OpenVINO export."""
+
+from __future__ import annotations
+
+import json
+from argparse import ArgumentParser
+from typing import Any
+
+from optimum.commands.base import BaseOptimumCLICommand
+
+
+def load_pruned_config(model_name_or_path: str):
+    """The pruned config class instance of a checkpoint dir, an OpenVINO export dir (base `model_type`) or a Hub id."""
+    from transformers.utils import cached_file
+
+    from optimum_multipruner.architectures import base_model_type
+    from optimum_multipruner.modeling import PRUNED_CONFIG_CLASSES, register_pruned_models
+
+    register_pruned_models()
+    with open(cached_file(model_name_or_path, "config.json"), encoding="utf-8") as handle:
+        values = json.load(handle)
+    base_type = base_model_type(values.get("model_type", ""))
+    if base_type not in PRUNED_CONFIG_CLASSES:
+        raise ValueError(
+            f"{model_name_or_path} has model type {values.get('model_type')!r}; supported families: "
+            f"{', '.join(sorted(PRUNED_CONFIG_CLASSES))}."
+        )
+    values = {key: value for key, value in values.items() if key not in ("model_type", "architectures")}
+    return PRUNED_CONFIG_CLASSES[base_type].from_dict(values)
+
+
+def structure_summary(model_name_or_path: str) -> dict[str, Any]:
+    """Per-layer kept heads / KV heads / MLP width / parameters, from the config alone (model built on `meta`)."""
+    import torch
+
+    from optimum_multipruner.architectures import get_adapter
+    from optimum_multipruner.modeling import PRUNED_MODEL_CLASSES
+    from optimum_multipruner.surgery import count_parameters, dense_parameter_count, read_structure
+
+    config = load_pruned_config(model_name_or_path)
+    adapter = get_adapter(config)
+    with torch.device("meta"):
+        model = PRUNED_MODEL_CLASSES[adapter.model_type](config)
+    structure = read_structure(model, adapter)
+    layers = adapter.decoder_layers(model)
+    rows = [
+        {
+            "layer": index,
+            "attention_heads": heads,
+            "kv_heads": kv_heads,
+            "mlp_width": width,
+            "parameters": count_parameters(layer),
+        }
+        for index, (layer, heads, kv_heads, width) in enumerate(
+            zip(layers, structure.num_attention_heads, structure.num_key_value_heads, structure.intermediate_size)
+        )
+    ]
+    layout = adapter.attention_layout(config)
+    return {
+        "model": model_name_or_path,
+        "model_type": adapter.model_type,
+        "dense": {"attention_heads": layout.num_heads, "kv_heads": layout.num_kv_heads,
+                  "mlp_width": config.intermediate_size},
+        "layers": rows,
+        "parameters": count_parameters(model),
+        "dense_parameters": dense_parameter_count(config, adapter),
+    }
+
+
+def format_structure_table(summary: dict[str, Any]) -> str:
+    """A fixed-width text table of `structure_summary` with totals."""
+    dense = summary["dense"]
+    lines = [
+        f"{summary['model']} ({summary['model_type']}; dense: {dense['attention_heads']} heads, "
+        f"{dense['kv_heads']} KV heads, MLP {dense['mlp_width']})",
+        f"{'layer':>5}  {'attention':<9}  {'heads':>5}  {'KV heads':>8}  {'MLP width':>9}  {'parameters':>12}",
+    ]
+    for row in summary["layers"]:
+        attention = "kept" if row["kv_heads"] else "removed"
+        mlp = str(row["mlp_width"]) if row["mlp_width"] else "removed"
+        lines.append(
+            f"{row['layer']:>5}  {attention:<9}  {row['attention_heads']:>5}  {row['kv_heads']:>8}  {mlp:>9}  "
+            f"{row['parameters']:>12,}"
+        )
+    removed = 1 - summary["parameters"] / summary["dense_parameters"]
+    lines.append(
+        f"total parameters: {summary['parameters']:,} of {summary['dense_parameters']:,} dense "
+        f"({100 * removed:.2f}% removed); attention kept in "
+        f"{sum(1 for row in summary['layers'] if row['kv_heads'])}/{len(summary['layers'])} layers, MLP kept in "
+        f"{sum(1 for row in summary['layers'] if row['mlp_width'])}/{len(summary['layers'])}"
+    )
+    return "\n".join(lines)
+
+
+class InfoCommand(BaseOptimumCLICommand):
+    HELP = "Print the per-layer structure (attention heads, KV heads, MLP width, parameters) of a pruned model."
+
+    @staticmethod
+    def parse_args(parser: ArgumentParser) -> None:
+        parser.add_argument("model", help="pruned checkpoint directory, its OpenVINO export directory, or a Hub id")
+        parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+
+    def run(self) -> None:
+        summary = structure_summary(self.args.model)
+        print(json.dumps(summary, indent=2) if self.args.json else format_structure_table(summary))
