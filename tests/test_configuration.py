@@ -1,0 +1,70 @@
+"""`MultiPrunerConfig`: defaults, derived targets, (de)serialisation, validation."""
+
+import json
+
+import pytest
+
+from optimum_multipruner import MultiPrunerConfig
+
+
+def test_defaults_follow_the_reference():
+    config = MultiPrunerConfig()
+    assert config.pruning_distribution == (44.0, 52.0, 4.0)
+    assert (config.mlp_channel_group_size, config.attn_channel_group_size) == (1024, None)  # None: one KV group
+    assert (config.num_calibration_samples_block, config.num_calibration_samples_width) == (256, 128)
+    assert (config.sequence_length, config.seed, config.calibration_dataset) == (2048, 42, "alpaca")
+    assert config.weight_reorder and config.active_stages == ("block", "mlp", "attention")
+
+
+def test_stage_targets_are_cumulative():
+    targets = MultiPrunerConfig(target_ratio=0.22, pruning_distribution=(44, 52, 4)).stage_targets
+    assert targets["block"] == pytest.approx(0.22 * 0.44)
+    assert targets["mlp"] == pytest.approx(0.22 * 0.96)
+    assert targets["attention"] == pytest.approx(0.22)
+
+
+def test_blockpruner_mode():
+    config = MultiPrunerConfig.blockpruner(0.2, max_steps=12)
+    assert config.is_blockpruner and config.active_stages == ("block",)
+    assert config.num_calibration_samples_block == 128 and config.max_steps == 12
+    assert not MultiPrunerConfig().is_blockpruner
+
+
+def test_round_trip(tmp_path):
+    config = MultiPrunerConfig(target_ratio=0.1, pruning_distribution=(10, 90, 0), block_types=("attention",))
+    assert MultiPrunerConfig.from_dict(config.to_dict()) == config
+    path = config.save_pretrained(tmp_path)
+    assert json.loads(open(path).read())["pruning_distribution"] == [10.0, 90.0, 0.0]
+    assert MultiPrunerConfig.from_pretrained(tmp_path) == config
+    assert MultiPrunerConfig.from_pretrained(path) == config
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"target_ratio": 0.2', "corrupted or truncated"),
+        ('{"target_ratio": 0.2, "colour": "red"}', "Unknown MultiPrunerConfig field"),
+        ('{"target_ratio": 2}', "target_ratio"),
+        ("[1, 2]", "JSON object"),
+    ],
+)
+def test_bad_files_give_clear_errors(tmp_path, text, message):
+    (tmp_path / "multipruner_config.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        MultiPrunerConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("mlp_channel_group_size", 0),
+        ("attn_channel_group_size", -128),
+        ("sequence_length", 1.5),
+        ("batch_size", True),
+        ("max_steps", 0),
+        ("block_types", ("attention", "norm")),
+    ],
+)
+def test_invalid_fields(field, value):
+    with pytest.raises(ValueError, match=field):
+        MultiPrunerConfig(**{field: value})
