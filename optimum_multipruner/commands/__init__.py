@@ -9,6 +9,7 @@ the library itself (torch, transformers, OpenVINO) is imported inside each comma
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
 from .benchmark import BenchmarkCommand
+from .evaluate import EvaluateCommand
 from .export import ExportCommand
 from .info import InfoCommand
 from .prune import PruneCommand
@@ -23,6 +24,7 @@ class MultiPrunerCommand(BaseOptimumCLICommand):
         CommandInfo(name="export", help=ExportCommand.HELP, subcommand_class=ExportCommand),
         CommandInfo(name="info", help=InfoCommand.HELP, subcommand_class=InfoCommand),
         CommandInfo(name="benchmark", help=BenchmarkCommand.HELP, subcommand_class=BenchmarkCommand),
+        CommandInfo(name="evaluate", help=EvaluateCommand.HELP, subcommand_class=EvaluateCommand),
     )
 
 

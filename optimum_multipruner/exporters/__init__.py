@@ -92,6 +92,9 @@ class _OpenVINOExportersHook(importlib.abc.MetaPathFinder):
 
 
 def _register_quietly() -> None:
+    ours = sys.modules.get(f"{__name__}.openvino")
+    if ours is not None and not hasattr(ours, "register_openvino_export"):
+        return  # our exporter module is still importing optimum's; `export_openvino` registers when it runs
     try:
         register_openvino_export()
     except Exception as error:  # never break optimum-intel for other models

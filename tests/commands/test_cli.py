@@ -59,7 +59,7 @@ def test_help_lists_the_commands():
     assert "multipruner" in result.stdout and "export" in result.stdout
     result = subprocess.run([*cli, "multipruner", "--help"], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
-    for command in ("prune", "export", "info", "benchmark"):
+    for command in ("prune", "export", "info", "benchmark", "evaluate"):
         assert command in result.stdout
 
 
