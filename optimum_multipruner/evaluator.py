@@ -45,6 +45,11 @@ class SearchStats:
         work = self.layer_passes * self.layer_weight + self.head_passes * self.head_weight
         return work / ((self.num_layers * self.layer_weight + self.head_weight) * self.num_batches)
 
+    def reset_counters(self) -> None:
+        """Start counting anew (a new stage on the same calibration set)."""
+        self.candidates_started = self.candidates_stopped_early = self.layer_passes = self.head_passes = 0
+        self.seconds = 0.0
+
     def to_dict(self) -> dict:
         return {
             "candidates_started": self.candidates_started,

@@ -137,6 +137,8 @@ class MultiPruner:
                 )
                 evaluator_set = calibration_set
                 record.start_perplexity.setdefault(calibration_set, evaluator.base_perplexity)  # kept on resume
+            else:
+                evaluator.stats.reset_counters()  # per-stage statistics
             bar = tqdm(total=round(target * 100, 2), desc=f"{stage} stage (% removed)", disable=not progress)
             while ratio < target:
                 if config.max_steps is not None and len(record.steps) >= config.max_steps:

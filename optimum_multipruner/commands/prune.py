@@ -97,6 +97,10 @@ class PruneCommand(BaseOptimumCLICommand):
         add_model_loading_args(parser)
         parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
         parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        parser.add_argument(
+            "--checkpoint-dir", help="write the search progress here after every step, so it can be resumed"
+        )
+        parser.add_argument("--resume", metavar="CHECKPOINT_DIR", help="resume the interrupted search saved there")
 
     def run(self) -> None:
         from optimum_multipruner import MultiPruner, MultiPrunerConfig, count_parameters
@@ -113,7 +117,9 @@ class PruneCommand(BaseOptimumCLICommand):
             config = MultiPrunerConfig.from_dict(values)
         model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.device)
         pruner = MultiPruner(model, tokenizer)
-        pruner.prune(config, progress=not args.no_progress)
+        pruner.prune(
+            config, progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir, resume_from=args.resume
+        )
         pruner.save_pretrained(args.output, overwrite=args.overwrite)
         record = pruner.record
         kept = count_parameters(model)
