@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from optimum_multipruner.benchmark import IR_FILES, benchmark, format_table, plot_ratios, save_results
 
-
 if TYPE_CHECKING:
     from transformers import LlamaConfig
 

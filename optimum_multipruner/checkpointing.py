@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from .record import PruningRecord
-from .utils import atomic_write_text
-
+from .utils import atomic_write_text, read_json
 
 PROGRESS_NAME = "multipruner_progress.json"
 PROGRESS_FORMAT = "optimum-multipruner-progress"
@@ -77,11 +76,10 @@ class SearchProgress:
         path = os.path.join(directory, PROGRESS_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"Cannot resume: {path} does not exist (no search has written progress there).")
-        with open(path, encoding="utf-8") as handle:
-            try:
-                data = json.load(handle)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"Cannot resume: {path} is not valid JSON ({error}); it is corrupted.") from error
+        try:
+            data = read_json(path)
+        except ValueError as error:
+            raise ValueError(f"Cannot resume: {error}") from error
         if not isinstance(data, dict) or data.get("format") != PROGRESS_FORMAT:
             raise ValueError(f"Cannot resume: {path} is not an optimum-multipruner progress file.")
         try:

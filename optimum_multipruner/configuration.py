@@ -9,8 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from .utils import atomic_write_text
-
+from .utils import atomic_write_text, read_json
 
 CONFIG_NAME = "multipruner_config.json"
 
@@ -169,12 +168,7 @@ class MultiPrunerConfig:
         file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
         if not os.path.isfile(file):
             raise FileNotFoundError(f"No MultiPruner configuration found at {file}.")
-        with open(file, encoding="utf-8") as handle:
-            try:
-                data = json.load(handle)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{file} is not valid JSON ({error}); the file is corrupted or truncated.") from error
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(file))
 
 
 def _check_positive_int(name: str, value: Any) -> None:

@@ -15,7 +15,6 @@ import torch
 
 from .utils import get_logger
 
-
 logger = get_logger(__name__)
 
 LOCAL_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}

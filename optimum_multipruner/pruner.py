@@ -30,7 +30,6 @@ from .surgery import (
 )
 from .utils import atomic_directory, get_logger
 
-
 logger = get_logger(__name__)
 
 

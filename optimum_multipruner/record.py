@@ -9,8 +9,7 @@ from typing import Any, Optional, Union
 
 from .architectures import ArchitectureAdapter, get_adapter
 from .surgery import PrunedStructure
-from .utils import atomic_write_text
-
+from .utils import atomic_write_text, read_json
 
 RECORD_NAME = "pruning_record.json"
 RECORD_FORMAT = "optimum-multipruner-record"
@@ -111,11 +110,7 @@ class PruningRecord:
         """
         if os.path.isdir(path):
             path = os.path.join(path, RECORD_NAME)
-        with open(path, encoding="utf-8") as handle:
-            try:
-                data = json.load(handle)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not valid JSON ({error}); it is corrupted or truncated.") from error
+        data = read_json(path)
         if isinstance(data, dict) and data.get("format") == RECORD_FORMAT:
             return cls.from_dict(data)
         if model_config is None:

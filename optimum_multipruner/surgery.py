@@ -10,7 +10,6 @@ from torch import nn
 
 from .architectures import ArchitectureAdapter, AttentionLayout
 
-
 STRUCTURE_VERSION = 1
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 _LIBRARY_LOGGER = "optimum_multipruner"
 
@@ -17,6 +18,15 @@ def get_logger(name: str) -> logging.Logger:
     if not name.startswith(_LIBRARY_LOGGER):
         name = f"{_LIBRARY_LOGGER}.{name}"
     return logging.getLogger(name)
+
+
+def read_json(path: Union[str, os.PathLike]) -> Any:
+    """Parse a JSON file; `ValueError` saying it is corrupted or truncated when it does not parse."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); it is corrupted or truncated.") from error
 
 
 def _default_mode(directory: bool) -> int:

@@ -3,7 +3,6 @@ import sys
 
 import pytest
 
-
 sys.path.insert(0, os.path.dirname(__file__))
 
 from testing_utils import make_text, make_tokenizer  # noqa: E402

@@ -5,7 +5,13 @@ import random
 
 import pytest
 
-from optimum_multipruner.data import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, build_sequences, load_text_rows, sample_rows
+from optimum_multipruner.data import (
+    ALPACA_PROMPT,
+    ALPACA_PROMPT_NO_INPUT,
+    build_sequences,
+    load_text_rows,
+    sample_rows,
+)
 
 
 def test_txt_gives_one_row_per_line(tmp_path):

@@ -7,14 +7,13 @@ import sys
 
 import pytest
 import torch
+from testing_utils import FAMILIES, make_model
 from transformers import AutoModelForCausalLM
 
 import optimum_multipruner  # noqa: F401  (registers the pruned model types)
 from optimum_multipruner.architectures import get_adapter
 from optimum_multipruner.modeling import to_pruned_model
 from optimum_multipruner.surgery import PrunedStructure, apply_structure, read_structure
-from testing_utils import FAMILIES, make_model
-
 
 STRUCTURE = PrunedStructure(
     num_attention_heads=[0, 2, 4, 2], num_key_value_heads=[0, 1, 2, 1], intermediate_size=[64, 0, 256, 128]

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
+from testing_utils import FAMILIES, make_model, make_tokenizer, train_briefly
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, PruningRecord, count_parameters, get_adapter
 from optimum_multipruner.surgery import ZeroAttention
-from testing_utils import FAMILIES, make_model, make_tokenizer, train_briefly
 
 
 def config(calibration_file, **overrides):

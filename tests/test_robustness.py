@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from testing_utils import make_model, make_text
 from torch import nn
 from transformers import AutoModelForCausalLM
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, PrunedStructure, PruningRecord, count_parameters
 from optimum_multipruner.checkpointing import PROGRESS_NAME, state_dict_hash
 from optimum_multipruner.configuration import CONFIG_NAME
-from testing_utils import make_model, make_text
-
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

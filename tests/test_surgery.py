@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from testing_utils import FAMILIES, make_model
 
 from optimum_multipruner.architectures import get_adapter
 from optimum_multipruner.surgery import (
@@ -14,8 +15,6 @@ from optimum_multipruner.surgery import (
     read_structure,
     reorder_by_weight_magnitude,
 )
-from testing_utils import FAMILIES, make_model
-
 
 INPUT = torch.randint(4, 320, (2, 24), generator=torch.Generator().manual_seed(0))
 # layer 0 without attention, layer 1 without MLP, mixed KV groups and widths

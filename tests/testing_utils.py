@@ -15,7 +15,6 @@ from transformers import (
     Qwen3Config,
 )
 
-
 VOCAB_SIZE = 320
 WORDS = (
     "the a model layer prunes heads channels of in and to small fast block attention network weights data text "
@@ -100,3 +99,14 @@ def train_briefly(model, tokenizer, steps: int = 120, sequence_length: int = 64,
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def run_optimum_cli(*argv: str) -> None:
+    """optimum-cli's own `main()`, in-process (the same entry point as the console script)."""
+    import sys
+    from unittest import mock
+
+    from optimum.commands.optimum_cli import main
+
+    with mock.patch.object(sys, "argv", ["optimum-cli", *argv]):
+        main()

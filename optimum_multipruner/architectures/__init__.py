@@ -9,7 +9,6 @@ from .phi3 import Phi3Adapter
 from .qwen2 import Qwen2Adapter
 from .qwen3 import Qwen3Adapter
 
-
 ADAPTERS: dict[str, ArchitectureAdapter] = {
     adapter.model_type: adapter() for adapter in (LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Phi3Adapter)
 }

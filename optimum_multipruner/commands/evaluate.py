@@ -10,7 +10,6 @@ from optimum.commands.base import BaseOptimumCLICommand
 
 from .prune import _words, add_model_loading_args, load_model_and_tokenizer
 
-
 OPENVINO_MODEL_FILE = "openvino_model.xml"  # `optimum_multipruner.benchmark.IR_FILES[0]`
 SKIP = "none"
 

@@ -8,7 +8,6 @@ from optimum.commands.base import BaseOptimumCLICommand
 
 from .prune import add_model_loading_args, load_model_and_tokenizer
 
-
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")  # `optimum_multipruner.exporters.WEIGHT_FORMATS` without None
 
 

@@ -6,7 +6,6 @@ from .reporting import format_results_table, write_results_json
 from .tasks.utils import TASK_DATA_ENV
 from .zero_shot import DEFAULT_TASKS, evaluate_zero_shot
 
-
 __all__ = [
     "DEFAULT_TASKS",
     "PERPLEXITY_PROTOCOLS",

@@ -24,7 +24,6 @@ from ..perplexity import perplexity, reference_ignore_index
 from ..utils import get_logger
 from .common import evaluation_mode
 
-
 logger = get_logger(__name__)
 
 

@@ -8,7 +8,6 @@ from typing import Any, Mapping, Sequence, Union
 
 from ..utils import atomic_write_text
 
-
 Results = Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]
 
 

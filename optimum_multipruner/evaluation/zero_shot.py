@@ -21,7 +21,6 @@ from ..utils import get_logger
 from .common import evaluation_mode
 from .tasks.utils import TASK_DATA_ENV, resolve_data_dir, task_files
 
-
 logger = get_logger(__name__)
 
 DEFAULT_TASKS = ("piqa", "winogrande", "hellaswag", "arc_easy", "arc_challenge")

@@ -17,7 +17,6 @@ from typing import Any, Optional, Union
 from ..architectures import ADAPTERS, PRUNED_MODEL_TYPE_PREFIX
 from ..utils import atomic_write_text, get_logger
 
-
 logger = get_logger(__name__)
 
 TASKS = ("text-generation", "text-generation-with-past")

@@ -30,7 +30,6 @@ from ..surgery import PrunedStructure, dense_parameter_count
 from ..utils import atomic_directory, check_output_dir, get_logger
 from . import TASKS, WEIGHT_FORMATS, rewrite_exported_config
 
-
 logger = get_logger(__name__)
 
 AUTO_INT8_PARAMETERS = 1e9  # optimum-intel's `_MAX_UNCOMPRESSED_SIZE`: larger models are exported as int8 by default

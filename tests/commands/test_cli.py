@@ -5,30 +5,20 @@ import json
 import os
 import subprocess
 import sys
-from unittest import mock
 
 import pytest
+from testing_utils import make_model, run_optimum_cli
 
 from optimum_multipruner import MultiPrunerConfig
 from optimum_multipruner.commands.export import WEIGHT_FORMATS
 from optimum_multipruner.commands.prune import CONFIG_OPTIONS
 from optimum_multipruner.exporters import WEIGHT_FORMATS as API_WEIGHT_FORMATS
-from testing_utils import make_model
-
 
 SEARCH_OPTIONS = (
     "--target-ratio", "0.3", "--mlp-channel-group-size", "64", "--width-alignment", "32",
     "--num-calibration-samples-block", "16", "--num-calibration-samples-width", "8", "--sequence-length", "32",
     "--batch-size", "4", "--no-progress",
 )
-
-
-def run_optimum_cli(*argv: str) -> None:
-    """optimum-cli's own `main()`, in-process (the same entry point as the console script)."""
-    from optimum.commands.optimum_cli import main
-
-    with mock.patch.object(sys, "argv", ["optimum-cli", *argv]):
-        main()
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +123,7 @@ def test_export_openvino_hook_only_touches_pruned_checkpoints(pruned_dir, dense_
     from argparse import Namespace
 
     from optimum.commands.export.openvino import OVExportCommand
+
     from optimum.commands.register.register_multipruner import _prepare_pruned_export
 
     assert getattr(OVExportCommand.run, "_multipruner_wrapped", False)

@@ -4,10 +4,10 @@ import json
 import math
 
 import pytest
-
-from optimum_multipruner.evaluation import evaluate_perplexity
 from test_cli import run_optimum_cli
 from testing_utils import make_model
+
+from optimum_multipruner.evaluation import evaluate_perplexity
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-
 # The shared folder of real data sets (layout in its README); the zero-shot task data directory has the same layout.
 ASSETS_DIR = Path(os.environ.get("MULTIPRUNER_ASSETS", Path(__file__).resolve().parents[3] / "shared" / "assets"))
 WIKITEXT_TEST_JSONL = ASSETS_DIR / "wikitext-2-raw-v1" / "test.jsonl"

@@ -8,7 +8,6 @@ import pytest
 
 from optimum_multipruner.evaluation import format_results_table, write_results_json
 
-
 PERPLEXITY_RESULT = {
     "kind": "perplexity",
     "dataset": "wikitext2",

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-
 lm_eval = pytest.importorskip("lm_eval")
 
 from lm_eval.tasks import TaskManager  # noqa: E402
@@ -18,7 +17,6 @@ from lm_eval.tasks.winogrande import preprocess_winogrande as stock_winogrande  
 
 from optimum_multipruner.evaluation import DEFAULT_TASKS, evaluate_zero_shot, format_results_table  # noqa: E402
 from optimum_multipruner.evaluation.zero_shot import OFFLINE_TASKS_DIR  # noqa: E402
-
 
 STOCK_TASKS_DIR = Path(lm_eval.__file__).parent / "tasks"
 STOCK_YAML = {

@@ -9,12 +9,12 @@ import json
 import os
 import subprocess
 import sys
-from unittest import mock
 
 import openvino as ov
 import pytest
 import torch
 from optimum.intel import OVModelForCausalLM
+from testing_utils import FAMILIES, make_model, make_tokenizer, run_optimum_cli
 from transformers import AutoModelForCausalLM
 
 import optimum_multipruner  # registers the pruned model types
@@ -23,8 +23,6 @@ from optimum_multipruner.exporters import export_openvino, rewrite_exported_conf
 from optimum_multipruner.exporters.openvino import EXPORT_CONFIGS, default_weight_format, kept_kv_heads
 from optimum_multipruner.modeling import to_pruned_model
 from optimum_multipruner.surgery import PrunedStructure, apply_structure
-from testing_utils import FAMILIES, make_model, make_tokenizer
-
 
 # Layer 0 without attention, layer 1 without MLP, mixed KV heads and MLP widths.
 STRUCTURE = PrunedStructure(
@@ -38,14 +36,6 @@ PROMPTS = torch.tensor(
     [[PAD, PAD, PAD, 5, 17, 42, 9, 77, 120, 33, 61, 8], [1, 44, 90, 12, 7, 250, 31, 66, 19, 5, 88, 140]]
 )  # left padding in the first row
 MASK = (PROMPTS != PAD).long()
-
-
-def run_optimum_cli(*argv: str) -> None:
-    """optimum-cli's own `main()`, in-process (the same entry point as the console script)."""
-    from optimum.commands.optimum_cli import main
-
-    with mock.patch.object(sys, "argv", ["optimum-cli", *argv]):
-        main()
 
 
 def pruned_model(family: str, seed: int = 7):

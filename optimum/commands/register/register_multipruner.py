@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 
-
 logger = logging.getLogger("optimum_multipruner.cli")
 
 PRUNED_MODEL_TYPE_PREFIX = "multipruner_"  # optimum_multipruner.architectures.PRUNED_MODEL_TYPE_PREFIX

@@ -19,7 +19,6 @@ from typing import Any, Optional, Union
 
 import datasets
 
-
 TASK_DATA_ENV = "MULTIPRUNER_TASK_DATA"
 
 # Files each offline task reads, relative to the task data directory.
