@@ -35,7 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--distribution", type=float, nargs=3, default=(44, 52, 4), metavar=("BLOCK", "MLP", "ATTN"))
     parser.add_argument("--mlp-group-size", type=int, default=512, help="MLP channels per step (multiple of 128)")
     parser.add_argument("--calibration", default=LOCAL_ALPACA if os.path.isfile(LOCAL_ALPACA) else "alpaca")
-    parser.add_argument("--calibration-rows", type=int, default=4, help="Alpaca rows per calibration set")
+    parser.add_argument("--calibration-rows", type=int, default=2, help="Alpaca rows per calibration set")
     parser.add_argument("--sequence-length", type=int, default=128)
     parser.add_argument("--eval-data", default=LOCAL_WIKITEXT if os.path.isfile(LOCAL_WIKITEXT) else "wikitext2")
     parser.add_argument("--eval-windows", type=int, default=4, help="WikiText-2 windows of 512 tokens to evaluate")

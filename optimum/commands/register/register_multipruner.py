@@ -98,7 +98,19 @@ def _wrap_openvino_export(command_class) -> None:
     command_class.run = run
 
 
-REGISTER_COMMANDS = []
+class _CommandsGivenOnce(list):
+    """optimum-cli reads `REGISTER_COMMANDS` once per directory holding this file, and a source checkout on `sys.path`
+    next to an installed copy holds two: skip the commands when the loader's list already has them (argparse would
+    reject the duplicate). Without that list in sight (another optimum version), behave as a plain list."""
+
+    def __iter__(self):
+        collected = sys._getframe(1).f_locals.get("commands_to_register")
+        if isinstance(collected, list) and any(entry[0] in self for entry in collected if isinstance(entry, tuple)):
+            return iter(())
+        return super().__iter__()
+
+
+REGISTER_COMMANDS = _CommandsGivenOnce()
 try:
     from optimum.commands.export.openvino import OVExportCommand
 
