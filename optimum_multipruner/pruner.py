@@ -168,7 +168,7 @@ class MultiPruner:
                 save_progress()
                 logger.info("Step %d: %s -> calibration perplexity %.4f, %.2f%% removed",
                             step.step, best, step.perplexity, 100 * ratio)
-                bar.update(round(ratio * 100, 2) - bar.n)
+                bar.update(min(round(ratio * 100, 2), bar.total) - bar.n)
             bar.close()
             record.search_stats[stage] = evaluator.stats.to_dict()
         record.structure = read_structure(model, adapter)
