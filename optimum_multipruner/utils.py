@@ -54,7 +54,10 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
 
 
 def check_output_dir(path: Union[str, os.PathLike], overwrite: bool) -> None:
-    """Refuse to write into an existing output unless `overwrite`; a file in the way is always an error."""
+    """Refuse to write into an existing output unless `overwrite`; a file in the way is always an error.
+
+    Only checks: nothing is created. The nearest existing ancestor folder must be writable.
+    """
     if os.path.isfile(path):
         raise FileExistsError(f"The output path {path} is a file; give a directory path.")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
@@ -62,17 +65,26 @@ def check_output_dir(path: Union[str, os.PathLike], overwrite: bool) -> None:
             f"The output directory {path} already exists and is not empty. Pass `overwrite=True` (`--overwrite` on the "
             "command line) to replace it, or choose another directory."
         )
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"Cannot write the output directory {path}: {parent} is not writable.")
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(ancestor):
+        if os.path.exists(ancestor):
+            raise FileExistsError(f"Cannot create the output directory {path}: {ancestor} is a file.")
+        ancestor = os.path.dirname(ancestor)
+    if not os.access(ancestor, os.W_OK):
+        raise PermissionError(f"Cannot write the output directory {path}: {ancestor} is not writable.")
 
 
 @contextmanager
 def atomic_directory(path: Union[str, os.PathLike], overwrite: bool = False) -> Iterator[str]:
-    """Yield a temporary sibling folder; on success it replaces `path`, on failure it is removed and `path` is intact."""
+    """Yield a temporary sibling folder; on success it replaces `path`, on failure it is removed and `path` is intact.
+
+    An existing `path` is moved aside, the new folder renamed into place, then the old one deleted; if that rename
+    fails, the old folder is put back. (Only a hard crash between the two renames leaves the old folder under its
+    hidden `.<name>.old-*` name.)
+    """
     check_output_dir(path, overwrite)
     path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.tmp-")
     os.chmod(tmp, _default_mode(directory=True))
     try:
@@ -85,6 +97,12 @@ def atomic_directory(path: Union[str, os.PathLike], overwrite: bool = False) -> 
         backup = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.old-")
         os.rmdir(backup)
         os.replace(path, backup)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)

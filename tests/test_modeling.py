@@ -7,13 +7,12 @@ import sys
 
 import pytest
 import torch
-from testing_utils import FAMILIES, make_model
+from testing_utils import FAMILIES, make_model, make_pruned_model
 from transformers import AutoModelForCausalLM
 
 import optimum_multipruner  # noqa: F401  (registers the pruned model types)
 from optimum_multipruner.architectures import get_adapter
-from optimum_multipruner.modeling import to_pruned_model
-from optimum_multipruner.surgery import PrunedStructure, apply_structure, read_structure
+from optimum_multipruner.surgery import PrunedStructure, read_structure
 
 STRUCTURE = PrunedStructure(
     num_attention_heads=[0, 2, 4, 2], num_key_value_heads=[0, 1, 2, 1], intermediate_size=[64, 0, 256, 128]
@@ -22,10 +21,7 @@ INPUT = torch.randint(4, 320, (2, 16), generator=torch.Generator().manual_seed(1
 
 
 def pruned_model(family, attn_implementation="eager"):
-    model = make_model(family, attn_implementation=attn_implementation)
-    adapter = get_adapter(model)
-    apply_structure(model, adapter, STRUCTURE)
-    return to_pruned_model(model, adapter, STRUCTURE)
+    return make_pruned_model(family, STRUCTURE, attn_implementation=attn_implementation)
 
 
 @pytest.fixture(scope="module")

@@ -5,26 +5,11 @@ import math
 
 import pytest
 import torch
-from testing_utils import FAMILIES, make_model, make_tokenizer, train_briefly
+from testing_utils import FAMILIES, make_model, make_tokenizer, search_config, train_briefly
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, PruningRecord, count_parameters, get_adapter
 from optimum_multipruner.surgery import ZeroAttention
-
-
-def config(calibration_file, **overrides):
-    values = dict(
-        target_ratio=0.3,
-        mlp_channel_group_size=64,
-        width_alignment=32,
-        calibration_dataset=calibration_file,
-        num_calibration_samples_block=120,
-        num_calibration_samples_width=60,
-        sequence_length=64,
-        batch_size=4,
-    )
-    values.update(overrides)
-    return MultiPrunerConfig(**values)
 
 
 _TRAINED = {}
@@ -71,7 +56,7 @@ def test_accelerated_search_makes_the_same_choices_as_plain(family, tokenizer, c
     records = {}
     for accelerated in (False, True):
         pruner = MultiPruner(trained_model(family, tokenizer), tokenizer)
-        pruner.prune(config(calibration_file, accelerated_search=accelerated, pruning_distribution=(10, 45, 45), block_types=("attention",)), progress=False)
+        pruner.prune(search_config(calibration_file, accelerated_search=accelerated, pruning_distribution=(10, 45, 45), block_types=("attention",)), progress=False)
         records[accelerated] = pruner.record
     plain, fast = records[False], records[True]
     assert [(s.action, s.layer) for s in fast.steps] == [(s.action, s.layer) for s in plain.steps]
@@ -118,7 +103,7 @@ def test_a_candidate_that_cannot_win_is_stopped_early(tokenizer, calibration_fil
 def test_ratio_counts_all_parameters_and_stages_overshoot_by_at_most_one_unit(tokenizer, calibration_file):
     model = trained_model("llama", tokenizer)
     dense = count_parameters(model)
-    cfg = config(calibration_file)
+    cfg = search_config(calibration_file)
     pruner = MultiPruner(model, tokenizer)
     pruned = pruner.prune(cfg, progress=False)
     steps = pruner.record.steps
@@ -138,7 +123,7 @@ def test_ratio_counts_all_parameters_and_stages_overshoot_by_at_most_one_unit(to
 
 def test_applying_a_saved_record_reproduces_the_model_exactly(tokenizer, calibration_file, tmp_path):
     pruner = MultiPruner(trained_model("qwen2", tokenizer), tokenizer)
-    pruned = pruner.prune(config(calibration_file), progress=False)
+    pruned = pruner.prune(search_config(calibration_file), progress=False)
     path = pruner.record.save(tmp_path / "record.json")
     again = MultiPruner(trained_model("qwen2", tokenizer), tokenizer).apply(path)
     assert_unchanged(again, weights(pruned))
@@ -233,7 +218,7 @@ def test_bad_settings_fail_before_any_weight_is_touched(overrides, message, toke
     model = make_model("llama")
     before = weights(model)
     with pytest.raises(ValueError, match=message):
-        MultiPruner(model, tokenizer).prune(config(calibration_file, **overrides), progress=False)
+        MultiPruner(model, tokenizer).prune(search_config(calibration_file, **overrides), progress=False)
     assert_unchanged(model, before)
 
 
@@ -247,7 +232,7 @@ def test_tokenizer_of_another_model_is_rejected(calibration_file):
     model.resize_token_embeddings(100)
     before = weights(model)
     with pytest.raises(ValueError, match="does not belong to this model"):
-        MultiPruner(model, make_tokenizer()).prune(config(calibration_file), progress=False)
+        MultiPruner(model, make_tokenizer()).prune(search_config(calibration_file), progress=False)
     assert_unchanged(model, before)
 
 

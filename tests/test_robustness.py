@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import testing_utils
 import torch
 from safetensors.torch import load_file
 from testing_utils import make_model, make_text
@@ -20,6 +21,7 @@ from transformers import AutoModelForCausalLM
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, PrunedStructure, PruningRecord, count_parameters
 from optimum_multipruner.checkpointing import PROGRESS_NAME, state_dict_hash
 from optimum_multipruner.configuration import CONFIG_NAME
+from optimum_multipruner.utils import check_output_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,18 +44,12 @@ pruner.save_pretrained(out)
 def search_config(calibration_file, **overrides):
     """Block, MLP and attention steps (five), small enough to run in seconds."""
     values = dict(
-        target_ratio=0.3,
         pruning_distribution=(30, 60, 10),
         mlp_channel_group_size=32,
-        width_alignment=32,
-        calibration_dataset=calibration_file,
         num_calibration_samples_block=40,
         num_calibration_samples_width=40,
-        sequence_length=64,
-        batch_size=4,
     )
-    values.update(overrides)
-    return MultiPrunerConfig(**values)
+    return testing_utils.search_config(calibration_file, **{**values, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +277,17 @@ def test_output_path_that_is_a_file_or_not_writable(tokenizer, tmp_path):
     finally:
         locked.chmod(0o700)
     assert not list(locked.iterdir())
+
+
+def test_checking_an_output_path_creates_nothing(tokenizer, tmp_path):
+    nested = tmp_path / "a" / "b" / "out"
+    check_output_dir(nested, overwrite=False)
+    assert not (tmp_path / "a").exists()
+    pruned_pruner(tokenizer).save_pretrained(nested)  # the save itself creates the parents
+    assert (nested / "config.json").is_file()
+    (tmp_path / "file").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is a file"):
+        check_output_dir(tmp_path / "file" / "out", overwrite=False)
 
 
 # --------------------------------------------------------------------------- bad input to the search

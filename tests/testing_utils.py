@@ -85,6 +85,43 @@ def make_model(family: str, seed: int = 0, attn_implementation: str = "eager", *
     return model.eval()
 
 
+def make_pruned_model(family: str, structure, seed: int = 0, attn_implementation: str = "eager"):
+    """A tiny random model of `family` physically pruned to `structure` (a `PrunedStructure`)."""
+    from optimum_multipruner import get_adapter
+    from optimum_multipruner.modeling import to_pruned_model
+    from optimum_multipruner.surgery import apply_structure
+
+    model = make_model(family, seed=seed, attn_implementation=attn_implementation)
+    adapter = get_adapter(model)
+    apply_structure(model, adapter, structure)
+    return to_pruned_model(model, adapter, structure)
+
+
+def save_checkpoint(path, tokenizer, family: str = "llama", seed: int = 0) -> str:
+    """A tiny random model of `family` and `tokenizer` saved to `path`; returns the path as a string."""
+    make_model(family, seed=seed).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def search_config(calibration_file: str, **overrides):
+    """A `MultiPrunerConfig` for a small search on the tiny models, running in seconds; `overrides` replace fields."""
+    from optimum_multipruner import MultiPrunerConfig
+
+    values = dict(
+        target_ratio=0.3,
+        mlp_channel_group_size=64,
+        width_alignment=32,
+        calibration_dataset=calibration_file,
+        num_calibration_samples_block=120,
+        num_calibration_samples_width=60,
+        sequence_length=64,
+        batch_size=4,
+    )
+    values.update(overrides)
+    return MultiPrunerConfig(**values)
+
+
 def train_briefly(model, tokenizer, steps: int = 120, sequence_length: int = 64, seed: int = 0):
     """A few AdamW steps on `make_text()` so every block matters (a random model's blocks are noise)."""
     torch.manual_seed(seed)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from testing_utils import make_model, run_optimum_cli
+from testing_utils import run_optimum_cli, save_checkpoint
 
 from optimum_multipruner import MultiPrunerConfig
 from optimum_multipruner.commands.export import WEIGHT_FORMATS
@@ -23,10 +23,7 @@ SEARCH_OPTIONS = (
 
 @pytest.fixture(scope="module")
 def dense_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("cli") / "dense"
-    make_model("llama", seed=5).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return save_checkpoint(tmp_path_factory.mktemp("cli") / "dense", tokenizer, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,14 @@ import math
 
 import pytest
 from test_cli import run_optimum_cli
-from testing_utils import make_model
+from testing_utils import make_model, save_checkpoint
 
 from optimum_multipruner.evaluation import evaluate_perplexity
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("evaluate") / "model"
-    make_model("llama", seed=3).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return save_checkpoint(tmp_path_factory.mktemp("evaluate") / "model", tokenizer, seed=3)
 
 
 def test_evaluate_writes_perplexity_json(model_dir, tokenizer, calibration_file, tmp_path, capsys):

@@ -14,15 +14,14 @@ import openvino as ov
 import pytest
 import torch
 from optimum.intel import OVModelForCausalLM
-from testing_utils import FAMILIES, make_model, make_tokenizer, run_optimum_cli
+from testing_utils import FAMILIES, make_pruned_model, make_tokenizer, run_optimum_cli
 from transformers import AutoModelForCausalLM
 
 import optimum_multipruner  # registers the pruned model types
-from optimum_multipruner.architectures import ADAPTERS, get_adapter
+from optimum_multipruner.architectures import ADAPTERS
 from optimum_multipruner.exporters import export_openvino, rewrite_exported_config
 from optimum_multipruner.exporters.openvino import EXPORT_CONFIGS, default_weight_format, kept_kv_heads
-from optimum_multipruner.modeling import to_pruned_model
-from optimum_multipruner.surgery import PrunedStructure, apply_structure
+from optimum_multipruner.surgery import PrunedStructure
 
 # Layer 0 without attention, layer 1 without MLP, mixed KV heads and MLP widths.
 STRUCTURE = PrunedStructure(
@@ -39,10 +38,7 @@ MASK = (PROMPTS != PAD).long()
 
 
 def pruned_model(family: str, seed: int = 7):
-    model = make_model(family, seed=seed)
-    adapter = get_adapter(model)
-    apply_structure(model, adapter, STRUCTURE)
-    return to_pruned_model(model, adapter, STRUCTURE)
+    return make_pruned_model(family, STRUCTURE, seed=seed)
 
 
 @pytest.fixture(scope="module")
