@@ -66,6 +66,13 @@ def main() -> None:
     parser.add_argument("--output", help="write the table as JSON here")
     args = parser.parse_args()
 
+    names = sorted(
+        (name for name in os.listdir(args.models_dir)
+         if os.path.isfile(os.path.join(args.models_dir, name, "model.safetensors"))),  # not the OpenVINO IRs
+        key=lambda name: (name != "dense", name.rsplit("_", 1)[-1], name),
+    )
+    if not names:
+        parser.error(f"{args.models_dir} holds no checkpoints; run compare_methods.py with --models-dir first.")
     wikitext = {}
     if args.results:
         with open(args.results, encoding="utf-8") as handle:
@@ -79,11 +86,6 @@ def main() -> None:
         tokenizer, args.calibration_rows, args.sequence_length, args.held_out_rows, args.long_length
     )
     print("tokens per set:", {name: sequences.numel() for name, sequences in sets.items()})
-    names = sorted(
-        (name for name in os.listdir(args.models_dir)
-         if os.path.isfile(os.path.join(args.models_dir, name, "model.safetensors"))),  # not the OpenVINO IRs
-        key=lambda name: (name != "dense", name.rsplit("_", 1)[-1], name),
-    )
     table = {}
     print(f"{'model':<24} {'calibration':>11} {'MP block rows':>13} {'held-out':>9} {'held-out long':>13} "
           f"{'WikiText-2':>10}")

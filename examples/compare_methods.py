@@ -232,7 +232,7 @@ def run_job(method: str, ratio: Optional[float], args: argparse.Namespace, work:
         result["png"] = f"structure_{run_name(method, ratio)}.png"
         title = f"{METHODS[method]}, {100 * result['ratio']:.1f}% of all parameters removed"
         plot_structure(structure, dense, title, os.path.join(args.output, result["png"]))
-    if not args.no_openvino:
+    if args.models_dir or not args.no_openvino:
         model.save_pretrained(os.path.join(work, run_name(method, ratio)))
     return result
 
