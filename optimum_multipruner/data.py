@@ -70,6 +70,8 @@ def load_text_rows(source: str, purpose: str = "calibration", text_column: str =
     if is_local_file(source):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"Text file {source} does not exist.")
+        if os.path.getsize(source) == 0:
+            raise ValueError(f"The {purpose} file {source} is empty.")
         builder = LOCAL_FORMATS[os.path.splitext(source)[1].lower()]
         table = datasets.load_dataset(builder, data_files=source, split="train")
         rows = _text_column(table, text_column, source)

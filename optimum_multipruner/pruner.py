@@ -15,7 +15,7 @@ from .architectures import ArchitectureAdapter, get_adapter
 from .candidates import SHRINK_MLP, STAGE_ACTIONS, Candidate, PruningUnits, apply_candidate, candidates_for, trial
 from .checkpointing import SearchProgress, has_progress, state_dict_hash, tensors_hash
 from .configuration import MultiPrunerConfig
-from .data import build_sequences, is_local_file, load_text_rows, sample_rows
+from .data import build_sequences, load_text_rows, sample_rows
 from .evaluator import CandidateEvaluator
 from .modeling import to_pruned_model
 from .perplexity import reference_ignore_index
@@ -234,10 +234,7 @@ class MultiPruner:
 
     def _calibration_sequences(self, config: MultiPrunerConfig) -> dict[str, torch.Tensor]:
         """The reference's two row sets, drawn from one seeded stream: width rows first, then block rows."""
-        source = config.calibration_dataset
-        if is_local_file(source) and os.path.isfile(source) and os.path.getsize(source) == 0:
-            raise ValueError(f"The calibration file {source} is empty.")
-        rows = load_text_rows(source, "calibration", config.calibration_text_column)
+        rows = load_text_rows(config.calibration_dataset, "calibration", config.calibration_text_column)
         rng = random.Random(config.seed)
         sets = {}
         if {"mlp", "attention"} & set(config.active_stages):

@@ -45,6 +45,7 @@ def test_alpaca_records_without_text_get_the_alpaca_prompt(tmp_path):
 @pytest.mark.parametrize(
     "name, content, error, message",
     [
+        ("zero.txt", "", ValueError, "calibration file .* is empty"),
         ("empty.txt", "\n\n", ValueError, "holds no text"),
         ("numbers.jsonl", '{"text": 1}\n{"text": 2}\n', ValueError, "must hold text"),
         ("other.jsonl", '{"body": "x"}\n', ValueError, "no text column"),
