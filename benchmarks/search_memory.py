@@ -22,14 +22,12 @@ import time
 import psutil
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-from smollm2 import load_smollm2  # noqa: E402
+from smollm2 import DEFAULT_CALIBRATION, load_smollm2  # noqa: E402
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig  # noqa: E402
 from optimum_multipruner.checkpointing import state_dict_hash  # noqa: E402
 from optimum_multipruner.utils import atomic_write_text  # noqa: E402
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")
-LOCAL_ALPACA = os.path.join(ASSETS, "alpaca", "alpaca_5000_text.jsonl")
 MIB = 2**20
 
 
@@ -82,7 +80,7 @@ def main() -> None:
     parser.add_argument("--target-ratio", type=float, default=0.05)
     parser.add_argument("--distribution", type=float, nargs=3, default=(20.0, 80.0, 0.0),
                         help="block, MLP, attention shares (the default runs a block step, then MLP steps)")
-    parser.add_argument("--calibration", default=LOCAL_ALPACA if os.path.isfile(LOCAL_ALPACA) else "alpaca")
+    parser.add_argument("--calibration", default=DEFAULT_CALIBRATION)
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args()
 

@@ -15,13 +15,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-from smollm2 import load_smollm2  # noqa: E402
+from smollm2 import DEFAULT_CALIBRATION, load_smollm2  # noqa: E402
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig  # noqa: E402
 from optimum_multipruner.utils import atomic_write_text  # noqa: E402
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")
-LOCAL_ALPACA = os.path.join(ASSETS, "alpaca", "alpaca_5000_text.jsonl")
 
 
 def run(accelerated: bool, args: argparse.Namespace) -> dict:
@@ -51,7 +49,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8, help="Alpaca calibration rows")
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--calibration", default=LOCAL_ALPACA if os.path.isfile(LOCAL_ALPACA) else "alpaca")
+    parser.add_argument("--calibration", default=DEFAULT_CALIBRATION)
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()

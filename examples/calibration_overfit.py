@@ -32,21 +32,21 @@ from optimum_multipruner.perplexity import perplexity, reference_ignore_index
 from optimum_multipruner.utils import atomic_write_text
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_methods import ALPACA  # noqa: E402
-from smollm2 import prepare_smollm2  # noqa: E402
+from compare_methods import run_name  # noqa: E402
+from smollm2 import LOCAL_ALPACA, prepare_smollm2  # noqa: E402
 
 
 def calibration_sets(
     tokenizer, rows_per_set: int, sequence_length: int, held_out_rows: int, long_length: int, seed: int = 42
 ) -> dict[str, torch.Tensor]:
     """The search's two seeded row sets (as `MultiPruner` draws them) and a disjoint held-out set."""
-    rows = load_text_rows(ALPACA)
+    rows = load_text_rows(LOCAL_ALPACA)
     rng = random.Random(seed)
-    width_rows = sample_rows(rows, rows_per_set, rng, ALPACA)
-    block_rows = sample_rows(rows, rows_per_set, rng, ALPACA)
+    width_rows = sample_rows(rows, rows_per_set, rng, LOCAL_ALPACA)
+    block_rows = sample_rows(rows, rows_per_set, rng, LOCAL_ALPACA)
     seen = set(width_rows) | set(block_rows)
     unseen = [row for row in rows if row not in seen]
-    held_out = sample_rows(unseen, held_out_rows, random.Random(seed + 1), ALPACA)
+    held_out = sample_rows(unseen, held_out_rows, random.Random(seed + 1), LOCAL_ALPACA)
     return {
         "calibration": build_sequences(tokenizer, width_rows, sequence_length),
         "mp_block_rows": build_sequences(tokenizer, block_rows, sequence_length),
@@ -77,9 +77,7 @@ def main() -> None:
     if args.results:
         with open(args.results, encoding="utf-8") as handle:
             for result in json.load(handle)["results"]:
-                ratio = result["target_ratio"]
-                name = f"{result['method']}_{round(100 * ratio)}" if ratio else result["method"]
-                wikitext[name] = result["perplexity"]["perplexity"]
+                wikitext[run_name(result["method"], result["target_ratio"])] = result["perplexity"]["perplexity"]
     tokenizer = AutoTokenizer.from_pretrained(prepare_smollm2())
     ignore_index = reference_ignore_index(tokenizer)
     sets = calibration_sets(

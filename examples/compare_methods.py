@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
 from typing import Any, Optional
 
 import matplotlib
@@ -55,11 +56,8 @@ from optimum_multipruner.surgery import dense_parameter_count  # noqa: E402
 from optimum_multipruner.utils import atomic_write_text, check_output_dir  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from smollm2 import load_smollm2  # noqa: E402
+from smollm2 import ASSETS, LOCAL_ALPACA, LOCAL_WIKITEXT, load_smollm2  # noqa: E402
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")
-ALPACA = os.path.join(ASSETS, "alpaca", "alpaca_5000_text.jsonl")
-WIKITEXT = os.path.join(ASSETS, "wikitext-2-raw-v1", "test.jsonl")
 METHODS = {
     "dense": "Dense",
     "layers_bi": "Layer removal (block influence)",
@@ -85,7 +83,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="models pruned and evaluated in parallel processes")
     parser.add_argument("--zero-shot-batch", type=int, default=8, help="lm-eval batch size")
     parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO speed-up columns")
-    parser.add_argument("--models-dir", help="keep the pruned checkpoints and their IRs here (default: a temporary folder)")
+    parser.add_argument("--models-dir",
+                        help="keep the pruned checkpoints and their IRs here (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one ratio, tiny data")
     args = parser.parse_args()
     if args.quick:
@@ -113,7 +112,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
 def prune(method: str, ratio: float, model, tokenizer, args: argparse.Namespace) -> dict[str, Any]:
     """Prune `model` in place with `method` to `ratio`; return what the search did."""
     common = dict(
-        calibration_dataset=ALPACA,
+        calibration_dataset=LOCAL_ALPACA,
         num_calibration_samples_block=args.calibration_rows,
         num_calibration_samples_width=args.calibration_rows,
         sequence_length=args.sequence_length,
@@ -121,7 +120,7 @@ def prune(method: str, ratio: float, model, tokenizer, args: argparse.Namespace)
     )
     if method == "layers_bi":
         # BlockPruner's draw: the first seeded sample of rows (MultiPruner's width rows are the same rows)
-        rows = sample_rows(load_text_rows(ALPACA), args.calibration_rows, random.Random(42), ALPACA)
+        rows = sample_rows(load_text_rows(LOCAL_ALPACA), args.calibration_rows, random.Random(42), LOCAL_ALPACA)
         _, info = prune_layers_by_block_influence(model, build_sequences(tokenizer, rows, args.sequence_length), ratio)
         return {"removed_layers": info["removed_layers"], "block_influence": info["block_influence"]}
     if method == "blockpruner":
@@ -137,7 +136,7 @@ def prune(method: str, ratio: float, model, tokenizer, args: argparse.Namespace)
 def evaluate(model, tokenizer, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "perplexity": evaluate_perplexity(
-            model, tokenizer, WIKITEXT, args.eval_length, args.eval_windows, progress=False
+            model, tokenizer, LOCAL_WIKITEXT, args.eval_length, args.eval_windows, progress=False
         ),
         "zero_shot": evaluate_zero_shot(
             model, tokenizer, tuple(TASKS), args.zero_shot_items, args.zero_shot_batch, data_dir=ASSETS
@@ -239,6 +238,9 @@ def run_job(method: str, ratio: Optional[float], args: argparse.Namespace, work:
 
 def main() -> None:
     args = parse_args()
+    if args.models_dir:
+        check_output_dir(args.models_dir, overwrite=False)  # before any work
+        os.makedirs(args.models_dir, exist_ok=True)
     os.makedirs(args.output, exist_ok=True)
     settings = settings_of(args)
     print("Settings:", settings, flush=True)
@@ -252,11 +254,8 @@ def main() -> None:
         atomic_write_text(os.path.join(args.output, "results.md"), table)
         print(table, flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="compare-methods-") as work:
-        if args.models_dir:
-            work = args.models_dir
-            check_output_dir(work, overwrite=False)
-            os.makedirs(work, exist_ok=True)
+    models_dir = nullcontext(args.models_dir) if args.models_dir else tempfile.TemporaryDirectory(prefix="compare-")
+    with models_dir as work:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             # the longest searches (highest ratios) start first, so that no long job is left running alone at the end
             longest_first = sorted(jobs, key=lambda job: -(job[1] or 0))

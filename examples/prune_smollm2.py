@@ -21,11 +21,8 @@ from optimum_multipruner.data import build_sequences, load_text_rows
 from optimum_multipruner.perplexity import perplexity
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from smollm2 import load_smollm2  # noqa: E402
+from smollm2 import DEFAULT_CALIBRATION, DEFAULT_WIKITEXT, load_smollm2  # noqa: E402
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")
-LOCAL_ALPACA = os.path.join(ASSETS, "alpaca", "alpaca_5000_text.jsonl")
-LOCAL_WIKITEXT = os.path.join(ASSETS, "wikitext-2-raw-v1", "test.jsonl")
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,10 +31,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--blockpruner", action="store_true", help="remove whole attention/MLP blocks only")
     parser.add_argument("--distribution", type=float, nargs=3, default=(44, 52, 4), metavar=("BLOCK", "MLP", "ATTN"))
     parser.add_argument("--mlp-group-size", type=int, default=512, help="MLP channels per step (multiple of 128)")
-    parser.add_argument("--calibration", default=LOCAL_ALPACA if os.path.isfile(LOCAL_ALPACA) else "alpaca")
+    parser.add_argument("--calibration", default=DEFAULT_CALIBRATION)
     parser.add_argument("--calibration-rows", type=int, default=2, help="Alpaca rows per calibration set")
     parser.add_argument("--sequence-length", type=int, default=128)
-    parser.add_argument("--eval-data", default=LOCAL_WIKITEXT if os.path.isfile(LOCAL_WIKITEXT) else "wikitext2")
+    parser.add_argument("--eval-data", default=DEFAULT_WIKITEXT)
     parser.add_argument("--eval-windows", type=int, default=4, help="WikiText-2 windows of 512 tokens to evaluate")
     parser.add_argument("--output", help="save the pruned model here (refuses an existing folder)")
     return parser.parse_args()

