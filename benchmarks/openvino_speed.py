@@ -36,7 +36,7 @@ from optimum_multipruner.benchmark import IR_FILES, benchmark, format_table, plo
 if TYPE_CHECKING:
     from transformers import LlamaConfig
 
-    from optimum_multipruner.surgery import PrunedStructure
+    from optimum_multipruner.structure import PrunedStructure
 
 
 # The official Llama-2-7B ratio_22 result (44:52:4, reference/algorithms.md §2.8) removed 9 attention blocks (layers
@@ -73,7 +73,7 @@ def scaled_llama2_config() -> LlamaConfig:
 
 def official_like_structure(config: LlamaConfig) -> PrunedStructure:
     """The fixed `PrunedStructure` above, for `scaled_llama2_config()`."""
-    from optimum_multipruner.surgery import PrunedStructure
+    from optimum_multipruner.structure import PrunedStructure
 
     heads = [
         0 if layer in OFFICIAL_LIKE_ATTENTION_REMOVED

@@ -3,7 +3,7 @@
 A psutil thread samples the resident set size (RSS), and its anonymous part, while the search runs. The script reports
 the peak RSS of the search minus the RSS right after loading the model (with every weight touched, since the
 safetensors are mmap-ed), next to the model's weight bytes and the size of the accelerated
-evaluator's hidden-state cache (layers x sequences x seq_len x hidden x element size), so weight copies can be told
+scorer's hidden-state cache (layers x sequences x seq_len x hidden x element size), so weight copies can be told
 apart from cached activations.
 
     python benchmarks/search_memory.py --max-steps 1 --distribution 0 1 0 --output results/search_memory.json
@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from smollm2 import DEFAULT_CALIBRATION, load_smollm2  # noqa: E402
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig  # noqa: E402
-from optimum_multipruner.checkpointing import state_dict_hash  # noqa: E402
+from optimum_multipruner.data import build_calibration_sets  # noqa: E402
+from optimum_multipruner.progress import state_dict_hash  # noqa: E402
 from optimum_multipruner.utils import atomic_write_text  # noqa: E402
 
 MIB = 2**20
@@ -98,7 +99,8 @@ def main() -> None:
     )
     pruner = MultiPruner(model, tokenizer)
     weights = weight_bytes(model)
-    sequences = {name: len(s) for name, s in pruner._calibration_sequences(config).items()}
+    vocab_size = model.get_input_embeddings().num_embeddings
+    sequences = {name: len(s) for name, s in build_calibration_sets(config, tokenizer, vocab_size).items()}
     element = next(model.parameters()).element_size()
     cache = {
         name: model.config.num_hidden_layers * n * args.sequence_length * model.config.hidden_size * element

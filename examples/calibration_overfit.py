@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import optimum_multipruner  # noqa: F401  (registers the pruned model types)
 from optimum_multipruner.data import build_sequences, load_text_rows, sample_rows
-from optimum_multipruner.perplexity import perplexity, reference_ignore_index
+from optimum_multipruner.nll import perplexity, reference_ignore_index
 from optimum_multipruner.utils import atomic_write_text
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, count_parameters
 from optimum_multipruner.data import build_sequences, load_text_rows
-from optimum_multipruner.perplexity import perplexity
+from optimum_multipruner.nll import perplexity
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from smollm2 import DEFAULT_CALIBRATION, DEFAULT_WIKITEXT, load_smollm2  # noqa: E402

@@ -10,7 +10,8 @@ from .exporters import enable_lazy_openvino_registration, export_openvino
 from .modeling import register_pruned_models
 from .pruner import MultiPruner
 from .record import PruningRecord, PruningStep
-from .surgery import PrunedStructure, count_parameters
+from .structure import PrunedStructure
+from .surgery import count_parameters
 from .version import __version__
 
 register_pruned_models()

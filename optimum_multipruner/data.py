@@ -135,3 +135,24 @@ def build_sequences(tokenizer, rows: Sequence[str], sequence_length: int, source
             "rows or a shorter `sequence_length`."
         )
     return input_ids[: num_sequences * sequence_length].view(num_sequences, sequence_length)
+
+
+def build_calibration_sets(config, tokenizer, vocab_size: int) -> dict[str, torch.Tensor]:
+    """The reference's two calibration sets of a `MultiPrunerConfig`, drawn from one seeded stream: width rows first,
+    then block rows. `{"width": [n, seq_len], "block": [m, seq_len]}`, each only when a stage uses it."""
+    rows = load_text_rows(config.calibration_dataset, "calibration", config.calibration_text_column)
+    rng = random.Random(config.seed)
+    sets = {}
+    if {"mlp", "attention"} & set(config.active_stages):
+        picked = sample_rows(rows, config.num_calibration_samples_width, rng, config.calibration_dataset)
+        sets["width"] = build_sequences(tokenizer, picked, config.sequence_length, "The width calibration text")
+    if "block" in config.active_stages:
+        picked = sample_rows(rows, config.num_calibration_samples_block, rng, config.calibration_dataset)
+        sets["block"] = build_sequences(tokenizer, picked, config.sequence_length, "The block calibration text")
+    largest = max(int(sequences.max()) for sequences in sets.values())
+    if largest >= vocab_size:
+        raise ValueError(
+            f"The tokenizer produced token id {largest} but the model's embedding has only {vocab_size} rows: the "
+            "tokenizer does not belong to this model."
+        )
+    return sets

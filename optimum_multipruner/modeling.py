@@ -14,7 +14,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .architectures import ADAPTERS, PRUNED_MODEL_TYPE_PREFIX, ArchitectureAdapter
-from .surgery import PrunedStructure, apply_structure, compact_cache_slots
+from .structure import PrunedStructure
+from .surgery import apply_structure, compact_cache_slots
 
 PRUNED_CONFIG_CLASSES: dict[str, type] = {}
 PRUNED_MODEL_CLASSES: dict[str, type] = {}

@@ -4,24 +4,24 @@ leaves a physically smaller model of a registered pruned class that `save_pretra
 from __future__ import annotations
 
 import os
-import random
+from functools import cached_property
 from typing import Optional, Union
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .architectures import ArchitectureAdapter, get_adapter
+from .architectures import ArchitectureAdapter, AttentionLayout, get_adapter
 from .candidates import SHRINK_MLP, STAGE_ACTIONS, Candidate, PruningUnits, apply_candidate, candidates_for, trial
-from .checkpointing import SearchProgress, has_progress, state_dict_hash, tensors_hash
 from .configuration import MultiPrunerConfig
-from .data import build_sequences, load_text_rows, sample_rows
-from .evaluator import CandidateEvaluator
+from .data import build_calibration_sets
 from .modeling import to_pruned_model
-from .perplexity import reference_ignore_index
+from .nll import reference_ignore_index
+from .progress import SearchProgress, start_progress
 from .record import PruningRecord, PruningStep
+from .scoring import CandidateScorer
+from .structure import PrunedStructure
 from .surgery import (
-    PrunedStructure,
     apply_structure,
     count_parameters,
     dense_parameter_count,
@@ -71,109 +71,130 @@ class MultiPruner:
                 to exactly the result an uninterrupted search reaches. The search statistics of the stage that was
                 interrupted count only the work done after resuming.
         """
-        if not isinstance(config, MultiPrunerConfig):
-            raise TypeError(f"`config` must be a MultiPrunerConfig, got {type(config).__name__}.")
-        if self.tokenizer is None:
-            raise ValueError("Pruning needs the model's tokenizer to build the calibration text: MultiPruner(model, tokenizer).")
-        model, adapter = self.model, self.adapter
-        _check_dense_floating_model(model, adapter)
-        layout = adapter.attention_layout(model.config)
+        # Every input check happens before any weight changes.
+        self._check_can_prune(config)
         units = self._units(config)
-        calibration = self._calibration_sequences(config)  # every input check happens before any weight changes
-        saved = SearchProgress.load(resume_from) if resume_from is not None else None
-        checkpoint_dir = resume_from if checkpoint_dir is None else checkpoint_dir
-        fingerprints = None
-        if checkpoint_dir is not None:
-            _prepare_checkpoint_dir(checkpoint_dir, resume_from)
-            fingerprints = (config.to_dict(), state_dict_hash(model), tensors_hash(calibration))  # dense weights
-            if saved is not None:
-                _check_resumable(saved, *fingerprints)
-                _check_recorded_steps(saved.record, model.config, adapter, resume_from)
-        dense_parameters = dense_parameter_count(model.config, adapter)
-        model.eval()
+        vocab_size = self.model.get_input_embeddings().num_embeddings
+        calibration = build_calibration_sets(config, self.tokenizer, vocab_size)
+        writer, resumed = start_progress(self.model, self.adapter, config, calibration, checkpoint_dir, resume_from)
 
+        self.model.eval()
         reorder = config.weight_reorder and bool(set(config.active_stages) & {"mlp", "attention"})
         if reorder:
-            reorder_by_weight_magnitude(model, adapter)
-        layers = adapter.decoder_layers(model)
-        if saved is None:
-            record = PruningRecord(
-                model_type=adapter.model_type,
-                num_hidden_layers=model.config.num_hidden_layers,
-                dense_parameters=dense_parameters,
-                structure=read_structure(model, adapter),
-                weight_reorder=reorder,
-                config=config.to_dict(),
-            )
+            reorder_by_weight_magnitude(self.model, self.adapter)
+        if resumed is None:
+            self.record = self._new_record(config, reorder)
         else:
-            record = saved.record
-            for step in record.steps:
-                apply_candidate(layers[step.layer], Candidate(step.action, step.layer), adapter, layout, units)
-            if read_structure(model, adapter) != record.structure:
-                raise ValueError(f"Cannot resume: re-applying the steps of {resume_from} does not give the structure "
-                                 "it recorded; the progress file is corrupted.")
-        self.record = record
-        checkpoint = SearchProgress(*fingerprints, record) if fingerprints is not None else None
+            self.record = resumed
+            self._replay(resumed, units, resume_from)
+        self._save_progress(writer)
+        self._search(config, calibration, units, writer, progress)
+        self._save_progress(writer)
+        return to_pruned_model(self.model, self.adapter, self.record.structure)
 
-        def save_progress() -> None:
-            if checkpoint is not None:
-                record.structure = read_structure(model, adapter)
-                checkpoint.save(checkpoint_dir)
-
-        save_progress()
+    def _search(self, config: MultiPrunerConfig, calibration: dict[str, torch.Tensor], units: PruningUnits,
+                writer: Optional[SearchProgress], progress: bool) -> None:
+        """The stages in order; each removes the best candidate, step by step, until its cumulative target."""
+        record, layers = self.record, self.adapter.decoder_layers(self.model)
         ignore_index = reference_ignore_index(self.tokenizer)
-        ratio = 1 - count_parameters(model) / dense_parameters
-        evaluator, evaluator_set = None, None
+        ratio = self._ratio()
+        scorer, scorer_set = None, None
         for stage, target in config.stage_targets.items():
             if stage not in config.active_stages or ratio >= target:
                 continue
             calibration_set = "block" if stage == "block" else "width"
-            if calibration_set != evaluator_set:
-                evaluator = None  # free the previous set's cached hidden states first
-                evaluator = CandidateEvaluator(
-                    model, adapter, calibration[calibration_set], config.batch_size, ignore_index,
+            if calibration_set != scorer_set:
+                scorer = None  # free the previous set's cached hidden states first
+                scorer = CandidateScorer(
+                    self.model, self.adapter, calibration[calibration_set], config.batch_size, ignore_index,
                     config.accelerated_search, progress,
                 )
-                evaluator_set = calibration_set
-                record.start_perplexity.setdefault(calibration_set, evaluator.base_perplexity)  # kept on resume
+                scorer_set = calibration_set
+                record.start_perplexity.setdefault(calibration_set, scorer.base_perplexity)  # kept on resume
             else:
-                evaluator.stats.reset_counters()  # per-stage statistics
+                scorer.stats.reset_counters()  # per-stage statistics
             bar = tqdm(total=round(target * 100, 2), desc=f"{stage} stage (% removed)", disable=not progress)
             while ratio < target:
                 if config.max_steps is not None and len(record.steps) >= config.max_steps:
                     record.target_reached = False
                     break
-                candidates = candidates_for(stage, layers, adapter, layout, units)
+                candidates = candidates_for(stage, layers, self.adapter, self._layout, units)
                 if not candidates:
                     logger.warning("Stage %s ran out of candidates at ratio %.4f (target %.4f).", stage, ratio, target)
                     record.target_reached = False
                     break
-                best, total = evaluator.select(
-                    candidates, lambda c: trial(layers[c.layer], c, adapter, layout, units), f"step {len(record.steps) + 1}"
-                )
-                apply_candidate(layers[best.layer], best, adapter, layout, units)
-                evaluator.committed(best, total)
-                ratio = 1 - count_parameters(model) / dense_parameters
-                step = PruningStep(
-                    step=len(record.steps) + 1,
-                    stage=stage,
-                    action=best.action,
-                    layer=best.layer,
-                    perplexity=evaluator.to_perplexity(total),
-                    ratio=ratio,
-                    num_parameters=count_parameters(model),
-                    kept=self._kept(layers[best.layer], best),
-                )
-                record.steps.append(step)
-                save_progress()
-                logger.info("Step %d: %s -> calibration perplexity %.4f, %.2f%% removed",
-                            step.step, best, step.perplexity, 100 * ratio)
+                step = self._step(stage, candidates, scorer, units)
+                ratio = step.ratio
+                self._save_progress(writer)
                 bar.update(min(round(ratio * 100, 2), bar.total) - bar.n)
             bar.close()
-            record.search_stats[stage] = evaluator.stats.to_dict()
-        record.structure = read_structure(model, adapter)
-        save_progress()
-        return to_pruned_model(model, adapter, record.structure)
+            record.search_stats[stage] = scorer.stats.to_dict()
+
+    def _step(self, stage: str, candidates: list[Candidate], scorer: CandidateScorer, units: PruningUnits) -> PruningStep:
+        """Score the candidates, apply the best one for good and record it."""
+        layers, adapter, layout = self.adapter.decoder_layers(self.model), self.adapter, self._layout
+        best, total = scorer.select(
+            candidates, lambda c: trial(layers[c.layer], c, adapter, layout, units), f"step {len(self.record.steps) + 1}"
+        )
+        apply_candidate(layers[best.layer], best, adapter, layout, units)
+        scorer.committed(best, total)
+        step = PruningStep(
+            step=len(self.record.steps) + 1,
+            stage=stage,
+            action=best.action,
+            layer=best.layer,
+            perplexity=scorer.to_perplexity(total),
+            ratio=self._ratio(),
+            num_parameters=count_parameters(self.model),
+            kept=self._kept(layers[best.layer], best),
+        )
+        self.record.steps.append(step)
+        logger.info("Step %d: %s -> calibration perplexity %.4f, %.2f%% removed",
+                    step.step, best, step.perplexity, 100 * step.ratio)
+        return step
+
+    def _check_can_prune(self, config: MultiPrunerConfig) -> None:
+        if not isinstance(config, MultiPrunerConfig):
+            raise TypeError(f"`config` must be a MultiPrunerConfig, got {type(config).__name__}.")
+        if self.tokenizer is None:
+            raise ValueError("Pruning needs the model's tokenizer to build the calibration text: MultiPruner(model, tokenizer).")
+        _check_dense_floating_model(self.model, self.adapter)
+
+    def _new_record(self, config: MultiPrunerConfig, reorder: bool) -> PruningRecord:
+        return PruningRecord(
+            model_type=self.adapter.model_type,
+            num_hidden_layers=self.model.config.num_hidden_layers,
+            dense_parameters=self._dense_parameters,
+            structure=read_structure(self.model, self.adapter),
+            weight_reorder=reorder,
+            config=config.to_dict(),
+        )
+
+    def _replay(self, record: PruningRecord, units: PruningUnits, resume_from: Union[str, os.PathLike]) -> None:
+        """Re-apply the finished steps of an interrupted search."""
+        layers = self.adapter.decoder_layers(self.model)
+        for step in record.steps:
+            apply_candidate(layers[step.layer], Candidate(step.action, step.layer), self.adapter, self._layout, units)
+        if read_structure(self.model, self.adapter) != record.structure:
+            raise ValueError(f"Cannot resume: re-applying the steps of {resume_from} does not give the structure "
+                             "it recorded; the progress file is corrupted.")
+
+    def _save_progress(self, writer: Optional[SearchProgress]) -> None:
+        """Bring the record's structure up to date and, when the search keeps progress on disk, write it."""
+        self.record.structure = read_structure(self.model, self.adapter)
+        if writer is not None:
+            writer.save(self.record)
+
+    def _ratio(self) -> float:
+        return 1 - count_parameters(self.model) / self._dense_parameters
+
+    @cached_property
+    def _dense_parameters(self) -> int:
+        return dense_parameter_count(self.model.config, self.adapter)
+
+    @property
+    def _layout(self) -> AttentionLayout:
+        return self.adapter.attention_layout(self.model.config)
 
     # ------------------------------------------------------------------ apply a saved result
     def apply(self, record: Union[PruningRecord, str, os.PathLike], weight_reorder: Optional[bool] = None,
@@ -232,26 +253,6 @@ class MultiPruner:
             )
         return PruningUnits(config.mlp_channel_group_size, attention_group, config.block_types)
 
-    def _calibration_sequences(self, config: MultiPrunerConfig) -> dict[str, torch.Tensor]:
-        """The reference's two row sets, drawn from one seeded stream: width rows first, then block rows."""
-        rows = load_text_rows(config.calibration_dataset, "calibration", config.calibration_text_column)
-        rng = random.Random(config.seed)
-        sets = {}
-        if {"mlp", "attention"} & set(config.active_stages):
-            picked = sample_rows(rows, config.num_calibration_samples_width, rng, config.calibration_dataset)
-            sets["width"] = build_sequences(self.tokenizer, picked, config.sequence_length, "The width calibration text")
-        if "block" in config.active_stages:
-            picked = sample_rows(rows, config.num_calibration_samples_block, rng, config.calibration_dataset)
-            sets["block"] = build_sequences(self.tokenizer, picked, config.sequence_length, "The block calibration text")
-        vocab = self.model.get_input_embeddings().num_embeddings
-        largest = max(int(sequences.max()) for sequences in sets.values())
-        if largest >= vocab:
-            raise ValueError(
-                f"The tokenizer produced token id {largest} but the model's embedding has only {vocab} rows: the "
-                "tokenizer does not belong to this model."
-            )
-        return sets
-
     def _kept(self, layer: nn.Module, candidate: Candidate) -> int:
         """What the candidate's sub-block keeps after the step: 0 if removed, else its MLP width or KV heads."""
         if candidate.action in STAGE_ACTIONS["block"]:
@@ -288,50 +289,3 @@ def _check_dense_floating_model(model: nn.Module, adapter: ArchitectureAdapter) 
     devices = {p.device for p in model.parameters()}
     if len(devices) > 1:
         raise ValueError(f"The model is spread over several devices ({sorted(map(str, devices))}); load it on one.")
-
-
-def _prepare_checkpoint_dir(directory: Union[str, os.PathLike],
-                            resume_from: Optional[Union[str, os.PathLike]]) -> None:
-    """Create the progress folder; refuse a file, or a folder holding another search's progress."""
-    if os.path.isfile(directory):
-        raise FileExistsError(f"The checkpoint path {directory} is a file; give a directory path.")
-    resuming_here = resume_from is not None and os.path.realpath(directory) == os.path.realpath(resume_from)
-    if has_progress(directory) and not resuming_here:
-        raise FileExistsError(
-            f"{directory} already holds the progress of a search. Pass `resume_from={str(directory)!r}` to continue "
-            "it, or choose another checkpoint directory."
-        )
-    os.makedirs(directory, exist_ok=True)
-    if not os.access(directory, os.W_OK):
-        raise PermissionError(f"Cannot write search progress to {directory}: it is not writable.")
-
-
-def _check_resumable(saved: SearchProgress, config: dict, model_hash: str, calibration_hash: str) -> None:
-    """`ValueError` unless the saved progress belongs to this configuration, dense model and calibration data."""
-    if saved.config != config:
-        changed = sorted(k for k in set(config) | set(saved.config) if config.get(k) != saved.config.get(k))
-        raise ValueError(
-            f"Cannot resume: the configuration differs from the interrupted search's in {changed}. Resume with the "
-            "same MultiPrunerConfig, or start a new search in another checkpoint directory."
-        )
-    if saved.model_hash != model_hash:
-        raise ValueError(
-            "Cannot resume: the model's weights differ from those the interrupted search started from (weight hash "
-            "mismatch). Resume with the same dense model."
-        )
-    if saved.calibration_hash != calibration_hash:
-        raise ValueError(
-            "Cannot resume: the calibration token ids differ from the interrupted search's (another data file, "
-            "tokenizer or data content). Resume with the same data and tokenizer."
-        )
-
-
-def _check_recorded_steps(record: PruningRecord, model_config, adapter: ArchitectureAdapter,
-                          resume_from: Union[str, os.PathLike]) -> None:
-    """`ValueError` before any weight changes if the saved steps cannot be re-applied to this model."""
-    actions = {action for stage_actions in STAGE_ACTIONS.values() for action in stage_actions}
-    for step in record.steps:
-        if step.action not in actions or not 0 <= step.layer < model_config.num_hidden_layers:
-            raise ValueError(f"Cannot resume: step {step.step} of {resume_from} ({step.action} of layer {step.layer}) "
-                             "does not fit this model; the progress file is corrupted.")
-    record.structure.validate(model_config, adapter)

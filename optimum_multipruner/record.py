@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Union
 
 from .architectures import ArchitectureAdapter, get_adapter
-from .surgery import PrunedStructure
+from .structure import PrunedStructure
 from .utils import atomic_write_text, read_json
 
 RECORD_NAME = "pruning_record.json"

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 
 import optimum_multipruner  # noqa: F401  (registers the pruned model types)
 from optimum_multipruner.architectures import get_adapter
-from optimum_multipruner.surgery import PrunedStructure, read_structure
+from optimum_multipruner.structure import PrunedStructure
+from optimum_multipruner.surgery import read_structure
 
 STRUCTURE = PrunedStructure(
     num_attention_heads=[0, 2, 4, 2], num_key_value_heads=[0, 1, 2, 1], intermediate_size=[64, 0, 256, 128]

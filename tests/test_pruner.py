@@ -75,7 +75,7 @@ def test_a_candidate_that_cannot_win_is_stopped_early(tokenizer, calibration_fil
 
     from optimum_multipruner.candidates import Candidate
     from optimum_multipruner.data import build_sequences, load_text_rows
-    from optimum_multipruner.evaluator import CandidateEvaluator
+    from optimum_multipruner.scoring import CandidateScorer
 
     model = trained_model("llama", tokenizer)
     sequences = build_sequences(tokenizer, load_text_rows(calibration_file)[:300], 64)
@@ -91,9 +91,9 @@ def test_a_candidate_that_cannot_win_is_stopped_early(tokenizer, calibration_fil
             head.weight.div_(scale)
 
     candidates = [Candidate("remove_mlp", 3), Candidate("remove_attention", 3)]
-    fast = CandidateEvaluator(model, get_adapter(model), sequences, 4, accelerated=True, progress=False)
+    fast = CandidateScorer(model, get_adapter(model), sequences, 4, accelerated=True, progress=False)
     best, total = fast.select(candidates, trial)
-    plain = CandidateEvaluator(model, get_adapter(model), sequences, 4, accelerated=False, progress=False)
+    plain = CandidateScorer(model, get_adapter(model), sequences, 4, accelerated=False, progress=False)
     plain_best, plain_total = plain.select(candidates, trial)
     assert best == plain_best and total == pytest.approx(plain_total, rel=1e-9)
     assert fast.stats.candidates_stopped_early == 1 and plain.stats.candidates_stopped_early == 0

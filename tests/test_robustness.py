@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, PrunedStructure, PruningRecord, count_parameters
-from optimum_multipruner.checkpointing import PROGRESS_NAME, state_dict_hash
+from optimum_multipruner.progress import PROGRESS_NAME, state_dict_hash
 from optimum_multipruner.configuration import CONFIG_NAME
 from optimum_multipruner.utils import check_output_dir
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..data import build_sequences, is_local_file, load_text_rows
-from ..perplexity import perplexity, reference_ignore_index
+from ..nll import perplexity, reference_ignore_index
 from ..utils import get_logger
 from .common import evaluation_mode
 

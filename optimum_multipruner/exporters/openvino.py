@@ -26,7 +26,8 @@ from torch import nn
 from transformers import AutoConfig
 
 from ..architectures import ADAPTERS, PRUNED_MODEL_TYPE_PREFIX, get_adapter
-from ..surgery import PrunedStructure, dense_parameter_count
+from ..structure import PrunedStructure
+from ..surgery import dense_parameter_count
 from ..utils import atomic_directory, check_output_dir, get_logger
 from . import TASKS, WEIGHT_FORMATS, rewrite_exported_config
 

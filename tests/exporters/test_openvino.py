@@ -21,7 +21,7 @@ import optimum_multipruner  # registers the pruned model types
 from optimum_multipruner.architectures import ADAPTERS
 from optimum_multipruner.exporters import export_openvino, rewrite_exported_config
 from optimum_multipruner.exporters.openvino import EXPORT_CONFIGS, default_weight_format, kept_kv_heads
-from optimum_multipruner.surgery import PrunedStructure
+from optimum_multipruner.structure import PrunedStructure
 
 # Layer 0 without attention, layer 1 without MLP, mixed KV heads and MLP widths.
 STRUCTURE = PrunedStructure(

@@ -1,6 +1,6 @@
 """Scoring search candidates by calibration NLL, plainly or accelerated, with provably the same choices.
 
-The plain evaluator runs the whole model for every candidate, as the reference code does. The accelerated one
+The plain scorer runs the whole model for every candidate, as the reference code does. The accelerated one
 (1) caches the hidden states entering every decoder layer of the current model, so a candidate that changes layer
 `i` only recomputes layers `i..L-1` and the head; (2) stops a candidate as soon as its partial sum of per-sequence
 NLLs exceeds the best complete total (exact: every term is non-negative and sums are accumulated in the same order);
@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 
 from .architectures import ArchitectureAdapter
 from .candidates import Candidate
-from .perplexity import sequence_nll
+from .nll import sequence_nll
 
 
 @dataclass
 class SearchStats:
-    """Work done by an evaluator, in units of one full forward pass over the calibration set."""
+    """Work done by a scorer, in units of one full forward pass over the calibration set."""
 
     candidates_started: int = 0
     candidates_stopped_early: int = 0
@@ -64,7 +64,7 @@ class SearchStats:
 TrialFactory = Callable[[Candidate], AbstractContextManager]
 
 
-class CandidateEvaluator:
+class CandidateScorer:
     """Finds the candidate whose removal gives the lowest calibration perplexity on the current model."""
 
     def __init__(
@@ -128,7 +128,7 @@ class CandidateEvaluator:
 
     @torch.no_grad()
     def committed(self, candidate: Candidate, total: float) -> None:
-        """Tell the evaluator `candidate` was applied for good; refresh cached layer inputs after its layer."""
+        """Tell the scorer `candidate` was applied for good; refresh cached layer inputs after its layer."""
         start = time.perf_counter()
         self._previous_totals.pop(candidate, None)
         self.base_total = total

@@ -1,0 +1,167 @@
+"""Search progress on disk, so an interrupted search can resume: the record so far plus fingerprints of its inputs.
+
+`multipruner_progress.json` holds the search configuration, a SHA-256 of the dense model's weights (taken before any
+reordering), a SHA-256 of the calibration token ids, and the pruning record up to the last finished step. It is
+rewritten atomically after every step, so a crash at any moment leaves either the previous or the new version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from .architectures import ArchitectureAdapter
+from .candidates import STAGE_ACTIONS
+from .record import PruningRecord
+from .utils import atomic_write_text, read_json
+
+PROGRESS_NAME = "multipruner_progress.json"
+PROGRESS_FORMAT = "optimum-multipruner-progress"
+
+
+def _update_with_tensor(digest: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
+    """Feed name, dtype, shape and the raw bytes of `tensor` (no copy when it is contiguous on the CPU)."""
+    tensor = tensor.detach().cpu().contiguous()
+    digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+    if tensor.numel():
+        digest.update(tensor.view(-1).view(torch.uint8).numpy())
+
+
+def state_dict_hash(model: nn.Module) -> str:
+    """SHA-256 of the model's state dict in sorted key order (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        _update_with_tensor(digest, name, tensor)
+    return digest.hexdigest()
+
+
+def tensors_hash(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (the calibration token ids of each set), in sorted name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        _update_with_tensor(digest, name, tensor)
+    return digest.hexdigest()
+
+
+@dataclass
+class SearchProgress:
+    """What a search needs to continue after an interruption, and to check it continues the same search."""
+
+    config: dict[str, Any]  # MultiPrunerConfig.to_dict()
+    model_hash: str  # state_dict_hash of the dense model before any change
+    calibration_hash: str  # tensors_hash of the calibration sets
+    record: Optional[PruningRecord] = None  # the steps finished so far
+    directory: Optional[Union[str, os.PathLike]] = None  # where `save` writes
+
+    def save(self, record: PruningRecord) -> str:
+        """Write `multipruner_progress.json` with `record` into `self.directory` atomically and return its path."""
+        self.record = record
+        path = os.path.join(self.directory, PROGRESS_NAME)
+        data = {
+            "format": PROGRESS_FORMAT,
+            "version": 1,
+            "config": self.config,
+            "model_hash": self.model_hash,
+            "calibration_hash": self.calibration_hash,
+            "record": record.to_dict(),
+        }
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: Union[str, os.PathLike]) -> "SearchProgress":
+        """Read the progress file of `directory`; `ValueError` if it is missing, corrupted or truncated."""
+        path = os.path.join(directory, PROGRESS_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"Cannot resume: {path} does not exist (no search has written progress there).")
+        try:
+            data = read_json(path)
+        except ValueError as error:
+            raise ValueError(f"Cannot resume: {error}") from error
+        if not isinstance(data, dict) or data.get("format") != PROGRESS_FORMAT:
+            raise ValueError(f"Cannot resume: {path} is not an optimum-multipruner progress file.")
+        try:
+            record = PruningRecord.from_dict(data["record"])
+            return cls(data["config"], data["model_hash"], data["calibration_hash"], record, directory)
+        except KeyError as error:
+            raise ValueError(f"Cannot resume: {path} lacks the field {error}; it is corrupted.") from error
+
+
+def has_progress(directory: Union[str, os.PathLike]) -> bool:
+    """Whether `directory` holds a progress file."""
+    return os.path.isfile(os.path.join(directory, PROGRESS_NAME))
+
+
+def start_progress(model: nn.Module, adapter: ArchitectureAdapter, config, calibration: Mapping[str, torch.Tensor],
+                   checkpoint_dir: Optional[Union[str, os.PathLike]],
+                   resume_from: Optional[Union[str, os.PathLike]]) -> tuple[Optional[SearchProgress], Optional[PruningRecord]]:
+    """Check and prepare the progress folder of a search, before any weight changes.
+
+    Returns the progress to write after every step (`None` without a folder) and the record to resume (`None` for a
+    new search). Fingerprints are taken from the dense weights, before any reordering.
+    """
+    saved = SearchProgress.load(resume_from) if resume_from is not None else None
+    directory = resume_from if checkpoint_dir is None else checkpoint_dir
+    if directory is None:
+        return None, None
+    prepare_checkpoint_dir(directory, resume_from)
+    current = SearchProgress(config.to_dict(), state_dict_hash(model), tensors_hash(calibration), directory=directory)
+    if saved is None:
+        return current, None
+    check_resumable(saved, current)
+    check_recorded_steps(saved.record, model.config, adapter, resume_from)
+    return current, saved.record
+
+
+def prepare_checkpoint_dir(directory: Union[str, os.PathLike],
+                            resume_from: Optional[Union[str, os.PathLike]]) -> None:
+    """Create the progress folder; refuse a file, or a folder holding another search's progress."""
+    if os.path.isfile(directory):
+        raise FileExistsError(f"The checkpoint path {directory} is a file; give a directory path.")
+    resuming_here = resume_from is not None and os.path.realpath(directory) == os.path.realpath(resume_from)
+    if has_progress(directory) and not resuming_here:
+        raise FileExistsError(
+            f"{directory} already holds the progress of a search. Pass `resume_from={str(directory)!r}` to continue "
+            "it, or choose another checkpoint directory."
+        )
+    os.makedirs(directory, exist_ok=True)
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"Cannot write search progress to {directory}: it is not writable.")
+
+
+def check_resumable(saved: SearchProgress, current: SearchProgress) -> None:
+    """`ValueError` unless the saved progress belongs to this configuration, dense model and calibration data."""
+    config = current.config
+    if saved.config != config:
+        changed = sorted(k for k in set(config) | set(saved.config) if config.get(k) != saved.config.get(k))
+        raise ValueError(
+            f"Cannot resume: the configuration differs from the interrupted search's in {changed}. Resume with the "
+            "same MultiPrunerConfig, or start a new search in another checkpoint directory."
+        )
+    if saved.model_hash != current.model_hash:
+        raise ValueError(
+            "Cannot resume: the model's weights differ from those the interrupted search started from (weight hash "
+            "mismatch). Resume with the same dense model."
+        )
+    if saved.calibration_hash != current.calibration_hash:
+        raise ValueError(
+            "Cannot resume: the calibration token ids differ from the interrupted search's (another data file, "
+            "tokenizer or data content). Resume with the same data and tokenizer."
+        )
+
+
+def check_recorded_steps(record: PruningRecord, model_config, adapter: ArchitectureAdapter,
+                          resume_from: Union[str, os.PathLike]) -> None:
+    """`ValueError` before any weight changes if the saved steps cannot be re-applied to this model."""
+    actions = {action for stage_actions in STAGE_ACTIONS.values() for action in stage_actions}
+    for step in record.steps:
+        if step.action not in actions or not 0 <= step.layer < model_config.num_hidden_layers:
+            raise ValueError(f"Cannot resume: step {step.step} of {resume_from} ({step.action} of layer {step.layer}) "
+                             "does not fit this model; the progress file is corrupted.")
+    record.structure.validate(model_config, adapter)
