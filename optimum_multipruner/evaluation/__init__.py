@@ -1,7 +1,7 @@
 """Evaluation of dense and pruned models (PyTorch or OpenVINO) by the BlockPruner / MultiPruner protocol:
 perplexity (`evaluate_perplexity`) and lm-eval-harness zero-shot accuracy (`evaluate_zero_shot`)."""
 
-from .nll import PERPLEXITY_PROTOCOLS, PerplexityProtocol, evaluate_perplexity
+from .perplexity import PERPLEXITY_PROTOCOLS, PerplexityProtocol, evaluate_perplexity
 from .reporting import format_results_table, write_results_json
 from .tasks.utils import TASK_DATA_ENV
 from .zero_shot import DEFAULT_TASKS, evaluate_zero_shot
