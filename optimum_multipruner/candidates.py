@@ -10,8 +10,8 @@ from torch import nn
 
 from .architectures import ArchitectureAdapter, AttentionLayout
 from .surgery import (
-    ZeroAttention,
-    ZeroMLP,
+    has_attention,
+    has_mlp,
     keep_first_kv_groups,
     keep_first_mlp_channels,
     remove_attention,
@@ -57,33 +57,25 @@ def candidates_for(stage: str, layers: nn.ModuleList, adapter: ArchitectureAdapt
     result = []
     if stage == "block":
         if "attention" in units.block_types:
-            result += [Candidate(REMOVE_ATTENTION, i) for i, l in enumerate(layers) if has_attention(l)]
+            result += [Candidate(REMOVE_ATTENTION, i) for i, l in enumerate(layers) if has_attention(l, adapter)]
         if "mlp" in units.block_types:
-            result += [Candidate(REMOVE_MLP, i) for i, l in enumerate(layers) if has_mlp(l)]
+            result += [Candidate(REMOVE_MLP, i) for i, l in enumerate(layers) if has_mlp(l, adapter)]
     elif stage == "mlp":
         result = [
             Candidate(SHRINK_MLP, i)
             for i, l in enumerate(layers)
-            if has_mlp(l) and adapter.mlp_width(l.mlp) - units.mlp_group > 0
+            if has_mlp(l, adapter) and adapter.mlp_width(adapter.mlp(l)) - units.mlp_group > 0
         ]
     elif stage == "attention":
         result = [
             Candidate(SHRINK_ATTENTION, i)
             for i, l in enumerate(layers)
-            if has_attention(l)
-            and adapter.kv_heads(l.self_attn, layout) * layout.group_width - units.attention_group > 0
+            if has_attention(l, adapter)
+            and adapter.kv_heads(adapter.attention(l), layout) * layout.group_width - units.attention_group > 0
         ]
     else:
         raise ValueError(f"Unknown stage {stage!r}.")
     return result
-
-
-def has_attention(layer: nn.Module) -> bool:
-    return not isinstance(layer.self_attn, ZeroAttention)
-
-
-def has_mlp(layer: nn.Module) -> bool:
-    return not isinstance(layer.mlp, ZeroMLP)
 
 
 def apply_candidate(layer: nn.Module, candidate: Candidate, adapter: ArchitectureAdapter, layout: AttentionLayout,
@@ -94,9 +86,9 @@ def apply_candidate(layer: nn.Module, candidate: Candidate, adapter: Architectur
     elif candidate.action == REMOVE_MLP:
         remove_mlp(layer, adapter)
     elif candidate.action == SHRINK_MLP:
-        keep_first_mlp_channels(layer, adapter, adapter.mlp_width(layer.mlp) - units.mlp_group)
+        keep_first_mlp_channels(layer, adapter, adapter.mlp_width(adapter.mlp(layer)) - units.mlp_group)
     elif candidate.action == SHRINK_ATTENTION:
-        groups = adapter.kv_heads(layer.self_attn, layout) - units.attention_group // layout.group_width
+        groups = adapter.kv_heads(adapter.attention(layer), layout) - units.attention_group // layout.group_width
         keep_first_kv_groups(layer, adapter, layout, groups)
     else:
         raise ValueError(f"Unknown action {candidate.action!r}.")
@@ -106,7 +98,7 @@ def apply_candidate(layer: nn.Module, candidate: Candidate, adapter: Architectur
 def trial(layer: nn.Module, candidate: Candidate, adapter: ArchitectureAdapter, layout: AttentionLayout,
           units: PruningUnits) -> Iterator[None]:
     """Apply `candidate` for the duration of the block, then put the layer back exactly as it was."""
-    snapshots = [_snapshot(module) for module in (layer, layer.self_attn, layer.mlp)]
+    snapshots = [_snapshot(module) for module in (layer, adapter.attention(layer), adapter.mlp(layer))]
     try:
         apply_candidate(layer, candidate, adapter, layout, units)
         yield

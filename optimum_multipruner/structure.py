@@ -56,7 +56,8 @@ class PrunedStructure:
         return cls([layout.num_heads] * layers, [layout.num_kv_heads] * layers, [config.intermediate_size] * layers)
 
     def validate(self, config, adapter: ArchitectureAdapter) -> None:
-        """`ValueError` naming the first layer whose entry does not fit the dense model described by `config`."""
+        """`ValueError` naming the first layer whose entry does not fit the dense model described by `config`, or that
+        removes an attention the family does not allow removing (`ArchitectureAdapter.attention_removal_blocker`)."""
         layout = adapter.attention_layout(config)
         if self.num_layers != config.num_hidden_layers:
             raise ValueError(
@@ -74,3 +75,7 @@ class PrunedStructure:
                 raise ValueError(
                     f"Layer {i}: MLP width {width} exceeds the model's intermediate size {config.intermediate_size}."
                 )
+        removed = [i for i, kv in enumerate(self.num_key_value_heads) if kv == 0]
+        blocker = adapter.attention_removal_blocker(config) if removed else None
+        if blocker is not None:
+            raise ValueError(f"Layer {removed[0]} has its attention removed, but {blocker}.")

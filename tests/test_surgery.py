@@ -1,8 +1,10 @@
 """Physical surgery equals the dense model with the same units zeroed."""
 
+import copy
+
 import pytest
 import torch
-from testing_utils import FAMILIES, make_model
+from testing_utils import FAMILIES, make_model, parameter_count_by_hand
 
 from optimum_multipruner.architectures import get_adapter
 from optimum_multipruner.surgery import (
@@ -49,12 +51,56 @@ def test_pruning_zero_units_is_identity(family):
     assert torch.equal(logits(model), expected)
 
 
+def projections(layer, config) -> dict[str, torch.Tensor]:
+    """By hand, per family: the q, k, v rows `[out, hidden]` of the attention and the gate, up rows
+    `[intermediate, hidden]` of the MLP (Phi-3 fuses them: `qkv_proj` rows `[q; k; v]`, `gate_up_proj` `[gate; up]`)."""
+    attention, mlp = layer.self_attn, layer.mlp
+    if config.model_type == "phi3":
+        head_dim = config.hidden_size // config.num_attention_heads
+        widths = [config.num_attention_heads * head_dim] + [config.num_key_value_heads * head_dim] * 2
+        q, k, v = attention.qkv_proj.weight.split(widths)
+        gate, up = mlp.gate_up_proj.weight.chunk(2)
+    else:
+        q, k, v = attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight
+        gate, up = mlp.gate_proj.weight, mlp.up_proj.weight
+    return {"q": q, "k": k, "v": v, "gate": gate, "up": up}
+
+
+def descending(scores: list[float]) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: -scores[i])
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_weight_reordering_preserves_function(family):
+def test_weight_reordering_sorts_by_l1_score_and_preserves_function(family):
     model = make_model(family)
-    expected = logits(model)
+    config, expected = model.config, logits(model)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    group_rows = config.num_attention_heads // config.num_key_value_heads * head_dim  # query rows per KV group
+    before = [{name: w.detach().double().clone() for name, w in projections(layer, config).items()}
+              for layer in model.model.layers]
     reorder_by_weight_magnitude(model, get_adapter(model))
     torch.testing.assert_close(logits(model), expected, atol=1e-5, rtol=1e-5)
+    moved = False
+    for layer, old in zip(model.model.layers, before):
+        new = projections(layer, config)
+        l1 = {name: old[name].abs().sum(dim=1).tolist() for name in old}  # L1 norm of every row
+        # MLP channel j: L1(gate row j) + L1(up row j), largest first
+        channels = descending([gate + up for gate, up in zip(l1["gate"], l1["up"])])
+        for name in ("gate", "up"):
+            assert torch.equal(new[name].double(), old[name][channels])
+        # KV group g: mean L1 of its query rows + mean of L1(k row) + L1(v row) over its K/V rows, largest first
+        groups = descending([
+            sum(l1["q"][g * group_rows : (g + 1) * group_rows]) / group_rows
+            + sum(k + v for k, v in zip(l1["k"][g * head_dim : (g + 1) * head_dim],
+                                         l1["v"][g * head_dim : (g + 1) * head_dim])) / head_dim
+            for g in range(config.num_key_value_heads)
+        ])
+        q_rows = [g * group_rows + r for g in groups for r in range(group_rows)]
+        kv_rows = [g * head_dim + r for g in groups for r in range(head_dim)]
+        assert torch.equal(new["q"].double(), old["q"][q_rows])
+        assert torch.equal(new["k"].double(), old["k"][kv_rows]) and torch.equal(new["v"].double(), old["v"][kv_rows])
+        moved |= channels != sorted(channels) or groups != sorted(groups)
+    assert moved  # a random model's order is not the identity, so an unsorted result would have failed
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
@@ -73,6 +119,9 @@ def test_removed_block_equals_skipping_it(family):
     model = make_model(family)
     adapter = get_adapter(model)
     layer = adapter.decoder_layers(model)[2]
+    reference = copy.deepcopy(layer)
+    with torch.no_grad():
+        reference.self_attn.o_proj.weight.zero_()  # the attention branch adds nothing (family multipliers included)
     hidden = torch.randn(2, 8, model.config.hidden_size)
     structure = read_structure(model, adapter)
     structure.num_attention_heads[2] = structure.num_key_value_heads[2] = 0
@@ -81,7 +130,7 @@ def test_removed_block_equals_skipping_it(family):
     position_embeddings = model.model.rotary_emb(hidden, torch.arange(8)[None])
     with torch.no_grad():
         out = layer(hidden, position_embeddings=position_embeddings)
-        expected = hidden + layer.mlp(layer.post_attention_layernorm(hidden))  # attention branch skipped
+        expected = reference(hidden, position_embeddings=position_embeddings)
     torch.testing.assert_close(out, expected)
     assert not any("input_layernorm" in name for name, _ in layer.named_parameters())
 
@@ -90,22 +139,17 @@ def test_removed_block_equals_skipping_it(family):
 def test_parameter_count_matches_structure(family):
     model = make_model(family)
     adapter = get_adapter(model)
-    dense = count_parameters(model)
-    assert dense_parameter_count(model.config, adapter) == dense
+    dense = parameter_count_by_hand(model.config)
+    assert count_parameters(model) == dense_parameter_count(model.config, adapter) == dense
     apply_structure(model, adapter, STRUCTURE)
-    layout = adapter.attention_layout(model.config)
-    hidden, head_dim = model.config.hidden_size, layout.head_dim
-    removed = 0
-    for kv, width in zip(STRUCTURE.num_key_value_heads, STRUCTURE.intermediate_size):
-        lost_kv = layout.num_kv_heads - kv
-        removed += 2 * lost_kv * layout.heads_per_group * head_dim * hidden + 2 * lost_kv * head_dim * hidden
-        if model.config.model_type == "qwen2":  # q/k/v biases
-            removed += lost_kv * layout.heads_per_group * head_dim + 2 * lost_kv * head_dim
-        if model.config.model_type == "qwen3" and kv == 0:  # q/k norms go with the attention
-            removed += 2 * head_dim
-        removed += 3 * (model.config.intermediate_size - width) * hidden
-        removed += hidden * ((kv == 0) + (width == 0))  # the removed blocks' pre-norms
-    assert count_parameters(model) == dense - removed
+    assert count_parameters(model) == parameter_count_by_hand(model.config, STRUCTURE) < dense
+
+
+def test_count_by_hand_of_the_tiny_llama():
+    # embeddings + lm_head 2 x 320 x 64, final norm 64; per layer q 64x64, k and v 32x64, o 64x64, norms 2 x 64,
+    # gate/up/down 3 x 256x64
+    per_layer = 64 * 64 + 2 * 32 * 64 + 64 * 64 + 2 * 64 + 3 * 256 * 64
+    assert parameter_count_by_hand(make_model("llama").config) == 2 * 320 * 64 + 64 + 4 * per_layer == 287_296
 
 
 def test_structure_that_does_not_fit_is_rejected_before_any_change():

@@ -1,18 +1,22 @@
-"""One adapter per supported decoder family; `get_adapter` picks it from a model or config."""
+"""One adapter per supported decoder family; `get_adapter` picks it from a model, a config or a `model_type`.
+
+Adding a family is one module in this package: an `ArchitectureAdapter` subclass decorated with `@register_adapter`
+(see `granite.py`). Importing the package imports every module in it, so each family registers itself.
+"""
 
 from __future__ import annotations
 
-from .base import ArchitectureAdapter, AttentionLayout
-from .llama import LlamaAdapter
-from .mistral import MistralAdapter
-from .phi3 import Phi3Adapter
-from .qwen2 import Qwen2Adapter
-from .qwen3 import Qwen3Adapter
+import importlib
+import pkgutil
 
-ADAPTERS: dict[str, ArchitectureAdapter] = {
-    adapter.model_type: adapter() for adapter in (LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Phi3Adapter)
-}
-PRUNED_MODEL_TYPE_PREFIX = "multipruner_"
+from optimum_multipruner_constants import PRUNED_MODEL_TYPE_PREFIX
+
+from .base import ADAPTERS, PRE_NORM_LAYER, ArchitectureAdapter, AttentionLayout, DecoderLayerLayout, register_adapter
+
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module
 
 
 def base_model_type(model_type: str) -> str:
@@ -29,11 +33,21 @@ def get_adapter(model_or_config) -> ArchitectureAdapter:
         config = getattr(model_or_config, "config", model_or_config)
         model_type = base_model_type(getattr(config, "model_type", "") or "")
     if model_type not in ADAPTERS:
+        names = ", ".join(ADAPTERS[name].display_name for name in sorted(ADAPTERS))
         raise ValueError(
             f"Unsupported architecture {model_type or type(model_or_config).__name__!r}: MultiPruner supports the "
-            f"families {', '.join(sorted(ADAPTERS))} (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, Phi-3)."
+            f"families {', '.join(sorted(ADAPTERS))} ({names})."
         )
     return ADAPTERS[model_type]
 
 
-__all__ = ["ADAPTERS", "ArchitectureAdapter", "AttentionLayout", "base_model_type", "get_adapter"]
+__all__ = [
+    "ADAPTERS",
+    "PRE_NORM_LAYER",
+    "ArchitectureAdapter",
+    "AttentionLayout",
+    "DecoderLayerLayout",
+    "base_model_type",
+    "get_adapter",
+    "register_adapter",
+]

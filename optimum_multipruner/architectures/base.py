@@ -1,12 +1,20 @@
-"""What MultiPruner needs to know about a decoder family, for families with separate q/k/v/o and gate/up/down."""
+"""What MultiPruner needs to know about a decoder family, and the registry of supported families.
+
+A family is one module of this package holding an `ArchitectureAdapter` subclass decorated with `@register_adapter`;
+the package imports every such module, and the pruned model classes, the OpenVINO export configs and the error
+messages all follow `ADAPTERS`. The base class covers families with separate q/k/v/o and gate/up/down projections;
+a family states its model classes and its decoder-layer layout, and overrides what differs (e.g. fused projections).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional, TypeVar
 
 import torch
 from torch import nn
+
+ADAPTERS: dict[str, "ArchitectureAdapter"] = {}  # model_type -> adapter, filled by `@register_adapter`
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,35 @@ class AttentionLayout:
     def group_width(self) -> int:
         """Query channels of one whole KV group: the smallest unit attention pruning removes."""
         return self.heads_per_group * self.head_dim
+
+
+@dataclass(frozen=True)
+class DecoderLayerLayout:
+    """The child modules of one decoder layer, every one accounted for.
+
+    `attention_norms` / `mlp_norms` are the norms that belong to that branch alone (on its input or its output) and
+    go with it when the branch is removed. `other` are parameter-free children pruning leaves alone (e.g. dropouts).
+    A layer with any child not named here is refused (`ArchitectureAdapter.check_layer`): its role is unknown.
+    """
+
+    attention: str
+    mlp: str
+    attention_norms: tuple[str, ...]
+    mlp_norms: tuple[str, ...]
+    other: tuple[str, ...] = ()
+
+    @property
+    def children(self) -> frozenset[str]:
+        return frozenset((self.attention, self.mlp, *self.attention_norms, *self.mlp_norms, *self.other))
+
+
+PRE_NORM_LAYER = DecoderLayerLayout(
+    attention="self_attn", mlp="mlp", attention_norms=("input_layernorm",), mlp_norms=("post_attention_layernorm",)
+)
+"""`h = x + self_attn(input_layernorm(x)); out = h + mlp(post_attention_layernorm(h))` (Llama and its kin).
+
+Only for families whose layer really is this; a post-norm family (norms on the branch outputs, e.g. OLMo2's
+`post_attention_layernorm` + `post_feedforward_layernorm`) names its own norms."""
 
 
 def select_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
@@ -51,19 +88,29 @@ def kv_group_rows(group_index: torch.Tensor, rows_per_group: int) -> torch.Tenso
     return (group_index[:, None] * rows_per_group + offsets[None, :]).reshape(-1)
 
 
+def l1_rows(weight: torch.Tensor) -> torch.Tensor:
+    """`[rows]`: L1 norm of each row, summed in float32 or wider whatever the weight's dtype.
+
+    The weight is cast *before* `abs`/`sum`, so a float32 weight gives exactly the float32 scores of before and a
+    bfloat16 weight the same scores as its float32 copy (a bf16 sum has only a few distinct values on wide layers).
+    """
+    return weight.to(torch.promote_types(weight.dtype, torch.float32)).abs().sum(dim=1)
+
+
 class ArchitectureAdapter:
     """Module names, projection layout and weight surgery of one decoder family.
 
-    Subclasses set `model_type`, `config_class`, `causal_lm_class` and `stem`; families with fused projections
-    override the projection methods. Every method that changes a module keeps whole KV groups.
+    Subclasses set `model_type`, `display_name`, `stem`, `config_class`, `causal_lm_class` and `layer_layout`, and
+    register with `@register_adapter`; families with fused projections override the projection methods. Every method
+    that changes a module keeps whole KV groups.
     """
 
     model_type: ClassVar[str]
+    display_name: ClassVar[str]  # for people, e.g. "Llama 2/3.x"
     stem: ClassVar[str]  # class-name stem, e.g. "Llama" -> MultiPrunedLlamaForCausalLM
     config_class: ClassVar[type]
     causal_lm_class: ClassVar[type]
-    attention_norms: ClassVar[tuple[str, ...]] = ("input_layernorm",)
-    mlp_norms: ClassVar[tuple[str, ...]] = ("post_attention_layernorm",)
+    layer_layout: ClassVar[DecoderLayerLayout]
 
     # ----------------------------------------------------------------- navigation
     @staticmethod
@@ -74,12 +121,66 @@ class ArchitectureAdapter:
     def final_norm(model: nn.Module) -> nn.Module:
         return model.model.norm
 
+    def head_logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """`[batch, seq, vocab]` logits from the last decoder layer's output, as the model's forward computes them."""
+        return model.get_output_embeddings()(self.final_norm(model)(hidden))
+
+    def attention(self, layer: nn.Module) -> nn.Module:
+        return getattr(layer, self.layer_layout.attention)
+
+    def mlp(self, layer: nn.Module) -> nn.Module:
+        return getattr(layer, self.layer_layout.mlp)
+
+    def replace_attention(self, layer: nn.Module, module: nn.Module) -> None:
+        """Put `module` in place of the attention branch, and `Identity` in place of the norms that belong to it."""
+        self._replace(layer, {self.layer_layout.attention: module, **dict.fromkeys(self.layer_layout.attention_norms)})
+
+    def replace_mlp(self, layer: nn.Module, module: nn.Module) -> None:
+        """Put `module` in place of the MLP branch, and `Identity` in place of the norms that belong to it."""
+        self._replace(layer, {self.layer_layout.mlp: module, **dict.fromkeys(self.layer_layout.mlp_norms)})
+
+    def check_layer(self, layer: nn.Module, index: int) -> None:
+        """`ValueError` unless the layer's children are exactly those of `layer_layout` (an unknown layout)."""
+        children, expected = frozenset(layer._modules), self.layer_layout.children
+        if children != expected:
+            raise ValueError(
+                f"Decoder layer {index} ({type(layer).__name__}) has the modules {sorted(children)}, but the "
+                f"{self.display_name} adapter knows {sorted(expected)}: unknown {sorted(children - expected)}, missing "
+                f"{sorted(expected - children)}. MultiPruner cannot tell which norms belong to which branch of this "
+                "layer; its adapter (optimum_multipruner/architectures) must state its `layer_layout`."
+            )
+
+    @staticmethod
+    def _replace(layer: nn.Module, modules: dict[str, Optional[nn.Module]]) -> None:
+        """Set the children `modules` (`None`: `Identity`), all or none: each must exist already."""
+        missing = [name for name in modules if name not in layer._modules]
+        if missing:
+            raise AttributeError(f"{type(layer).__name__} has no child module {', '.join(missing)}.")
+        for name, module in modules.items():
+            setattr(layer, name, nn.Identity() if module is None else module)
+
     @staticmethod
     def attention_layout(config) -> AttentionLayout:
         num_heads = config.num_attention_heads
         num_kv_heads = config.num_key_value_heads or num_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
         return AttentionLayout(num_heads, num_kv_heads, head_dim)
+
+    # ----------------------------------------------------------------- what may be removed
+    def attention_removal_blocker(self, config) -> Optional[str]:
+        """Why whole attention branches cannot be removed from a model with `config`, or `None` if they can.
+
+        A pruned model gives each kept attention the KV-cache slot of its rank among kept attentions
+        (`surgery.compact_cache_slots`), while transformers picks each slot's cache and mask kind from
+        `config.layer_types`; in a model mixing sliding-window and full attention, slots would get the wrong kind.
+        """
+        kinds = sorted(set(getattr(config, "layer_types", None) or ()))
+        if len(kinds) > 1:
+            return (
+                f"the model mixes sliding-window and full attention layers ({kinds}), and removing attention blocks "
+                "from such a model is not supported"
+            )
+        return None
 
     # ----------------------------------------------------------------- widths of a live module
     def kv_heads(self, attention: nn.Module, layout: AttentionLayout) -> int:
@@ -91,17 +192,19 @@ class ArchitectureAdapter:
 
     # ----------------------------------------------------------------- importance scores (weight-magnitude reordering)
     def kv_group_scores(self, attention: nn.Module, layout: AttentionLayout) -> torch.Tensor:
-        """`[kv_heads]`: mean over a KV group's query rows of L1(q row) + L1(k row) + L1(v row) (reference rule)."""
+        """`[kv_heads]`: mean over a KV group's query rows of L1(q row) + L1(k row) + L1(v row) (reference rule), in
+        float32 or wider whatever the weights' dtype."""
         q, k, v = self.qkv_weights(attention)  # [kv*n_rep*hd, hidden], [kv*hd, hidden], [kv*hd, hidden]
         kv = k.shape[0] // layout.head_dim
-        q_score = q.abs().sum(dim=1).view(kv, -1).mean(dim=1)  # [kv]
-        kv_score = (k.abs().sum(dim=1) + v.abs().sum(dim=1)).view(kv, -1).mean(dim=1)  # [kv]
-        return (q_score + kv_score).float()
+        q_score = l1_rows(q).view(kv, -1).mean(dim=1)  # [kv]
+        kv_score = (l1_rows(k) + l1_rows(v)).view(kv, -1).mean(dim=1)  # [kv]
+        return q_score + kv_score
 
     def mlp_channel_scores(self, mlp: nn.Module) -> torch.Tensor:
-        """`[intermediate]`: L1(gate row) + L1(up row) (reference rule; down_proj is not scored)."""
+        """`[intermediate]`: L1(gate row) + L1(up row) (reference rule; down_proj is not scored), in float32 or
+        wider."""
         gate, up = self.gate_up_weights(mlp)
-        return (gate.abs().sum(dim=1) + up.abs().sum(dim=1)).float()
+        return l1_rows(gate) + l1_rows(up)
 
     def qkv_weights(self, attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight
@@ -126,3 +229,28 @@ class ArchitectureAdapter:
         mlp.down_proj = select_linear(mlp.down_proj, channels, dim=1)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = len(channels)
+
+
+_REQUIRED = ("model_type", "display_name", "stem", "config_class", "causal_lm_class", "layer_layout")
+Adapter = TypeVar("Adapter", bound=type)
+
+
+def register_adapter(adapter_class: Adapter) -> Adapter:
+    """Class decorator: make a family known to MultiPruner (search, apply, pruned model classes, OpenVINO export).
+
+    Refuses an adapter that leaves a required class attribute unset, or a second adapter for a registered type.
+    """
+    missing = [name for name in _REQUIRED if getattr(adapter_class, name, None) is None]
+    if missing:
+        raise TypeError(f"{adapter_class.__name__} must set {', '.join(missing)} to be registered.")
+    registered = ADAPTERS.get(adapter_class.model_type)
+    if registered is not None and _name(type(registered)) != _name(adapter_class):
+        raise ValueError(
+            f"model_type {adapter_class.model_type!r} already has the adapter {type(registered).__name__}."
+        )
+    ADAPTERS[adapter_class.model_type] = adapter_class()
+    return adapter_class
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"  # the same after a module reload

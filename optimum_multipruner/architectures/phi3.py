@@ -3,10 +3,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import Phi3Config, Phi3ForCausalLM
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.phi3.modeling_phi3 import Phi3Attention, apply_rotary_pos_emb, eager_attention_forward
 
-from .base import ArchitectureAdapter, AttentionLayout, kv_group_rows, select_linear
+from ..compat import (
+    ALL_ATTENTION_FUNCTIONS,
+    Phi3Attention,
+    apply_rotary_pos_emb,
+    attention_implementation,
+    eager_attention_forward,
+)
+from .base import (
+    ArchitectureAdapter,
+    AttentionLayout,
+    DecoderLayerLayout,
+    kv_group_rows,
+    register_adapter,
+    select_linear,
+)
 
 
 class PrunedPhi3Attention(Phi3Attention):
@@ -32,7 +44,7 @@ class PrunedPhi3Attention(Phi3Attention):
             key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
 
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
+            attention_implementation(self.config), eager_attention_forward
         )
         attn_output, attn_weights = attention_interface(
             self,
@@ -49,13 +61,23 @@ class PrunedPhi3Attention(Phi3Attention):
         return self.o_proj(attn_output), attn_weights
 
 
+@register_adapter
 class Phi3Adapter(ArchitectureAdapter):
-    """Phi-3: fused `qkv_proj` (rows `[q; k; v]`) and fused `gate_up_proj` (rows `[gate; up]`)."""
+    """Phi-3: fused `qkv_proj` (rows `[q; k; v]`) and fused `gate_up_proj` (rows `[gate; up]`); pre-norm layers with
+    a (parameter-free) dropout on each branch output."""
 
     model_type = "phi3"
+    display_name = "Phi-3"
     stem = "Phi3"
     config_class = Phi3Config
     causal_lm_class = Phi3ForCausalLM
+    layer_layout = DecoderLayerLayout(
+        attention="self_attn",
+        mlp="mlp",
+        attention_norms=("input_layernorm",),
+        mlp_norms=("post_attention_layernorm",),
+        other=("resid_attn_dropout", "resid_mlp_dropout"),
+    )
 
     def kv_heads(self, attention: nn.Module, layout: AttentionLayout) -> int:
         return attention.num_key_value_heads

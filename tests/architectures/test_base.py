@@ -1,0 +1,208 @@
+"""The adapter registry, decoder-layer layouts and the attention-removal policy of `architectures/`."""
+
+import copy
+import pkgutil
+
+import pytest
+import torch
+from testing_utils import CONFIGS, make_model, search_config
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Olmo2Config, Olmo2ForCausalLM
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+import optimum_multipruner.architectures as architectures
+from optimum_multipruner import MultiPruner, PruningRecord, count_parameters
+from optimum_multipruner.architectures import (
+    ADAPTERS,
+    PRE_NORM_LAYER,
+    ArchitectureAdapter,
+    DecoderLayerLayout,
+    get_adapter,
+    register_adapter,
+)
+from optimum_multipruner.modeling import PRUNED_CONFIG_CLASSES, PRUNED_MODEL_CLASSES, register_pruned_models
+from optimum_multipruner.structure import PrunedStructure
+from optimum_multipruner.surgery import apply_structure, read_structure, remove_mlp
+
+# Layer 0 without attention, layer 1 without MLP.
+REMOVES_ATTENTION = PrunedStructure([0, 4, 4, 4], [0, 2, 2, 2], [256, 0, 256, 256])
+MIXED_ATTENTION = dict(
+    use_sliding_window=True, sliding_window=32,
+    layer_types=["full_attention", "full_attention", "sliding_attention", "sliding_attention"],
+)
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, before):
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+# --------------------------------------------------------------------------- registry
+def test_every_family_module_registers_exactly_one_adapter():
+    modules = [m.name for m in pkgutil.iter_modules(architectures.__path__) if m.name != "base"]
+    by_module = {}
+    for adapter in ADAPTERS.values():
+        by_module.setdefault(type(adapter).__module__.rsplit(".", 1)[-1], []).append(adapter.model_type)
+    assert sorted(by_module) == sorted(modules) and all(len(types) == 1 for types in by_module.values())
+    assert "granite" in ADAPTERS
+
+
+def test_tests_and_pruned_classes_cover_every_registered_family():
+    assert sorted(CONFIGS) == sorted(ADAPTERS)  # a new family must come with its tiny test config
+    register_pruned_models()
+    assert sorted(PRUNED_MODEL_CLASSES) == sorted(ADAPTERS)
+    for model_type, adapter in ADAPTERS.items():
+        assert issubclass(PRUNED_MODEL_CLASSES[model_type], adapter.causal_lm_class)
+        assert PRUNED_CONFIG_CLASSES[model_type].model_type == f"multipruner_{model_type}"
+
+
+def test_unknown_family_error_names_every_registered_family():
+    with pytest.raises(ValueError) as error:
+        get_adapter("gpt2")
+    for adapter in ADAPTERS.values():
+        assert adapter.model_type in str(error.value) and adapter.display_name in str(error.value)
+
+
+def test_register_adapter_refuses_an_incomplete_or_duplicate_adapter():
+    before = dict(ADAPTERS)
+
+    class NoLayout(ArchitectureAdapter):
+        model_type, display_name, stem = "nolayout", "No layout", "NoLayout"
+        config_class, causal_lm_class = LlamaConfig, LlamaForCausalLM
+
+    with pytest.raises(TypeError, match="layer_layout"):
+        register_adapter(NoLayout)
+
+    class SecondLlama(NoLayout):
+        model_type = "llama"
+        layer_layout = PRE_NORM_LAYER
+
+    with pytest.raises(ValueError, match="already has the adapter LlamaAdapter"):
+        register_adapter(SecondLlama)
+    assert ADAPTERS == before
+
+
+class ToyConfig(LlamaConfig):
+    model_type = "toyfamily"
+
+
+class ToyForCausalLM(LlamaForCausalLM):
+    config_class = ToyConfig
+
+
+@pytest.fixture
+def toy_family():
+    """A family added the way a new adapter file adds one: a single registered class (removed afterwards)."""
+
+    @register_adapter
+    class ToyAdapter(ArchitectureAdapter):
+        model_type, display_name, stem = "toyfamily", "Toy", "Toy"
+        config_class, causal_lm_class = ToyConfig, ToyForCausalLM
+        layer_layout = PRE_NORM_LAYER
+
+    try:
+        yield ADAPTERS["toyfamily"]
+    finally:
+        for registry in (ADAPTERS, PRUNED_CONFIG_CLASSES, PRUNED_MODEL_CLASSES):
+            registry.pop("toyfamily", None)
+
+
+def test_one_registered_adapter_is_all_a_family_needs_to_be_pruned_saved_and_loaded(toy_family, tmp_path):
+    torch.manual_seed(0)
+    values = {k: v for k, v in CONFIGS["llama"]().to_dict().items() if k not in ("model_type", "architectures")}
+    model = ToyForCausalLM(ToyConfig(**values)).eval()
+    record = PruningRecord("toyfamily", 4, count_parameters(model), REMOVES_ATTENTION, weight_reorder=True)
+    pruned = MultiPruner(model).apply(record)
+    assert type(pruned).__name__ == "MultiPrunedToyForCausalLM"
+    pruned.save_pretrained(tmp_path)
+    ids = torch.randint(4, 320, (1, 10), generator=torch.Generator().manual_seed(0))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, pruned(ids).logits)
+    assert read_structure(reloaded, get_adapter(reloaded)) == REMOVES_ATTENTION
+
+
+# --------------------------------------------------------------------------- layer layouts
+def test_a_layer_with_an_unknown_module_is_refused_before_any_change(tokenizer, calibration_file):
+    model = make_model("llama")
+    model.model.layers[1].post_feedforward_layernorm = LlamaRMSNorm(64)  # a norm whose branch nobody declared
+    before = state(model)
+    with pytest.raises(ValueError, match=r"Decoder layer 1 .*unknown \['post_feedforward_layernorm'\]"):
+        MultiPruner(model, tokenizer).prune(search_config(calibration_file), progress=False)
+    with pytest.raises(ValueError, match="Decoder layer 1"):
+        MultiPruner(model).apply(PruningRecord("llama", 4, 0, REMOVES_ATTENTION, weight_reorder=True))
+    assert_unchanged(model, before)
+
+
+class Olmo2Adapter(ArchitectureAdapter):
+    """Post-norm layers: `x + norm(attn(x))`, `h + norm(mlp(h))` (not registered: only for this test)."""
+
+    model_type, display_name, stem = "olmo2", "OLMo 2", "Olmo2"
+    config_class, causal_lm_class = Olmo2Config, Olmo2ForCausalLM
+    layer_layout = DecoderLayerLayout(
+        attention="self_attn", mlp="mlp", attention_norms=("post_attention_layernorm",),
+        mlp_norms=("post_feedforward_layernorm",),
+    )
+
+
+def test_a_post_norm_layer_is_refused_under_a_pre_norm_layout_and_pruned_right_under_its_own():
+    torch.manual_seed(0)
+    model = Olmo2ForCausalLM(Olmo2Config(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+
+    class WrongLayout(Olmo2Adapter):
+        layer_layout = PRE_NORM_LAYER  # what the old default silently assumed for every family
+
+    with pytest.raises(ValueError, match=r"missing \['input_layernorm'\]"):
+        read_structure(model, WrongLayout())
+    with pytest.raises(AttributeError, match="input_layernorm"):  # never silently adds a module
+        WrongLayout().replace_attention(model.model.layers[0], torch.nn.Identity())
+
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference.model.layers[1].mlp.down_proj.weight.zero_()  # the MLP branch adds norm(0) = 0
+    remove_mlp(model.model.layers[1], Olmo2Adapter())
+    ids = torch.randint(4, 320, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits)
+    # the attention's own output norm is untouched: only the MLP's norm went with it
+    layer = model.model.layers[1]
+    assert type(layer.post_attention_layernorm) is type(reference.model.layers[1].post_attention_layernorm)
+    assert isinstance(layer.post_feedforward_layernorm, torch.nn.Identity)
+
+
+# --------------------------------------------------------------------------- attention removal policy
+def test_mixed_sliding_and_full_attention_forbids_removing_attention():
+    uniform, mixed = make_model("qwen2"), make_model("qwen2", **MIXED_ATTENTION)
+    adapter = get_adapter(mixed)
+    assert adapter.attention_removal_blocker(uniform.config) is None
+    assert "mixes sliding-window and full attention" in adapter.attention_removal_blocker(mixed.config)
+    REMOVES_ATTENTION.validate(uniform.config, adapter)
+    before = state(mixed)
+    with pytest.raises(ValueError, match="Layer 0 has its attention removed, but the model mixes"):
+        apply_structure(mixed, adapter, REMOVES_ATTENTION)
+    with pytest.raises(ValueError, match="Layer 0 has its attention removed"):
+        MultiPruner(mixed).apply(PruningRecord("qwen2", 4, 0, REMOVES_ATTENTION, weight_reorder=True))
+    assert_unchanged(mixed, before)
+    narrower = PrunedStructure([4, 2, 4, 4], [2, 1, 2, 2], [256, 0, 128, 256])  # no attention removed: fine
+    apply_structure(mixed, adapter, narrower)
+    assert read_structure(mixed, adapter) == narrower
+
+
+def test_search_that_could_remove_attention_is_refused_before_it_starts(tokenizer, calibration_file, tmp_path):
+    model = make_model("qwen2", **MIXED_ATTENTION)
+    before = state(model)
+    with pytest.raises(ValueError, match=r"may remove attention blocks, but the model mixes .*block_types"):
+        MultiPruner(model, tokenizer).prune(search_config(calibration_file), progress=False,
+                                            checkpoint_dir=tmp_path / "progress")
+    assert_unchanged(model, before)
+    assert not (tmp_path / "progress").exists()
+    # without attention-block removal the same model is searched and pruned
+    pruner = MultiPruner(model, tokenizer)
+    pruned = pruner.prune(search_config(calibration_file, block_types=("mlp",), max_steps=2), progress=False)
+    assert pruner.record.steps[0].action == "remove_mlp" and len(pruner.record.steps) == 2
+    assert all(pruner.record.structure.num_key_value_heads)  # no attention removed
+    assert type(pruned).__name__ == "MultiPrunedQwen2ForCausalLM"
