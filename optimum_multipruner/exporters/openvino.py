@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
 from huggingface_hub.constants import HUGGINGFACE_HUB_CACHE
 from optimum.exporters.openvino import main_export
-from optimum.exporters.openvino.__main__ import _main_quantize
 from optimum.exporters.tasks import TasksManager
 from optimum.intel.openvino.configuration import OVConfig, OVWeightQuantizationConfig
 from optimum.utils.input_generators import DummyPastKeyValuesGenerator
 from torch import nn
 from transformers import AutoConfig
 
-from ..architectures import ADAPTERS, PRUNED_MODEL_TYPE_PREFIX, get_adapter
+from optimum_multipruner_constants import PRUNED_MODEL_TYPE_PREFIX, WEIGHT_FORMATS
+
+from .. import compat
+from ..architectures import ADAPTERS, get_adapter
 from ..structure import PrunedStructure
 from ..surgery import dense_parameter_count
 from ..utils import atomic_directory, check_output_dir, get_logger
-from . import TASKS, WEIGHT_FORMATS, rewrite_exported_config
+from . import TASKS, finish_export
 
 logger = get_logger(__name__)
 
@@ -77,7 +79,7 @@ def _add_past_key_values(self, inputs_or_outputs: dict[str, dict[int, str]], dir
         name, sequence = "past_key_values", "past_sequence_length"
     else:
         name, sequence = "present", "past_sequence_length + sequence_length"
-    for slot in range(len(kept_kv_heads(self._config))):
+    for slot in range(len(kept_kv_heads(compat.export_model_config(self)))):
         inputs_or_outputs[f"{name}.{slot}.key"] = {0: "batch_size", 2: sequence}
         inputs_or_outputs[f"{name}.{slot}.value"] = {0: "batch_size", 2: sequence}
 
@@ -87,20 +89,13 @@ def _make_export_config(base_type: str) -> type:
     stock = TasksManager.get_exporter_config_constructor(
         "openvino", model_type=base_type, task=TASKS[-1], library_name="transformers"
     ).func
-    stock_pkv = stock.DUMMY_PKV_GENERATOR_CLASS
-    return type(
-        f"MultiPruner{stock.__name__}",
-        (stock,),
-        {
-            "__module__": __name__,
-            "__doc__": f"`{stock.__name__}` for `{PRUNED_MODEL_TYPE_PREFIX}{base_type}` checkpoints.",
-            "DUMMY_INPUT_GENERATOR_CLASSES": tuple(
-                PrunedPastKeyValuesGenerator if generator is stock_pkv else generator
-                for generator in stock.DUMMY_INPUT_GENERATOR_CLASSES
-            ),
-            "DUMMY_PKV_GENERATOR_CLASS": PrunedPastKeyValuesGenerator,
-            "add_past_key_values": _add_past_key_values,
-        },
+    return compat.with_past_key_values(
+        stock,
+        PrunedPastKeyValuesGenerator,
+        _add_past_key_values,
+        name=f"MultiPruner{stock.__name__}",
+        doc=f"`{stock.__name__}` for `{PRUNED_MODEL_TYPE_PREFIX}{base_type}` checkpoints.",
+        module=__name__,
     )
 
 
@@ -153,39 +148,38 @@ def export_openvino(
     overwrite: bool = False,
     tokenizer=None,
     quantization_config: Optional[Union[OVWeightQuantizationConfig, dict]] = None,
+    record=None,
     **kwargs: Any,
 ) -> str:
     """Export a pruned model (a directory, a Hub id, or a loaded model) to an OpenVINO IR directory.
 
     Args:
-        model_or_dir: a pruned checkpoint directory or Hub id, or a loaded (pruned) model, saved to a temporary
-            directory first together with `tokenizer`.
+        model_or_dir: a pruned checkpoint directory or Hub id, or a loaded (pruned) model on the CPU, exported as it
+            is in memory (its dtype; no copy, no temporary checkpoint) with `tokenizer`.
         output_dir: the IR directory; written atomically (a failed export leaves no partial output).
         weight_format: `"fp32"`, `"fp16"`, `"int8"`, `"int4"`, or `None` for int8 when the dense original has
             >= 1e9 parameters and fp32 otherwise.
         overwrite: replace a non-empty `output_dir` instead of raising `FileExistsError`.
         quantization_config: explicit `OVWeightQuantizationConfig` (or its dict) for int8/int4, instead of the defaults
             of [`weight_compression_config`].
-        kwargs: passed to `optimum.exporters.openvino.main_export` (e.g. `convert_tokenizer=False`, `stateful`).
+        record: the `PruningRecord` to write into the IR directory; by default a checkpoint's own
+            `pruning_record.json` is copied.
+        kwargs: for a directory or Hub id, passed to `optimum.exporters.openvino.main_export`; for a loaded model, to
+            `export_from_model` (e.g. `stateful`). `convert_tokenizer=False` skips the OpenVINO tokenizer models
+            (needed by openvino-genai's `LLMPipeline`).
 
     The exported `config.json` gets the base `model_type`/`architectures` (the `pruning` section stays as information),
     so a process without this package loads the IR with `OVModelForCausalLM.from_pretrained(output_dir)`.
     Returns the output directory.
     """
-    if weight_format not in WEIGHT_FORMATS:
-        raise ValueError(f"`weight_format` must be one of {WEIGHT_FORMATS}, got {weight_format!r}.")
+    if weight_format is not None and weight_format not in WEIGHT_FORMATS:
+        raise ValueError(f"`weight_format` must be None or one of {WEIGHT_FORMATS}, got {weight_format!r}.")
     check_output_dir(output_dir, overwrite)  # before any (possibly long) work
     register_openvino_export()
-    if isinstance(model_or_dir, nn.Module):
-        with tempfile.TemporaryDirectory(prefix="multipruner-export-") as source:
-            model_or_dir.save_pretrained(source)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(source)
-            return export_openvino(source, output_dir, weight_format, overwrite, None, quantization_config, **kwargs)
-
-    source = str(model_or_dir)
+    loaded = isinstance(model_or_dir, nn.Module)
+    source = None if loaded else str(model_or_dir)
     if weight_format is None and quantization_config is None:
-        weight_format = default_weight_format(AutoConfig.from_pretrained(source))
+        weight_format = default_weight_format(model_or_dir.config if loaded else AutoConfig.from_pretrained(source))
     if quantization_config is not None:
         if weight_format not in (None, "int8", "int4"):
             raise ValueError(f"`quantization_config` cannot be combined with weight_format={weight_format!r}.")
@@ -193,21 +187,48 @@ def export_openvino(
         quantization_config = weight_compression_config(weight_format)
     ov_config = OVConfig(dtype=weight_format if weight_format in ("fp16", "fp32") else "fp32")
     task = kwargs.pop("task", TASKS[-1])
-    kwargs.setdefault("convert_tokenizer", True)
+    convert_tokenizer = kwargs.pop("convert_tokenizer", True)
 
     with atomic_directory(output_dir, overwrite) as tmp:
-        logger.info("Exporting %s to OpenVINO (%s weights) into %s", source, weight_format or "fp32", output_dir)
-        main_export(source, Path(tmp), task=task, ov_config=ov_config, library_name="transformers", **kwargs)
+        logger.info("Exporting %s to OpenVINO (%s weights) into %s", source or type(model_or_dir).__name__,
+                    weight_format or "fp32", output_dir)
+        if loaded:
+            _export_loaded_model(model_or_dir, Path(tmp), task, ov_config, tokenizer, convert_tokenizer, **kwargs)
+        else:
+            main_export(source, Path(tmp), task=task, ov_config=ov_config, library_name="transformers",
+                        convert_tokenizer=convert_tokenizer, **kwargs)
         if quantization_config is not None:
             # The same post-export compression step `optimum-cli export openvino --weight-format` runs.
-            _main_quantize(
-                model_name_or_path=source,
+            compat.main_quantize(
+                model_name_or_path=source or tmp,
                 task=task,
                 library_name="transformers",
                 quantization_config=quantization_config,
                 output=Path(tmp),
                 cache_dir=kwargs.get("cache_dir", HUGGINGFACE_HUB_CACHE),
             )
-        rewrite_exported_config(tmp)
+        finish_export(tmp, source=source, record=record, cache_dir=kwargs.get("cache_dir"))
     return str(output_dir)
 
+
+def _export_loaded_model(model: nn.Module, output: Path, task: str, ov_config: OVConfig, tokenizer,
+                         convert_tokenizer: bool, **kwargs: Any) -> None:
+    """What `main_export` does once it has loaded a model: convert it (a 16-bit model through optimum-intel's 16-bit
+    patching), save its config, generation config and tokenizer, and convert the tokenizer."""
+    devices = {parameter.device.type for parameter in model.parameters()}
+    if devices != {"cpu"}:
+        raise ValueError(f"The OpenVINO export traces the model on the CPU, but it is on {sorted(devices)}; "
+                         "move it with `model.to('cpu')` first.")
+    preprocessors = [tokenizer] if tokenizer is not None else []
+    dtype = model.dtype
+    sixteen_bit = dtype in (torch.float16, torch.bfloat16)
+    compat.export_from_model(
+        model=model, output=output, task=task, ov_config=ov_config, preprocessors=preprocessors,
+        patch_16bit_model=sixteen_bit, **kwargs,
+    )
+    if sixteen_bit:  # the 16-bit patching leaves some modules in float32 (exactly: back to `dtype` is lossless)
+        model.to(dtype)
+    if convert_tokenizer and tokenizer is not None:
+        compat.convert_tokenizers(
+            library_name="transformers", output=output, model=model, preprocessors=preprocessors, task=task
+        )

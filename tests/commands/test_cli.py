@@ -1,24 +1,29 @@
 """`optimum-cli multipruner ...` and the optimum-cli plugin, through optimum-cli's own entry point."""
 
+import ast
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
+from argparse import Namespace
 
 import pytest
+import torch
 from testing_utils import run_optimum_cli, save_checkpoint
 
+from optimum.commands.multipruner.common import load_model_and_tokenizer
+from optimum.commands.multipruner.prune import _option_type, config_options
 from optimum_multipruner import MultiPrunerConfig
-from optimum_multipruner.commands.export import WEIGHT_FORMATS
-from optimum_multipruner.commands.prune import CONFIG_OPTIONS
-from optimum_multipruner.exporters import WEIGHT_FORMATS as API_WEIGHT_FORMATS
+from optimum_multipruner.compat import prepare_openvino_export_args
 
 SEARCH_OPTIONS = (
     "--target-ratio", "0.3", "--mlp-channel-group-size", "64", "--width-alignment", "32",
     "--num-calibration-samples-block", "16", "--num-calibration-samples-width", "8", "--sequence-length", "32",
     "--batch-size", "4", "--no-progress",
 )
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -34,27 +39,116 @@ def pruned_dir(dense_dir, calibration_file):
     return out
 
 
-def test_help_lists_the_commands():
-    """Runs the console script in a fresh process: the plugin loads without importing the library."""
-    import optimum_multipruner
+def cli_error(capsys, *argv: str) -> str:
+    """Run a command that must fail on a user error: exit status 2 and exactly one line on stderr, returned."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_optimum_cli(*argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
 
-    root = os.path.dirname(os.path.dirname(optimum_multipruner.__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    cli = [sys.executable, "-m", "optimum.commands.optimum_cli"]
-    result = subprocess.run([*cli, "--help"], capture_output=True, text=True, timeout=120, env=env)
+
+def run_console(*argv: str, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """The `optimum-cli` console script in a fresh process."""
+    return subprocess.run([shutil.which("optimum-cli"), *argv], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=cwd)
+
+
+# --------------------------------------------------------------------------- the plugin
+def test_help_lists_the_commands_without_importing_the_library(tmp_path):
+    script = (
+        "import sys\n"
+        "from optimum.commands.optimum_cli import main\n"
+        "for argv in (['--help'], ['multipruner', '--help'], ['multipruner', 'prune', '--help']):\n"
+        "    sys.argv = ['optimum-cli', *argv]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [name for name in ('torch', 'transformers', 'openvino', 'optimum_multipruner') if name in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "multipruner" in result.stdout and "export" in result.stdout
-    result = subprocess.run([*cli, "multipruner", "--help"], capture_output=True, text=True, timeout=120, env=env)
-    assert result.returncode == 0, result.stderr
-    for command in ("prune", "export", "info", "benchmark", "evaluate"):
+    assert "multipruner" in result.stdout
+    for command in ("prune", "export", "info", "benchmark", "evaluate", "--target-ratio", "--device-map"):
         assert command in result.stdout
 
 
+def test_two_copies_of_the_plugin_register_the_commands_once(tmp_path):
+    """A source checkout on sys.path next to an installed copy: optimum-cli reads REGISTER_COMMANDS from both
+    register directories (here the repository and a copy of it); argparse would refuse `multipruner` twice."""
+    register = tmp_path / "optimum" / "commands" / "register"
+    register.mkdir(parents=True)
+    shutil.copy(os.path.join(REPO_ROOT, "optimum", "commands", "register", "register_multipruner.py"), register)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO_ROOT]))
+    for _ in range(2):
+        result = run_console("multipruner", "--help", env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "prune" in result.stdout
+
+
+def test_export_openvino_hook_only_touches_pruned_checkpoints(pruned_dir, dense_dir):
+    from optimum.commands.export.openvino import OVExportCommand
+    from optimum.commands.register.register_multipruner import _is_pruned_checkpoint
+
+    assert getattr(OVExportCommand.run, "multipruner_wrapped", False)
+    assert not _is_pruned_checkpoint(dense_dir) and _is_pruned_checkpoint(pruned_dir)
+
+    def args(model, **values):
+        defaults = dict(cache_dir=None, task="auto", weight_format=None, quant_mode=None, group_size_fallback=None)
+        return Namespace(model=model, **{**defaults, **values})
+
+    pruned = args(pruned_dir)
+    prepare_openvino_export_args(pruned)
+    assert pruned.task == "text-generation-with-past" and pruned.weight_format is None  # 0.3M dense parameters
+    int4 = args(pruned_dir, weight_format="int4")
+    prepare_openvino_export_args(int4)
+    assert int4.group_size_fallback == "adjust"
+
+
+# --------------------------------------------------------------------------- prune options from MultiPrunerConfig
 def test_prune_options_cover_every_config_field():
-    assert [name for name, *_ in CONFIG_OPTIONS] == [field.name for field in dataclasses.fields(MultiPrunerConfig)]
-    assert (None, *WEIGHT_FORMATS) == API_WEIGHT_FORMATS
+    options = config_options()
+    fields = dataclasses.fields(MultiPrunerConfig)
+    assert [option.name for option in options] == [field.name for field in fields]
+    defaults = MultiPrunerConfig()
+    for option, field in zip(options, fields):
+        assert option.help, f"{field.name} has no entry in the MultiPrunerConfig docstring"
+        default = getattr(defaults, field.name)
+        if default is None:
+            continue
+        typed = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+        assert option.parse(typed) == default, field.name  # the default, typed on the command line, parses back
 
 
+@pytest.mark.parametrize(
+    "annotation, text, expected",
+    [
+        ("Optional[str]", "cpu", "cpu"),
+        ("str | None", "cuda:1", "cuda:1"),
+        ("Union[int, None]", "7", 7),
+        ("Optional[float]", "0.5", 0.5),
+        ("bool", "off", False),
+        ("tuple[str, ...]", "attention, mlp", ("attention", "mlp")),
+        ("tuple[float, float, float]", "1,2,3", (1.0, 2.0, 3.0)),
+        ("Optional[tuple[int, ...]]", "4,8", (4, 8)),
+        ("dict[str, int]", "{}", "{}"),  # other types pass through as text, for validate() to check
+    ],
+)
+def test_option_types_follow_the_annotations(annotation, text, expected):
+    parse, _, choices = _option_type(ast.parse(annotation, mode="eval").body)
+    assert parse(text) == expected and choices is None
+
+
+def test_literal_fields_become_choices():
+    parse, _, choices = _option_type(ast.parse('Optional[Literal["exact", "fast"]]', mode="eval").body)
+    assert choices == ("exact", "fast") and parse("fast") == "fast"
+
+
+# --------------------------------------------------------------------------- commands
 def test_prune_writes_a_pruned_checkpoint(pruned_dir, dense_dir, calibration_file, capsys):
     with open(os.path.join(pruned_dir, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
@@ -64,8 +158,9 @@ def test_prune_writes_a_pruned_checkpoint(pruned_dir, dense_dir, calibration_fil
     assert record["config"]["target_ratio"] == 0.3 and record["config"]["sequence_length"] == 32
     assert record["steps"]
 
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        run_optimum_cli("multipruner", "prune", "-m", dense_dir, pruned_dir, "--calibration-dataset", calibration_file)
+    line = cli_error(capsys, "multipruner", "prune", "-m", dense_dir, pruned_dir, "--calibration-dataset",
+                     calibration_file)
+    assert "already exists" in line and "--overwrite" in line
     blockpruner = os.path.join(os.path.dirname(pruned_dir), "blockpruner")
     config_file = os.path.join(os.path.dirname(pruned_dir), "search.json")
     with open(config_file, "w", encoding="utf-8") as handle:
@@ -101,6 +196,8 @@ def test_export_applies_a_record_and_benchmark_runs(pruned_dir, dense_dir, tmp_p
     with open(os.path.join(pruned_dir, "config.json"), encoding="utf-8") as handle:
         assert exported["pruning"] == json.load(handle)["pruning"]
     assert exported["model_type"] == "llama"
+    with open(os.path.join(ir, "pruning_record.json"), encoding="utf-8") as handle, open(record) as original:
+        assert json.load(handle)["structure"] == json.load(original)["structure"]  # the IR says how it was made
     run_optimum_cli("multipruner", "info", ir)  # the export directory describes its structure too
     assert "total parameters" in capsys.readouterr().out
 
@@ -108,31 +205,118 @@ def test_export_applies_a_record_and_benchmark_runs(pruned_dir, dense_dir, tmp_p
     run_optimum_cli("export", "openvino", "--model", dense_dir, "--task", "text-generation-with-past", dense_ir,
                     "--disable-convert-tokenizer")
     results_file, chart = tmp_path / "bench.json", tmp_path / "bench.png"
-    run_optimum_cli("multipruner", "benchmark", "-m", ir, "-b", dense_ir, "--prompt-length", "8", "--new-tokens", "3",
-                    "--repetitions", "2", "--warmup", "1", "--output", str(results_file), "--plot", str(chart))
+    bench = ("multipruner", "benchmark", "-m", ir, "-b", dense_ir, "--prompt-length", "8", "--new-tokens", "3",
+             "--repetitions", "2", "--warmup", "1")
+    run_optimum_cli(*bench, "--output", str(results_file), "--plot", str(chart))
     assert "ratio" in capsys.readouterr().out
     results = json.loads(results_file.read_text(encoding="utf-8"))
-    assert results["ratios"]["size_bytes"] < 1
+    assert results["engine"] == "openvino" and results["ratios"]["size_bytes"] < 1
     assert chart.stat().st_size > 0
 
+    for flag, path in (("--output", results_file), ("--plot", chart)):  # existing files are kept
+        before = path.read_bytes()
+        line = cli_error(capsys, *bench, flag, str(path))
+        assert "already exists" in line and "--overwrite" in line and path.read_bytes() == before
+    run_optimum_cli(*bench, "--engine", "genai", "--output", str(results_file), "--overwrite")
+    results = json.loads(results_file.read_text(encoding="utf-8"))
+    assert results["engine"] == "genai"
+    assert set(results["ratios"]) == {"ttft_s", "tpot_s", "throughput_tokens_per_s", "peak_rss_bytes",
+                                      "model_memory_bytes", "size_bytes"}
+    assert all(run["ttft_s"] > 0 and run["tpot_s"] > 0 for run in results["runs"]["pruned"])
+    assert "time to first token" in capsys.readouterr().out
 
-def test_export_openvino_hook_only_touches_pruned_checkpoints(pruned_dir, dense_dir):
-    from argparse import Namespace
 
-    from optimum.commands.export.openvino import OVExportCommand
+# --------------------------------------------------------------------------- user errors: one line, exit status 2
+def test_a_bad_value_is_one_line_naming_the_fix(dense_dir, tmp_path, capsys, monkeypatch):
+    argv = ("multipruner", "prune", "-m", dense_dir, str(tmp_path / "out"), "--target-ratio", "1.5")
+    line = cli_error(capsys, *argv)
+    assert line.startswith("optimum-cli multipruner prune: error:") and "target_ratio" in line and "(0, 1)" in line
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("MULTIPRUNER_DEBUG", "1")  # the traceback, for a developer
+    with pytest.raises(ValueError, match="target_ratio"):
+        run_optimum_cli(*argv)
 
-    from optimum.commands.register.register_multipruner import _prepare_pruned_export
 
-    assert getattr(OVExportCommand.run, "_multipruner_wrapped", False)
+def test_a_missing_local_folder_says_so(capsys, tmp_path):
+    missing = str(tmp_path / "no" / "such" / "model")
+    assert "does not exist" in cli_error(capsys, "multipruner", "info", missing)
+    assert "does not exist" in cli_error(capsys, "multipruner", "export", "-m", missing, str(tmp_path / "ir"))
+    line = cli_error(capsys, "multipruner", "export", "-m", missing, "--record", str(tmp_path / "r.json"),
+                     str(tmp_path / "ir"))
+    assert "r.json does not exist" in line
 
-    def args(model, **values):
-        defaults = dict(cache_dir=None, task="auto", weight_format=None, quant_mode=None, group_size_fallback=None)
-        return Namespace(model=model, **{**defaults, **values})
 
-    dense = args(dense_dir)
-    assert not _prepare_pruned_export(dense) and dense.task == "auto"
-    pruned = args(pruned_dir)
-    assert _prepare_pruned_export(pruned)
-    assert pruned.task == "text-generation-with-past" and pruned.weight_format is None  # 0.3M dense parameters
-    int4 = args(pruned_dir, weight_format="int4")
-    assert _prepare_pruned_export(int4) and int4.group_size_fallback == "adjust"
+@pytest.mark.parametrize("offline", [False, True])
+def test_an_unreachable_hub_says_so(offline, tmp_path):
+    """No network here: a Hub-looking id that is not cached fails with one line pointing to the way out."""
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    env["HF_HOME"] = str(tmp_path / "hf")  # an empty cache
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    result = run_console("multipruner", "info", "someone/some-model", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "someone/some-model is not a local folder" in lines[0], result.stderr[-2000:]
+    if offline:
+        assert "HF_HUB_OFFLINE=1 allows only models already in the Hugging Face cache" in lines[0]
+    else:
+        assert "cannot be reached" in lines[0] and "local model folder" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (("--max-memory", "0=lots"), "is not a size"),
+        (("--max-memory", "gpu0=1GiB"), "unknown device"),
+        (("--device-map", '{"model": "gpu7"}'), "use a GPU index"),
+        (("--device-map", "everywhere"), "neither a known name nor a JSON object"),
+        (("--device", "tpu"), "expected auto or a device"),
+        (("--pruning-distribution", "1,x,2"), "invalid comma-separated float value"),
+    ],
+)
+def test_bad_loading_and_search_values_are_refused_by_the_parser(options, message, dense_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_optimum_cli("multipruner", "prune", "-m", dense_dir, str(tmp_path / "out"), *options)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_inconsistent_placement_is_refused_before_loading(dense_dir, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert "add --device-map" in cli_error(capsys, "multipruner", "prune", "-m", dense_dir, out, "--max-memory",
+                                           "cpu=1GiB")
+    assert "drop --device" in cli_error(capsys, "multipruner", "prune", "-m", dense_dir, out, "--device-map", "auto",
+                                        "--device", "cpu")
+    if not torch.cuda.is_available():
+        line = cli_error(capsys, "multipruner", "prune", "-m", dense_dir, out, "--device", "cuda", "--target-ratio",
+                         "0.3", "--calibration-dataset", "x.txt")
+        assert "CUDA is not available" in line
+
+
+# --------------------------------------------------------------------------- model loading
+def loading_args(model, **values):
+    return Namespace(model=model, **{**dict(dtype=None, device="auto", device_map=None, max_memory=None), **values})
+
+
+def test_loading_defaults_to_float32_on_the_cpu_and_auto_keeps_the_checkpoint_dtype(tmp_path, tokenizer):
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU defaults (device auto resolves to CUDA here)")
+    bf16 = tmp_path / "bf16"
+    from testing_utils import make_model
+
+    make_model("llama").to(torch.bfloat16).save_pretrained(bf16)
+    tokenizer.save_pretrained(bf16)
+    model, _ = load_model_and_tokenizer(loading_args(str(bf16)))
+    assert model.dtype == torch.float32 and model.device.type == "cpu" and not model.training
+    model, _ = load_model_and_tokenizer(loading_args(str(bf16), dtype="auto"))
+    assert model.dtype == torch.bfloat16
+    # a device map loads in the checkpoint's dtype (without an accelerator, transformers puts everything on the CPU)
+    model, _ = load_model_and_tokenizer(loading_args(str(bf16), device_map="auto", max_memory={"cpu": "1GiB"}))
+    assert model.dtype == torch.bfloat16 and {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_evaluate_refuses_an_existing_output(pruned_dir, calibration_file, tmp_path, capsys):
+    output = tmp_path / "results.json"
+    output.write_text("{}", encoding="utf-8")
+    line = cli_error(capsys, "multipruner", "evaluate", "-m", pruned_dir, "--perplexity-dataset", calibration_file,
+                     "--tasks", "none", "--output", str(output))
+    assert "already exists" in line and "--overwrite" in line and output.read_text(encoding="utf-8") == "{}"

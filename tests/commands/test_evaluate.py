@@ -4,8 +4,8 @@ import json
 import math
 
 import pytest
-from test_cli import run_optimum_cli
-from testing_utils import make_model, save_checkpoint
+from test_cli import cli_error
+from testing_utils import make_model, run_optimum_cli, save_checkpoint
 
 from optimum_multipruner.evaluation import evaluate_perplexity
 
@@ -47,6 +47,6 @@ def test_evaluate_detects_an_openvino_ir(model_dir, calibration_file, tmp_path):
                         results["pytorch"]["results"][0]["perplexity"], rel_tol=1e-3)
 
 
-def test_evaluate_refuses_to_skip_everything(model_dir):
-    with pytest.raises(ValueError, match="Nothing to evaluate"):
-        run_optimum_cli("multipruner", "evaluate", "-m", model_dir, "--perplexity-dataset", "none", "--tasks", "none")
+def test_evaluate_refuses_to_skip_everything(model_dir, capsys):
+    line = cli_error(capsys, "multipruner", "evaluate", "-m", model_dir, "--perplexity-dataset", "none", "--tasks", "none")
+    assert "Nothing to evaluate" in line

@@ -1,10 +1,13 @@
 """OpenVINO export of pruned checkpoints: the real `optimum-cli export openvino` entry point, parity with PyTorch.
 
+Every family is exported once per session (`conftest.exported`).
+
 Parity runs with the KV cache and inference precision forced to f32 (the CPU default KV cache is f16) and allows an
 absolute logit difference of 1e-4 (measured: at most 2.3e-7 for every family, logits of std ~0.15). Weight compression
 is covered by one int4 export through the CLI and one int8 export through `export_openvino`.
 """
 
+import filecmp
 import json
 import os
 import subprocess
@@ -13,54 +16,23 @@ import sys
 import openvino as ov
 import pytest
 import torch
+from exported_models import F32, PAD, STRUCTURE, pruned_model
 from optimum.intel import OVModelForCausalLM
-from testing_utils import FAMILIES, make_pruned_model, make_tokenizer, run_optimum_cli
+from testing_utils import FAMILIES, run_optimum_cli
 from transformers import AutoModelForCausalLM
 
 import optimum_multipruner  # registers the pruned model types
 from optimum_multipruner.architectures import ADAPTERS
 from optimum_multipruner.exporters import export_openvino, rewrite_exported_config
 from optimum_multipruner.exporters.openvino import EXPORT_CONFIGS, default_weight_format, kept_kv_heads
-from optimum_multipruner.structure import PrunedStructure
+from optimum_multipruner.record import RECORD_NAME
 
-# Layer 0 without attention, layer 1 without MLP, mixed KV heads and MLP widths.
-STRUCTURE = PrunedStructure(
-    num_attention_heads=[0, 2, 4, 2], num_key_value_heads=[0, 1, 2, 1], intermediate_size=[64, 0, 256, 128]
-)
-F32 = {"KV_CACHE_PRECISION": "f32", "INFERENCE_PRECISION_HINT": "f32"}
 TOLERANCE = 1e-4
 NEW_TOKENS = 6  # the prefill step plus five cached decode steps
-PAD = 3
 PROMPTS = torch.tensor(
     [[PAD, PAD, PAD, 5, 17, 42, 9, 77, 120, 33, 61, 8], [1, 44, 90, 12, 7, 250, 31, 66, 19, 5, 88, 140]]
 )  # left padding in the first row
 MASK = (PROMPTS != PAD).long()
-
-
-def pruned_model(family: str, seed: int = 7):
-    return make_pruned_model(family, STRUCTURE, seed=seed)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("openvino")
-
-
-@pytest.fixture(scope="module")
-def exported(workdir):
-    """family -> (pruned checkpoint dir, IR dir exported by `optimum-cli export openvino` without `--task`)."""
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            checkpoint, ir = str(workdir / f"{family}_pruned"), str(workdir / f"{family}_ov")
-            pruned_model(family).save_pretrained(checkpoint)
-            make_tokenizer().save_pretrained(checkpoint)
-            run_optimum_cli("export", "openvino", "--model", checkpoint, ir, "--disable-convert-tokenizer")
-            cache[family] = checkpoint, ir
-        return cache[family]
-
-    return get
 
 
 def generate(model, **kwargs):
@@ -79,6 +51,8 @@ def test_cli_export_matches_pytorch(family, exported):
     assert config["model_type"] == adapter.model_type
     assert config["architectures"] == [adapter.causal_lm_class.__name__]
     assert config["pruning"] == STRUCTURE.to_dict()
+    with open(os.path.join(checkpoint, RECORD_NAME), "rb") as record, open(os.path.join(ir, RECORD_NAME), "rb") as copy:
+        assert record.read() == copy.read()  # the IR says how it was made
 
     ir_model = ov.Core().read_model(os.path.join(ir, "openvino_model.xml"))
     states = [op for op in ir_model.get_ops() if op.get_type_name() == "ReadValue"]
@@ -136,10 +110,10 @@ def weight_types(ir: str) -> set[str]:
     return {op.get_element_type().get_type_name() for op in model.get_ops() if op.get_type_name() == "Constant"}
 
 
-def test_cli_int4_export(exported, workdir):
+def test_cli_int4_export(exported, tmp_path):
     """int4 needs the group-size fallback the plugin adds: widths 32/64 are not multiples of the group size 128."""
     checkpoint, _ = exported("llama")
-    ir = str(workdir / "llama_int4")
+    ir = str(tmp_path / "llama_int4")
     run_optimum_cli("export", "openvino", "--model", checkpoint, ir, "--weight-format", "int4",
                     "--disable-convert-tokenizer")
     assert "u4" in weight_types(ir)
@@ -164,6 +138,41 @@ def test_python_export_api(tmp_path, tokenizer):
         export_openvino(model, tmp_path / "other", weight_format="int3")
     assert not (tmp_path / "other").exists()
     assert sorted(EXPORT_CONFIGS) == sorted(optimum_multipruner.SUPPORTED_MODEL_TYPES)
+
+
+def test_a_loaded_model_exports_like_its_checkpoint(exported, tmp_path, tokenizer):
+    """A model in memory is exported as it is (no temporary checkpoint): the same IR bytes as the CLI export of its
+    saved checkpoint, its tokenizer converted, and the record it is given written next to it."""
+    from optimum_multipruner.record import PruningRecord
+
+    checkpoint, ir = exported("qwen2")
+    record = PruningRecord.load(os.path.join(checkpoint, RECORD_NAME))
+    record.source = "in memory"
+    out = tmp_path / "ir"
+    export_openvino(pruned_model("qwen2"), out, tokenizer=tokenizer, record=record)
+    assert filecmp.cmp(os.path.join(ir, "openvino_model.bin"), out / "openvino_model.bin", shallow=False)
+    assert (out / "openvino_tokenizer.xml").is_file() and (out / "openvino_detokenizer.xml").is_file()
+    with open(out / RECORD_NAME, encoding="utf-8") as handle:
+        assert json.load(handle)["source"] == "in memory"
+
+
+def test_a_bfloat16_model_exports_its_bfloat16_weights(tmp_path):
+    """No float32 copy: the IR holds the bf16 weights (decompressed at run time), generates the tokens the PyTorch
+    bf16 model generates, and the model is still whole bf16 after the export."""
+    model = pruned_model("llama").to(torch.bfloat16)
+    out = tmp_path / "ir"
+    export_openvino(model, out, convert_tokenizer=False)
+    ir_model = ov.Core().read_model(out / "openvino_model.xml")
+    matrices = [op for op in ir_model.get_ops() if op.get_type_name() == "Constant" and len(op.get_output_shape(0)) == 2
+                and min(op.get_output_shape(0)) > 1]
+    assert matrices and {op.get_element_type().get_type_name() for op in matrices} == {"bf16"}
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    prompt = PROMPTS[1:]
+    expected = model.generate(input_ids=prompt, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=PAD)
+    actual = OVModelForCausalLM.from_pretrained(out, ov_config=F32).generate(
+        input_ids=prompt, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=PAD
+    )
+    assert torch.equal(expected, actual)
 
 
 def test_default_weight_format_follows_the_dense_size():

@@ -96,9 +96,9 @@ def load_hellaswag(data_dir: Optional[str] = None, **metadata: Any) -> datasets.
 
 def process_hellaswag_docs(dataset: datasets.Dataset) -> datasets.Dataset:
     """The stock HellaSwag preprocessing (`query`, `choices`, `gold` from the Hub columns), called as is."""
-    from lm_eval.tasks.hellaswag.utils import process_docs
+    from optimum_multipruner.compat import LM_EVAL_HELLASWAG_PROCESS_DOCS  # absolute: lm-eval loads this file alone
 
-    return process_docs(dataset)
+    return LM_EVAL_HELLASWAG_PROCESS_DOCS.load()(dataset)
 
 
 def _load_arc(task: str, data_dir: Optional[str]) -> datasets.DatasetDict:

@@ -2,41 +2,44 @@
 
 from __future__ import annotations
 
-from argparse import ArgumentParser, ArgumentTypeError
+from argparse import ArgumentParser
 
-from optimum.commands.base import BaseOptimumCLICommand
+from optimum_multipruner_constants import BENCHMARK_ENGINES
 
-
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
+from .common import MultiPrunerSubcommand, check_new_file, parse_key_value
 
 
-class BenchmarkCommand(BaseOptimumCLICommand):
-    HELP = "Measure prefill/decode latency, tokens/s, peak memory and size of a pruned vs a dense OpenVINO model."
+class BenchmarkCommand(MultiPrunerSubcommand):
+    HELP = "Measure latency, throughput, peak memory and size of a pruned vs a dense OpenVINO model."
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
-        parser.add_argument("-m", "--model", required=True, help="OpenVINO IR directory of the pruned model")
-        parser.add_argument("-b", "--baseline", required=True, help="OpenVINO IR directory of the dense model")
+        parser.add_argument("-m", "--model", required=True, help="OpenVINO IR folder of the pruned model")
+        parser.add_argument("-b", "--baseline", required=True, help="OpenVINO IR folder of the dense model")
+        parser.add_argument(
+            "--engine", choices=BENCHMARK_ENGINES, default=BENCHMARK_ENGINES[0],
+            help="openvino (default): raw runtime, prefill and per-token decode latency; genai: openvino-genai's "
+            "LLMPipeline (the OpenVINO Model Server path), time to first token, time per output token, throughput",
+        )
         parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
         parser.add_argument("--prompt-length", type=int, default=128, help="prefill tokens (default 128)")
-        parser.add_argument("--new-tokens", type=int, default=32, help="decode steps timed per run (default 32)")
+        parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default 32)")
         parser.add_argument("--repetitions", type=int, default=5, help="measured runs per model (default 5)")
         parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs per model first (default 1)")
         parser.add_argument(
-            "--ov-config", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+            "--ov-config", type=parse_key_value, action="append", default=[], metavar="KEY=VALUE",
             help="OpenVINO compile property, repeatable (default PERFORMANCE_HINT=LATENCY)",
         )
         parser.add_argument("--output", help="write the results as JSON to this file")
         parser.add_argument("--plot", help="write a PNG chart of the pruned/dense ratios (needs matplotlib)")
+        parser.add_argument("--overwrite", action="store_true", help="replace existing --output/--plot files")
 
-    def run(self) -> None:
+    def execute(self) -> None:
+        args = self.args
+        check_new_file(args.output, args.overwrite)
+        check_new_file(args.plot, args.overwrite)
         from optimum_multipruner.benchmark import benchmark, format_table, plot_ratios, save_results
 
-        args = self.args
         results = benchmark(
             args.model,
             args.baseline,
@@ -46,6 +49,7 @@ class BenchmarkCommand(BaseOptimumCLICommand):
             repetitions=args.repetitions,
             warmup=args.warmup,
             ov_config=dict(args.ov_config) or None,
+            engine=args.engine,
         )
         print(format_table(results))
         if args.output:

@@ -6,42 +6,49 @@ import os
 from argparse import ArgumentParser
 from typing import Any, Optional
 
-from optimum.commands.base import BaseOptimumCLICommand
+from optimum_multipruner_constants import OPENVINO_MODEL_FILES
 
-from .prune import _words, add_model_loading_args, load_model_and_tokenizer
+from .common import (
+    MultiPrunerSubcommand,
+    add_model_loading_args,
+    check_model_source,
+    check_new_file,
+    load_model_and_tokenizer,
+    parse_list,
+)
 
-OPENVINO_MODEL_FILE = "openvino_model.xml"  # `optimum_multipruner.benchmark.IR_FILES[0]`
 SKIP = "none"
 
 
-def _tasks(value: str) -> tuple[str, ...]:
+def parse_tasks(value: str) -> tuple[str, ...]:
     """Comma-separated lm-eval task names; `none` for no zero-shot evaluation."""
-    return () if value.strip().lower() == SKIP else _words(value)
+    return () if value.strip().lower() == SKIP else parse_list(value)
 
 
 def is_openvino_dir(model: str) -> bool:
-    return os.path.isfile(os.path.join(model, OPENVINO_MODEL_FILE))
+    return os.path.isfile(os.path.join(model, OPENVINO_MODEL_FILES[0]))
 
 
-def load_for_evaluation(model: str, dtype: str, device: str) -> tuple[Any, Any]:
-    """An `OVModelForCausalLM` for an OpenVINO IR directory (on OpenVINO device `device.upper()`), else the PyTorch
-    causal LM; and the tokenizer saved with it."""
-    if not is_openvino_dir(model):
-        return load_model_and_tokenizer(model, dtype, device)
+def load_for_evaluation(args) -> tuple[Any, Any]:
+    """An `OVModelForCausalLM` for an OpenVINO IR folder (on the OpenVINO device `--openvino-device`), else the
+    PyTorch causal LM (`--device`, `--dtype`, ...); and the tokenizer saved with it."""
+    if not is_openvino_dir(args.model):
+        return load_model_and_tokenizer(args)
     from optimum.intel import OVModelForCausalLM
     from transformers import AutoTokenizer
 
-    return OVModelForCausalLM.from_pretrained(model, device=device.upper()), AutoTokenizer.from_pretrained(model)
+    model = OVModelForCausalLM.from_pretrained(args.model, device=args.openvino_device)
+    return model, AutoTokenizer.from_pretrained(args.model)
 
 
-class EvaluateCommand(BaseOptimumCLICommand):
+class EvaluateCommand(MultiPrunerSubcommand):
     HELP = "Evaluate a (pruned or dense) PyTorch checkpoint or OpenVINO IR: perplexity and zero-shot accuracy."
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
         parser.add_argument(
             "-m", "--model", required=True,
-            help=f"PyTorch checkpoint directory or Hub id, or OpenVINO IR directory (with {OPENVINO_MODEL_FILE})",
+            help=f"PyTorch checkpoint folder or Hub id, or OpenVINO IR folder (with {OPENVINO_MODEL_FILES[0]})",
         )
         parser.add_argument(
             "--perplexity-dataset", default="wikitext2",
@@ -51,7 +58,7 @@ class EvaluateCommand(BaseOptimumCLICommand):
         parser.add_argument("--sequence-length", type=int, default=2048, help="tokens per window (default 2048)")
         parser.add_argument("--max-windows", type=int, help="evaluate only the first windows (default all)")
         parser.add_argument(
-            "--tasks", type=_tasks, metavar="TASKS",
+            "--tasks", type=parse_tasks, metavar="TASKS",
             help="comma-separated lm-eval tasks (default piqa,winogrande,hellaswag,arc_easy,arc_challenge); "
             f"'{SKIP}' skips zero-shot",
         )
@@ -62,10 +69,21 @@ class EvaluateCommand(BaseOptimumCLICommand):
         )
         parser.add_argument("--batch-size", type=int, default=1, help="sequences per forward pass (default 1)")
         add_model_loading_args(parser)
+        parser.add_argument(
+            "--openvino-device", default="CPU", help="OpenVINO device of an IR: CPU, GPU, NPU, AUTO, ... (default CPU)"
+        )
         parser.add_argument("--output", help="write the results as JSON to this file")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
         parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    def run(self) -> None:
+    def execute(self) -> None:
+        args = self.args
+        tasks_given: Optional[tuple[str, ...]] = args.tasks
+        dataset: Optional[str] = None if args.perplexity_dataset.lower() == SKIP else args.perplexity_dataset
+        if dataset is None and tasks_given == ():
+            raise ValueError(f"Nothing to evaluate: --perplexity-dataset and --tasks are both '{SKIP}'.")
+        check_new_file(args.output, args.overwrite)
+        check_model_source(args.model)
         from optimum_multipruner.evaluation import (
             DEFAULT_TASKS,
             evaluate_perplexity,
@@ -74,12 +92,8 @@ class EvaluateCommand(BaseOptimumCLICommand):
             write_results_json,
         )
 
-        args = self.args
-        tasks: tuple[str, ...] = DEFAULT_TASKS if args.tasks is None else args.tasks
-        dataset: Optional[str] = None if args.perplexity_dataset.lower() == SKIP else args.perplexity_dataset
-        if dataset is None and not tasks:
-            raise ValueError(f"Nothing to evaluate: --perplexity-dataset and --tasks are both '{SKIP}'.")
-        model, tokenizer = load_for_evaluation(args.model, args.dtype, args.device)
+        tasks = DEFAULT_TASKS if tasks_given is None else tasks_given
+        model, tokenizer = load_for_evaluation(args)
         results = []
         if dataset is not None:
             results.append(

@@ -1,9 +1,8 @@
-"""`optimum-cli multipruner ...` commands.
+"""`optimum-cli multipruner ...`: the command group and its sub-commands.
 
-These modules import only `optimum.commands.base` at module level: optimum-cli builds every parser at start-up, so
-the library itself (torch, transformers, OpenVINO) is imported inside each command's `run()`. The CLI hook
-(`optimum/commands/register/register_multipruner.py`) can therefore load this package without importing
-`optimum_multipruner` itself. Absolute imports of `optimum_multipruner.*` belong inside `run()` only.
+optimum-cli builds every parser at start-up, so these modules import at module level only the standard library,
+`optimum.commands.base` and the import-free `optimum_multipruner_constants`; the library (torch, transformers,
+OpenVINO) is imported inside each command's `execute()`. Shared helpers live in `common.py`.
 """
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
@@ -18,7 +17,11 @@ from .prune import PruneCommand
 class MultiPrunerCommand(BaseOptimumCLICommand):
     """The `multipruner` command group; add a sub-command by appending its `CommandInfo` to `SUBCOMMANDS`."""
 
-    COMMAND = CommandInfo(name="multipruner", help="Training-free structured pruning (MultiPruner, BlockPruner).")
+    COMMAND = CommandInfo(
+        name="multipruner",
+        help="Training-free structured pruning (MultiPruner, BlockPruner). A mistake ends a command with one error "
+        "line; MULTIPRUNER_DEBUG=1 shows the traceback.",
+    )
     SUBCOMMANDS = (
         CommandInfo(name="prune", help=PruneCommand.HELP, subcommand_class=PruneCommand),
         CommandInfo(name="export", help=ExportCommand.HELP, subcommand_class=ExportCommand),
@@ -28,4 +31,4 @@ class MultiPrunerCommand(BaseOptimumCLICommand):
     )
 
 
-__all__ = ["BenchmarkCommand", "ExportCommand", "InfoCommand", "MultiPrunerCommand", "PruneCommand"]
+__all__ = ["BenchmarkCommand", "EvaluateCommand", "ExportCommand", "InfoCommand", "MultiPrunerCommand", "PruneCommand"]

@@ -6,7 +6,7 @@ import json
 from argparse import ArgumentParser
 from typing import Any
 
-from optimum.commands.base import BaseOptimumCLICommand
+from .common import MultiPrunerSubcommand, check_model_source
 
 
 def load_pruned_config(model_name_or_path: str):
@@ -92,14 +92,15 @@ def format_structure_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class InfoCommand(BaseOptimumCLICommand):
+class InfoCommand(MultiPrunerSubcommand):
     HELP = "Print the per-layer structure (attention heads, KV heads, MLP width, parameters) of a pruned model."
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
-        parser.add_argument("model", help="pruned checkpoint directory, its OpenVINO export directory, or a Hub id")
+        parser.add_argument("model", help="pruned checkpoint folder, its OpenVINO export folder, or a Hub id")
         parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
 
-    def run(self) -> None:
+    def execute(self) -> None:
+        check_model_source(self.args.model)
         summary = structure_summary(self.args.model)
         print(json.dumps(summary, indent=2) if self.args.json else format_structure_table(summary))

@@ -1,0 +1,67 @@
+"""`optimum-cli multipruner export`: a pruned checkpoint (or a dense model + pruning record) to OpenVINO IR."""
+
+from __future__ import annotations
+
+import os
+from argparse import ArgumentParser
+
+from optimum_multipruner_constants import WEIGHT_FORMATS
+
+from .common import MultiPrunerSubcommand, add_model_loading_args, check_model_source, load_model_and_tokenizer
+
+
+class ExportCommand(MultiPrunerSubcommand):
+    HELP = "Export a pruned model to OpenVINO IR (or apply a pruning record to a dense model, then export)."
+
+    @staticmethod
+    def parse_args(parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "-m", "--model", required=True,
+            help="pruned checkpoint folder or Hub id; with --record, the dense model it was searched on",
+        )
+        parser.add_argument("output", help="OpenVINO IR folder")
+        parser.add_argument(
+            "--record", help="pruning_record.json (ours, or an official MultiPruner/BlockPruner JSON) to apply first"
+        )
+        parser.add_argument(
+            "--num-blocks", type=int, help="entry of an official BlockPruner record to apply (default: the largest)"
+        )
+        parser.add_argument(
+            "--weight-format", choices=WEIGHT_FORMATS,
+            help="default: int8 if the dense model has >= 1e9 parameters, else fp32 (int4 adjusts group sizes)",
+        )
+        parser.add_argument(
+            "--disable-convert-tokenizer", action="store_true",
+            help="skip the OpenVINO tokenizer models (openvino-genai's LLMPipeline needs them)",
+        )
+        add_model_loading_args(parser, placement=False)  # --dtype of the dense model --record is applied to
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+
+    def execute(self) -> None:
+        args = self.args
+        if args.num_blocks is not None and not args.record:
+            raise ValueError("--num-blocks selects an entry of a BlockPruner record; it needs --record.")
+        if args.record and not os.path.exists(args.record):
+            raise FileNotFoundError(f"The pruning record {args.record} does not exist; check the path.")
+        check_model_source(args.model)
+        from optimum_multipruner import MultiPruner
+        from optimum_multipruner.exporters import export_openvino
+        from optimum_multipruner.utils import check_output_dir
+
+        check_output_dir(args.output, args.overwrite)
+        source, tokenizer, record = args.model, None, None
+        if args.record:  # the pruned model is exported as it is in memory: no copy, no temporary checkpoint
+            model, tokenizer = load_model_and_tokenizer(args)
+            pruner = MultiPruner(model, tokenizer)
+            source = pruner.apply(args.record, num_blocks=args.num_blocks)
+            record = pruner.record
+        export_openvino(
+            source,
+            args.output,
+            weight_format=args.weight_format,
+            overwrite=args.overwrite,
+            tokenizer=tokenizer,
+            record=record,
+            convert_tokenizer=not args.disable_convert_tokenizer,
+        )
+        print(f"Exported {args.model} to {args.output}")

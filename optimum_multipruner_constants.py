@@ -1,0 +1,10 @@
+"""Names shared by `optimum_multipruner` and its command line, in a module that imports nothing.
+
+`optimum-cli` builds every command's parser at start-up, and the benchmark workers must not load torch: both read
+these names from here, without importing the (heavy) `optimum_multipruner` package. Each name is defined only here.
+"""
+
+PRUNED_MODEL_TYPE_PREFIX = "multipruner_"  # `model_type` of a pruned checkpoint: "multipruner_<family>"
+WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")  # OpenVINO export weight formats (the API's `None` = automatic)
+OPENVINO_MODEL_FILES = ("openvino_model.xml", "openvino_model.bin")  # an IR folder's model: topology, weights
+BENCHMARK_ENGINES = ("openvino", "genai")  # raw OpenVINO runtime (the default), openvino_genai.LLMPipeline

@@ -1,0 +1,38 @@
+"""Each family's tiny pruned model, exported once per session by `optimum-cli export openvino` (no `--task`), with
+the OpenVINO tokenizer models that openvino-genai's `LLMPipeline` needs and a pruning record to carry over."""
+
+import pytest
+from exported_models import STRUCTURE, pruned_model
+from testing_utils import make_tokenizer, run_optimum_cli
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """`exported(family)` -> (pruned checkpoint folder, IR folder)."""
+    from optimum_multipruner import get_adapter
+    from optimum_multipruner.record import RECORD_NAME, PruningRecord
+    from optimum_multipruner.surgery import dense_parameter_count
+
+    workdir = tmp_path_factory.mktemp("openvino")
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            checkpoint, ir = workdir / f"{family}_pruned", workdir / f"{family}_ov"
+            model = pruned_model(family)
+            model.save_pretrained(checkpoint)
+            make_tokenizer().save_pretrained(checkpoint)
+            adapter = get_adapter(model)
+            PruningRecord(
+                model_type=adapter.model_type,
+                num_hidden_layers=model.config.num_hidden_layers,
+                dense_parameters=dense_parameter_count(model.config, adapter),
+                structure=STRUCTURE,
+                weight_reorder=False,
+                source="tests/exporters",
+            ).save(checkpoint / RECORD_NAME)
+            run_optimum_cli("export", "openvino", "--model", str(checkpoint), str(ir))
+            cache[family] = str(checkpoint), str(ir)
+        return cache[family]
+
+    return get
