@@ -23,6 +23,9 @@ from .utils import atomic_write_text, read_json
 
 PROGRESS_NAME = "multipruner_progress.json"
 PROGRESS_FORMAT = "optimum-multipruner-progress"
+# Fields that decide where the search keeps its data, never what it chooses: a search may resume with other values
+# (e.g. one that ran out of GPU memory resumes with `cache_device="cpu"`).
+PLACEMENT_FIELDS = frozenset({"cache_device"})
 
 
 def _update_with_tensor(digest: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
@@ -138,8 +141,10 @@ def prepare_checkpoint_dir(directory: Union[str, os.PathLike],
 def check_resumable(saved: SearchProgress, current: SearchProgress) -> None:
     """`ValueError` unless the saved progress belongs to this configuration, dense model and calibration data."""
     config = current.config
-    if saved.config != config:
-        changed = sorted(k for k in set(config) | set(saved.config) if config.get(k) != saved.config.get(k))
+    changed = sorted(
+        k for k in (set(config) | set(saved.config)) - PLACEMENT_FIELDS if config.get(k) != saved.config.get(k)
+    )
+    if changed:
         raise ValueError(
             f"Cannot resume: the configuration differs from the interrupted search's in {changed}. Resume with the "
             "same MultiPrunerConfig, or start a new search in another checkpoint directory."
