@@ -5,23 +5,32 @@ import math
 
 import pytest
 import torch
-from testing_utils import FAMILIES, make_model, make_tokenizer, search_config, train_briefly
+from testing_utils import (
+    FAMILIES,
+    VOCAB_SIZE,
+    make_model,
+    make_text,
+    make_tokenizer,
+    parameter_count_by_hand,
+    search_config,
+    train_briefly,
+)
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, PruningRecord, count_parameters, get_adapter
+from optimum_multipruner.data import build_calibration_sets
+from optimum_multipruner.structure import PrunedStructure
 from optimum_multipruner.surgery import ZeroAttention
 
+BRANCH_OUTPUTS = {"attention": "self_attn.o_proj", "mlp": "mlp.down_proj"}
+SILENT_ATTENTION = 2  # the layer whose attention `model_with_a_silent_attention` keeps silent
 
-_TRAINED = {}
 
-
-def trained_model(family, tokenizer):
-    """A briefly trained tiny model (cached per family), returned as a fresh copy."""
-    if family not in _TRAINED:
-        _TRAINED[family] = train_briefly(make_model(family), tokenizer).state_dict()
-    model = make_model(family)
-    model.load_state_dict(_TRAINED[family])
-    return model
+def block_search_config(calibration_file, **overrides):
+    """A small BlockPruner search (by default on the calibration sequences `model_with_a_silent_attention` learned)."""
+    values = dict(target_ratio=0.01, calibration_dataset=calibration_file, num_calibration_samples_block=160,
+                  sequence_length=64, batch_size=4)
+    return MultiPrunerConfig.blockpruner(**{**values, **overrides})
 
 
 def weights(model):
@@ -33,30 +42,77 @@ def assert_unchanged(model, before):
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_planted_useless_block_is_removed_first(family, tokenizer, calibration_file):
-    model = trained_model(family, tokenizer)
+def silence(model, kind, layer):
+    """Zero the output projection of a branch: it then adds exactly nothing to the residual stream."""
     with torch.no_grad():
-        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.get_submodule(f"model.layers.{layer}.{BRANCH_OUTPUTS[kind]}").weight.zero_()
+
+
+def perplexity_by_hand(model, sequences, ignore_index=None):
+    """exp(mean over sequences of the mean next-token NLL over the positions whose label is not `ignore_index`)."""
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=sequences).logits[:, :-1].double(), dim=-1)
+    labels = sequences[:, 1:]
+    nll = -log_probs.gather(-1, labels[..., None])[..., 0]  # [sequences, positions]
+    keep = (labels != ignore_index).double() if ignore_index is not None else torch.ones_like(nll)
+    return math.exp(((nll * keep).sum(dim=1) / keep.sum(dim=1)).mean().item())
+
+
+@pytest.fixture(scope="module")
+def model_with_a_silent_attention(tokenizer, calibration_file):
+    """`get(family)`: a fresh copy of a tiny model of `family` trained (once per module) on the block calibration
+    sequences of `block_search_config` until it has learned them, so that removing any of its blocks raises their
+    perplexity; except the attention of layer `SILENT_ATTENTION`, kept silent (`o_proj` zero and frozen in training)
+    so that it adds exactly nothing."""
+    sequences = build_calibration_sets(block_search_config(calibration_file), tokenizer, VOCAB_SIZE)["block"]
+    states = {}
+
+    def get(family):
+        if family not in states:
+            model = make_model(family)
+            silence(model, "attention", SILENT_ATTENTION)
+            model.get_submodule(f"model.layers.{SILENT_ATTENTION}.self_attn.o_proj").weight.requires_grad_(False)
+            train_briefly(model, tokenizer, steps=100, sequences=sequences, batch_size=16, lr=1e-2, anneal=True)
+            states[family] = model.state_dict()
+        model = make_model(family)
+        model.load_state_dict(states[family])
+        return model
+
+    return get
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_planted_useless_block_is_removed_first(family, model_with_a_silent_attention, tokenizer, calibration_file):
+    """In a model trained on the calibration text with one attention kept silent (it adds exactly nothing), the search
+    removes that attention first, and the calibration perplexity after that step is exactly the starting one."""
+    config = block_search_config(calibration_file)
+    sequences = build_calibration_sets(config, tokenizer, VOCAB_SIZE)["block"]
+    model = model_with_a_silent_attention(family)
+    start = perplexity_by_hand(model, sequences)
+    assert not model.get_submodule(f"model.layers.{SILENT_ATTENTION}.{BRANCH_OUTPUTS['attention']}").weight.any()
+    # The premise, by hand: removing any other block raises the perplexity, so the silent one is the only best step.
+    for kind, layer in [(kind, layer) for kind in ("attention", "mlp") for layer in range(4)]:
+        if (kind, layer) != ("attention", SILENT_ATTENTION):
+            other = model_with_a_silent_attention(family)
+            silence(other, kind, layer)
+            assert perplexity_by_hand(other, sequences) > start * (1 + 1e-4), f"removing {kind} {layer} helps"
     pruner = MultiPruner(model, tokenizer)
-    pruner.prune(MultiPrunerConfig.blockpruner(0.01, **_small_calibration(calibration_file)), progress=False)
+    pruner.prune(config, progress=False)
     first = pruner.record.steps[0]
-    assert (first.action, first.layer) == ("remove_attention", 2)
+    assert (first.action, first.layer) == ("remove_attention", SILENT_ATTENTION)
+    assert pruner.record.start_perplexity["block"] == pytest.approx(start, rel=1e-6)
     # removing a block that contributes nothing leaves the calibration perplexity exactly as it was
     assert first.perplexity == pytest.approx(pruner.record.start_perplexity["block"], rel=1e-6)
 
 
-def _small_calibration(calibration_file):
-    return dict(calibration_dataset=calibration_file, num_calibration_samples_block=200, sequence_length=64,
-                batch_size=4)
-
-
 @pytest.mark.parametrize("family", ["llama", "phi3"])
-def test_accelerated_search_makes_the_same_choices_as_plain(family, tokenizer, calibration_file):
+def test_accelerated_search_makes_the_same_choices_as_plain(family, trained_model, tokenizer, calibration_file):
     records = {}
     for accelerated in (False, True):
-        pruner = MultiPruner(trained_model(family, tokenizer), tokenizer)
-        pruner.prune(search_config(calibration_file, accelerated_search=accelerated, pruning_distribution=(10, 45, 45), block_types=("attention",)), progress=False)
+        pruner = MultiPruner(trained_model(family), tokenizer)
+        config = search_config(calibration_file, accelerated_search=accelerated, pruning_distribution=(10, 45, 45),
+                               block_types=("attention",))
+        pruner.prune(config, progress=False)
         records[accelerated] = pruner.record
     plain, fast = records[False], records[True]
     assert [(s.action, s.layer) for s in fast.steps] == [(s.action, s.layer) for s in plain.steps]
@@ -70,14 +126,14 @@ def test_accelerated_search_makes_the_same_choices_as_plain(family, tokenizer, c
     assert work(fast) < work(plain)
 
 
-def test_a_candidate_that_cannot_win_is_stopped_early(tokenizer, calibration_file):
+def test_a_candidate_that_cannot_win_is_stopped_early(trained_model, tokenizer, calibration_file):
     from contextlib import contextmanager
 
     from optimum_multipruner.candidates import Candidate
     from optimum_multipruner.data import build_sequences, load_text_rows
     from optimum_multipruner.scoring import CandidateScorer
 
-    model = trained_model("llama", tokenizer)
+    model = trained_model("llama")
     sequences = build_sequences(tokenizer, load_text_rows(calibration_file)[:300], 64)
     head = model.get_output_embeddings()
 
@@ -100,15 +156,18 @@ def test_a_candidate_that_cannot_win_is_stopped_early(tokenizer, calibration_fil
     assert fast.stats.full_forward_equivalents < plain.stats.full_forward_equivalents
 
 
-def test_ratio_counts_all_parameters_and_stages_overshoot_by_at_most_one_unit(tokenizer, calibration_file):
-    model = trained_model("llama", tokenizer)
-    dense = count_parameters(model)
+def test_ratio_counts_all_parameters_and_stages_overshoot_by_at_most_one_unit(trained_model, tokenizer,
+                                                                              calibration_file):
+    model = trained_model("llama")
+    dense = parameter_count_by_hand(model.config)
     cfg = search_config(calibration_file)
     pruner = MultiPruner(model, tokenizer)
     pruned = pruner.prune(cfg, progress=False)
     steps = pruner.record.steps
-    assert steps[-1].num_parameters == count_parameters(pruned)
-    assert steps[-1].ratio == pytest.approx(1 - count_parameters(pruned) / dense, abs=0)
+    kept = parameter_count_by_hand(pruned.config, pruner.record.structure)
+    assert pruner.record.dense_parameters == dense
+    assert count_parameters(pruned) == steps[-1].num_parameters == kept
+    assert steps[-1].ratio == 1 - kept / dense
     assert steps[-1].ratio >= cfg.target_ratio
     stages = [s.stage for s in steps]
     assert stages == sorted(stages, key=["block", "mlp", "attention"].index)  # fixed stage order
@@ -121,27 +180,107 @@ def test_ratio_counts_all_parameters_and_stages_overshoot_by_at_most_one_unit(to
     assert type(pruned).__name__ == "MultiPrunedLlamaForCausalLM"
 
 
-def test_applying_a_saved_record_reproduces_the_model_exactly(tokenizer, calibration_file, tmp_path):
-    pruner = MultiPruner(trained_model("qwen2", tokenizer), tokenizer)
+def test_applying_a_saved_record_reproduces_the_model_exactly(trained_model, tokenizer, calibration_file, tmp_path):
+    pruner = MultiPruner(trained_model("qwen2"), tokenizer)
     pruned = pruner.prune(search_config(calibration_file), progress=False)
     path = pruner.record.save(tmp_path / "record.json")
-    again = MultiPruner(trained_model("qwen2", tokenizer), tokenizer).apply(path)
+    again = MultiPruner(trained_model("qwen2"), tokenizer).apply(path)
     assert_unchanged(again, weights(pruned))
     record = PruningRecord.load(path)
     assert record.to_dict() == pruner.record.to_dict()
 
 
-def test_pruner_save_pretrained_is_atomic_and_refuses_to_overwrite(tokenizer, calibration_file, tmp_path):
-    pruner = MultiPruner(trained_model("llama", tokenizer), tokenizer)
-    pruner.prune(MultiPrunerConfig.blockpruner(0.01, **_small_calibration(calibration_file)), progress=False)
+def test_pruner_save_pretrained_is_atomic_and_refuses_to_overwrite(trained_model, tokenizer, calibration_file,
+                                                                   tmp_path):
+    pruner = MultiPruner(trained_model("llama"), tokenizer)
+    pruner.prune(block_search_config(calibration_file), progress=False)
     out = tmp_path / "out"
     pruner.save_pretrained(out)
-    assert {"config.json", "model.safetensors", "pruning_record.json", "tokenizer.json"} <= set(p.name for p in out.iterdir())
+    saved = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "pruning_record.json", "tokenizer.json"} <= saved
     stamp = (out / "config.json").read_text()
     with pytest.raises(FileExistsError, match="overwrite"):
         pruner.save_pretrained(out)
     assert (out / "config.json").read_text() == stamp
     pruner.save_pretrained(out, overwrite=True)
+
+
+# --------------------------------------------------------------------------- stopping, ties, the calibration loss
+ALL_ATTENTION = 4 * (64 * 64 + 2 * 32 * 64 + 64 * 64 + 64)  # q, k, v, o and the pre-norm of the tiny Llama's 4 layers
+
+
+def small_block_search(calibration_file, **overrides):
+    return block_search_config(calibration_file, num_calibration_samples_block=40, **overrides)
+
+
+def test_stage_that_runs_out_of_candidates_stops_with_target_not_reached(tokenizer, calibration_file, caplog):
+    model = make_model("llama")
+    dense = parameter_count_by_hand(model.config)
+    assert ALL_ATTENTION / dense < 0.3  # removing every attention block cannot reach 30 %
+    pruner = MultiPruner(model, tokenizer)
+    pruner.prune(small_block_search(calibration_file, target_ratio=0.3, block_types=("attention",)), progress=False)
+    record = pruner.record
+    assert sorted((s.action, s.layer) for s in record.steps) == [("remove_attention", i) for i in range(4)]
+    assert not record.target_reached and record.steps[-1].ratio == 1 - (dense - ALL_ATTENTION) / dense
+    assert "ran out of candidates" in caplog.text
+
+
+def test_max_steps_stops_the_search_after_that_many_steps(tokenizer, calibration_file):
+    pruner = MultiPruner(make_model("llama"), tokenizer)
+    pruner.prune(small_block_search(calibration_file, target_ratio=0.99, max_steps=3), progress=False)
+    assert [s.step for s in pruner.record.steps] == [1, 2, 3] and {s.stage for s in pruner.record.steps} == {"block"}
+    assert not pruner.record.target_reached and pruner.record.steps[-1].ratio < 0.99
+
+
+@pytest.mark.parametrize("accelerated", [True, False])
+def test_ties_go_to_the_earliest_candidate_in_reference_order(accelerated, tokenizer, calibration_file):
+    """Every branch of the model adds nothing, so every removal leaves the perplexity exactly as it was: the steps
+    follow the reference's candidate order, attention blocks by layer, then MLP blocks by layer."""
+    model = make_model("llama")
+    for kind in ("attention", "mlp"):
+        for layer in range(4):
+            silence(model, kind, layer)
+    pruner = MultiPruner(model, tokenizer)
+    pruner.prune(small_block_search(calibration_file, target_ratio=0.99, max_steps=6, accelerated_search=accelerated),
+                 progress=False)
+    steps = pruner.record.steps
+    assert [(s.action, s.layer) for s in steps] == [("remove_attention", i) for i in range(4)] + [
+        ("remove_mlp", 0), ("remove_mlp", 1)]
+    assert {s.perplexity for s in steps} == {pruner.record.start_perplexity["block"]}  # exact ties
+
+
+def special_token_calibration_file(tmp_path):
+    """Rows holding the EOS (`</s>`, id 2) and pad (`<pad>`, id 3) tokens between words."""
+    rows = [f"{row} </s> {row} <pad> {row}" for row in make_text(300, seed=4)]
+    path = tmp_path / "special.txt"
+    path.write_text("\n".join(rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "mode, pad_token_id, ignored",
+    [("blockpruner", 3, 3), ("blockpruner", None, None), ("multipruner", 3, 2)],
+    ids=["blockpruner-pad-id", "blockpruner-no-pad-id", "multipruner"],
+)
+def test_calibration_loss_leaves_out_the_reference_token(mode, pad_token_id, ignored, tokenizer, tmp_path):
+    """BlockPruner leaves `model.config.pad_token_id` out of the calibration loss (nothing when the model has none),
+    MultiPruner the tokenizer's EOS id: here they differ (pad 3, EOS 2) and both occur in the calibration text."""
+    model = make_model("llama", pad_token_id=pad_token_id)
+    path = special_token_calibration_file(tmp_path)
+    settings = dict(calibration_dataset=path, num_calibration_samples_block=40, num_calibration_samples_width=40,
+                    sequence_length=64, batch_size=4, max_steps=1)
+    if mode == "blockpruner":
+        config = MultiPrunerConfig.blockpruner(0.3, **settings)
+    else:
+        config = search_config(path, **settings)
+    sequences = build_calibration_sets(config, tokenizer, model.config.vocab_size)["block"]
+    labels = sequences[:, 1:]
+    assert (labels == tokenizer.eos_token_id).any() and (labels == tokenizer.pad_token_id).any()
+    expected = {token: perplexity_by_hand(model, sequences, token) for token in (None, 2, 3)}
+    assert len({round(value, 6) for value in expected.values()}) == 3  # the three choices are told apart
+    pruner = MultiPruner(model, tokenizer)
+    pruner.prune(config, progress=False)
+    assert pruner.record.start_perplexity["block"] == pytest.approx(expected[ignored], rel=1e-6)
 
 
 # --------------------------------------------------------------------------- official formats
@@ -236,9 +375,9 @@ def test_tokenizer_of_another_model_is_rejected(calibration_file):
     assert_unchanged(model, before)
 
 
-def test_record_that_does_not_fit_the_model_is_rejected(tokenizer, calibration_file, tmp_path):
-    pruner = MultiPruner(trained_model("llama", tokenizer), tokenizer)
-    pruner.prune(MultiPrunerConfig.blockpruner(0.01, **_small_calibration(calibration_file)), progress=False)
+def test_record_that_does_not_fit_the_model_is_rejected(trained_model, tokenizer, calibration_file, tmp_path):
+    pruner = MultiPruner(trained_model("llama"), tokenizer)
+    pruner.prune(block_search_config(calibration_file), progress=False)
     path = pruner.record.save(tmp_path / "record.json")
     other = make_model("llama", num_hidden_layers=3)
     before = weights(other)
@@ -248,3 +387,14 @@ def test_record_that_does_not_fit_the_model_is_rejected(tokenizer, calibration_f
     (tmp_path / "broken.json").write_text(path and open(path).read()[:100])
     with pytest.raises(ValueError, match="corrupted or truncated"):
         MultiPruner(make_model("llama"), tokenizer).apply(tmp_path / "broken.json")
+
+
+def test_record_of_another_family_is_refused(tokenizer, tmp_path):
+    structure = PrunedStructure([0, 4, 4, 4], [0, 2, 2, 2], [256, 256, 256, 256])
+    record = PruningRecord("llama", 4, parameter_count_by_hand(make_model("llama").config), structure, False)
+    path = record.save(tmp_path / "record.json")
+    other = make_model("qwen2")
+    before = weights(other)
+    with pytest.raises(ValueError, match="for a 4-layer llama model, but this is a 4-layer qwen2 model"):
+        MultiPruner(other, tokenizer).apply(path)
+    assert_unchanged(other, before)

@@ -14,7 +14,7 @@ import pytest
 import testing_utils
 import torch
 from safetensors.torch import load_file
-from testing_utils import make_model, make_text
+from testing_utils import make_model, make_text, make_tokenizer, run_optimum_cli
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -140,6 +140,7 @@ def _dense(inputs):
         ("config", r"configuration differs .*\['seed'\]"),
         ("model", "weight hash mismatch"),
         ("data", "calibration token ids differ"),
+        ("tokenizer", "calibration token ids differ"),
     ],
 )
 def test_resume_refuses_another_config_model_or_data(change, message, runs, inputs, tokenizer, calibration_file,
@@ -157,6 +158,8 @@ def test_resume_refuses_another_config_model_or_data(change, message, runs, inpu
         (checkpoint / PROGRESS_NAME).write_text(json.dumps(progress))
     stamp = (checkpoint / PROGRESS_NAME).read_bytes()
     model = make_model("llama", seed=1) if change == "model" else _dense(inputs)
+    if change == "tokenizer":  # fewer BPE merges: the same text gets other ids, all within the model's vocabulary
+        tokenizer = make_tokenizer(vocab_size=300)
     before = state_dict_hash(model)
     with pytest.raises(ValueError, match=message):
         MultiPruner(model, tokenizer).prune(config, progress=False, resume_from=checkpoint)
@@ -184,6 +187,37 @@ def test_checkpoint_dir_with_progress_needs_resume_and_corrupted_progress_is_ref
         MultiPruner(model, tokenizer).prune(search_config(calibration_file), progress=False, resume_from=checkpoint)
     with pytest.raises(ValueError, match="does not exist"):
         MultiPruner(model, tokenizer).prune(search_config(calibration_file), progress=False, resume_from=tmp_path)
+
+
+def test_cli_resumes_a_killed_search_and_writes_progress_to_its_checkpoint_dir(runs, inputs, tokenizer, tmp_path,
+                                                                               capsys):
+    """`optimum-cli multipruner prune --resume DIR --checkpoint-dir OTHER` finishes the killed search as the
+    uninterrupted one ended, writing its progress to OTHER; OTHER then refuses a new search without --resume."""
+    root, _ = runs
+    model_dir, resume, progress_dir = tmp_path / "dense", tmp_path / "resume", tmp_path / "progress"
+    shutil.copytree(inputs / "dense", model_dir)
+    tokenizer.save_pretrained(model_dir)
+    shutil.copytree(root / "killed-progress", resume)
+    stamp = (resume / PROGRESS_NAME).read_bytes()
+    common = ("multipruner", "prune", "-m", str(model_dir), "--config", str(inputs / CONFIG_NAME), "--no-progress")
+    run_optimum_cli(*common, str(tmp_path / "out"), "--resume", str(resume), "--checkpoint-dir", str(progress_dir))
+
+    (weights, record), (resumed_weights, resumed) = saved_result(root / "first"), saved_result(tmp_path / "out")
+    assert [(s.stage, s.action, s.layer) for s in resumed.steps] == [(s.stage, s.action, s.layer) for s in record.steps]
+    for ours, theirs in zip(resumed.steps, record.steps):  # this process loads the model with SDPA attention
+        assert ours.perplexity == pytest.approx(theirs.perplexity, rel=1e-5)
+    assert resumed.structure == record.structure and resumed.target_reached
+    assert weights.keys() == resumed_weights.keys()
+    assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
+    progress = json.loads((progress_dir / PROGRESS_NAME).read_text())
+    assert PruningRecord.from_dict(progress["record"]).steps == resumed.steps
+    assert (resume / PROGRESS_NAME).read_bytes() == stamp  # the progress it resumed from is left as it was
+
+    with pytest.raises((FileExistsError, SystemExit)) as refused:  # a new search may not overwrite that progress
+        run_optimum_cli(*common, str(tmp_path / "again"), "--checkpoint-dir", str(progress_dir))
+    message = str(refused.value) if refused.type is FileExistsError else capsys.readouterr().err
+    assert "already holds the progress of a search" in message
+    assert not (tmp_path / "again").exists()
 
 
 # --------------------------------------------------------------------------- saving and loading
@@ -260,22 +294,82 @@ def test_truncated_multipruner_config_is_refused(tmp_path):
         MultiPrunerConfig.from_pretrained(tmp_path)
 
 
-def test_output_path_that_is_a_file_or_not_writable(tokenizer, tmp_path):
+def test_output_path_that_is_a_file_is_refused(tokenizer, tmp_path):
     pruner = pruned_pruner(tokenizer)
     (tmp_path / "file").write_text("keep me")
     with pytest.raises(FileExistsError, match="is a file"):
         pruner.save_pretrained(tmp_path / "file")
     assert (tmp_path / "file").read_text() == "keep me"
-    if os.geteuid() == 0:
-        pytest.skip("root can write anywhere")
+
+
+# Searches with `checkpoint_dir` a folder it may not write (or a new folder inside it), and saves a pruned model under
+# it; prints what each raised and whether the weights stayed as they were. argv = model dir, tokenizer dir,
+# configuration file, the locked folder.
+LOCKED_SCRIPT = """
+import json, os, sys
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from optimum_multipruner import MultiPruner, MultiPrunerConfig, PrunedStructure, PruningRecord, count_parameters
+from optimum_multipruner.progress import state_dict_hash
+
+model_dir, tokenizer_dir, config_file, locked = sys.argv[1:]
+tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+results = {}
+for name, checkpoint in (("checkpoint_dir", locked), ("new checkpoint_dir", os.path.join(locked, "new"))):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager")
+    before = state_dict_hash(model)
+    try:
+        MultiPruner(model, tokenizer).prune(MultiPrunerConfig.from_pretrained(config_file), progress=False,
+                                            checkpoint_dir=checkpoint)
+        results[name] = ["no error", ""]
+    except Exception as error:
+        results[name] = [type(error).__name__, str(error)]
+    results[name].append(state_dict_hash(model) == before)
+pruner = MultiPruner(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer)
+structure = PrunedStructure([0, 4, 4, 4], [0, 2, 2, 2], [256, 256, 256, 256])
+pruner.apply(PruningRecord("llama", 4, count_parameters(pruner.model), structure, weight_reorder=False))
+try:
+    pruner.save_pretrained(os.path.join(locked, "out"))
+    results["output"] = ["no error", "", True]
+except Exception as error:
+    results["output"] = [type(error).__name__, str(error), True]
+print(json.dumps(results))
+"""
+
+
+def without_file_permission_override():
+    """Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the capability bounding set (`prctl(PR_CAPBSET_DROP)`),
+    so that a root process started next obeys file permissions like any user, on its own files too."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH (linux/capability.h)
+        if libc.prctl(24, capability, 0, 0, 0):  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def test_paths_that_are_not_writable_are_refused_before_any_change(inputs, tmp_path):
+    """A folder without write permission, for a search's `checkpoint_dir` and for the output. Root may write anywhere,
+    so under root the check runs in a child process without the capabilities that override file permissions (a real
+    restriction the kernel enforces, not a mock); under any other user, in a plain child process."""
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    arguments = [inputs / "dense", inputs / "tokenizer", inputs / CONFIG_NAME, locked]
     try:
-        with pytest.raises(PermissionError, match="not writable"):
-            pruner.save_pretrained(locked / "out")
+        result = subprocess.run([sys.executable, "-c", LOCKED_SCRIPT, *map(str, arguments)], env=env,
+                                capture_output=True, text=True, timeout=300,
+                                preexec_fn=without_file_permission_override if os.geteuid() == 0 else None)
     finally:
         locked.chmod(0o700)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    assert results["checkpoint_dir"] == ["PermissionError", f"Cannot write search progress to {locked}: it is not "
+                                         "writable.", True]
+    error, message, unchanged = results["new checkpoint_dir"]
+    assert error == "PermissionError" and str(locked / "new") in message and unchanged
+    assert results["output"][:2] == ["PermissionError", f"Cannot write the output directory {locked / 'out'}: "
+                                     f"{locked} is not writable."]
     assert not list(locked.iterdir())
 
 

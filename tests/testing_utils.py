@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
     Phi3Config,
@@ -34,7 +36,13 @@ _COMMON = dict(
     pad_token_id=3,
 )
 
+# Granite's multipliers are far from 1 (embeddings x4, softmax scale 0.125 instead of 1/sqrt(16), branch outputs x0.5,
+# logits / 2) so that a pruned model or a scorer that dropped one of them would give other numbers.
+GRANITE_MULTIPLIERS = dict(embedding_multiplier=4.0, attention_multiplier=0.125, residual_multiplier=0.5,
+                           logits_scaling=2.0)
+
 CONFIGS = {
+    "granite": lambda: GraniteConfig(**_COMMON, **GRANITE_MULTIPLIERS),
     "llama": lambda: LlamaConfig(**_COMMON, head_dim=16),
     "mistral": lambda: MistralConfig(**_COMMON, head_dim=16, sliding_window=32),
     "qwen2": lambda: Qwen2Config(**_COMMON),
@@ -55,15 +63,16 @@ def make_text(num_rows: int = 400, seed: int = 0) -> list[str]:
     return rows
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on `make_text()` (ids 0-3 are special: unk, bos, eos, pad)."""
+def make_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `make_text()` (ids 0-3 are special: unk, bos, eos, pad); a smaller
+    `vocab_size` learns fewer merges, so the same text gets other ids."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -122,19 +131,26 @@ def search_config(calibration_file: str, **overrides):
     return MultiPrunerConfig(**values)
 
 
-def train_briefly(model, tokenizer, steps: int = 120, sequence_length: int = 64, seed: int = 0):
-    """A few AdamW steps on `make_text()` so every block matters (a random model's blocks are noise)."""
+def train_briefly(model, tokenizer, steps: int = 120, sequence_length: int = 64, seed: int = 0, sequences=None,
+                  batch_size: int = 8, lr: float = 3e-3, anneal: bool = False):
+    """A few AdamW steps on `sequences` (`[n, seq_len]` token ids; default `make_text()` cut into `sequence_length`
+    tokens), so every block matters (a random model's blocks are noise). `anneal`: a one-cycle learning rate (warm
+    up, then down to 0, so training ends at a minimum) instead of a constant one."""
     torch.manual_seed(seed)
-    ids = tokenizer("\n\n".join(make_text(600, seed=2)), return_tensors="pt").input_ids[0]
-    sequences = ids[: len(ids) // sequence_length * sequence_length].view(-1, sequence_length)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    if sequences is None:
+        ids = tokenizer("\n\n".join(make_text(600, seed=2)), return_tensors="pt").input_ids[0]
+        sequences = ids[: len(ids) // sequence_length * sequence_length].view(-1, sequence_length)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1) if anneal else None
     model.train()
     for step in range(steps):
-        batch = sequences[torch.randint(0, len(sequences), (8,))]
+        batch = sequences[torch.randint(0, len(sequences), (batch_size,))]
         loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
     return model.eval()
 
 
@@ -147,3 +163,37 @@ def run_optimum_cli(*argv: str) -> None:
 
     with mock.patch.object(sys, "argv", ["optimum-cli", *argv]):
         main()
+
+
+def parameter_count_by_hand(config, structure=None) -> int:
+    """All parameters of a tiny model of `config` pruned to `structure` (dense when `None`), counted from the shapes
+    without the package: embeddings, `lm_head` unless tied, the final norm and, per layer, the kept q/k/v/o rows
+    (+ q/k/v biases for Qwen2, q/k norms for Qwen3), gate/up/down channels and the pre-norm of each kept branch."""
+    hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    family = config.model_type.split("_")[-1]  # "multipruner_qwen2" -> "qwen2"
+    layers = range(config.num_hidden_layers)
+    kept_kv = structure.num_key_value_heads if structure else [kv_heads for _ in layers]
+    kept_width = structure.intermediate_size if structure else [config.intermediate_size for _ in layers]
+    total = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2) + hidden
+    for kv, width in zip(kept_kv, kept_width):
+        if kv:
+            q_rows, kv_rows = kv * heads // kv_heads * head_dim, kv * head_dim
+            total += (q_rows + 2 * kv_rows) * hidden + q_rows * hidden + hidden
+            total += (q_rows + 2 * kv_rows) if family == "qwen2" else 0
+            total += 2 * head_dim if family == "qwen3" else 0
+        if width:
+            total += 3 * width * hidden + hidden
+    return total
+
+MISSING_ASSET = "missing data asset"
+
+
+def require_asset(path):
+    """Skip the calling test when a real data asset (under `../shared/assets`) is not there; `.ci/run` turns such skips
+    into failures (see `conftest.pytest_runtest_makereport`). Tests build their data in code whenever they can."""
+    import pytest
+
+    if not os.path.exists(path):
+        pytest.skip(f"{MISSING_ASSET}: {path}")
+    return path

@@ -1,44 +1,49 @@
-"""Shared fixtures: the local data assets, a tiny byte-level BPE tokenizer and tiny random Llama models."""
+"""Shared fixtures: evaluation data written in code (and, for a few checks, the real data assets), a tiny byte-level
+BPE tokenizer and tiny random Llama models."""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from built_data import wiki_rows, write_jsonl, write_task_data
+from testing_utils import require_asset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 # The shared folder of real data sets (layout in its README); the zero-shot task data directory has the same layout.
 ASSETS_DIR = Path(os.environ.get("MULTIPRUNER_ASSETS", Path(__file__).resolve().parents[3] / "shared" / "assets"))
-WIKITEXT_TEST_JSONL = ASSETS_DIR / "wikitext-2-raw-v1" / "test.jsonl"
 TINY_VOCAB_SIZE = 384
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread() -> Iterator[None]:
-    """Run these tests' tiny models on one thread: faster for such small matrices, and robust on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
-def assets_dir() -> Path:
-    if not WIKITEXT_TEST_JSONL.is_file():
-        pytest.skip(f"The local data assets are not at {ASSETS_DIR} (set MULTIPRUNER_ASSETS).")
+def built_task_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A task data directory written in code."""
+    return write_task_data(tmp_path_factory.mktemp("task_data"))
+
+
+@pytest.fixture(scope="session", params=["built", "assets"])
+def task_data(request: pytest.FixtureRequest, built_task_data: Path) -> Path:
+    """The task data written in code, then the real assets (a missing asset skips, and fails under `.ci/run`)."""
+    if request.param == "built":
+        return built_task_data
+    for task in ("piqa/valid.jsonl", "llm-foundry-icl/winogrande.jsonl", "hellaswag/hellaswag_val_subset1000.jsonl",
+                 "llm-foundry-icl/arc_easy.jsonl", "llm-foundry-icl/arc_challenge.jsonl"):
+        require_asset(ASSETS_DIR / task)
     return ASSETS_DIR
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer(assets_dir: Path) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (like GPT-2's, no BOS added) trained on 300 lines of the WikiText-2 test set."""
-    with WIKITEXT_TEST_JSONL.open(encoding="utf-8") as handle:
-        lines = [json.loads(line)["text"] for _, line in zip(range(300), handle)]
+def wikitext_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 WikiText-2-like rows as `{"text"}` records."""
+    return write_jsonl(tmp_path_factory.mktemp("wikitext") / "test.jsonl", [{"text": row} for row in wiki_rows(400)])
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (like GPT-2's, no BOS added) trained on WikiText-like rows."""
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -46,8 +51,9 @@ def tiny_tokenizer(assets_dir: Path) -> PreTrainedTokenizerFast:
         vocab_size=TINY_VOCAB_SIZE,
         special_tokens=["<unk>", "<s>", "</s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
-    backend.train_from_iterator(lines, trainer)
+    backend.train_from_iterator(wiki_rows(300, seed=1), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
+import datasets
 import pytest
 import torch
+from built_data import ptb_lines, wiki_rows, write_jsonl
 
 from optimum_multipruner.evaluation import evaluate_perplexity
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    return path
-
-
-def wikitext_rows(assets_dir: Path, count: int) -> list[str]:
-    with (assets_dir / "wikitext-2-raw-v1" / "test.jsonl").open(encoding="utf-8") as handle:
-        return [json.loads(line)["text"] for _, line in zip(range(count), handle)]
 
 
 def num_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text).input_ids)
 
 
-def test_matches_hand_computation(tiny_llama, tiny_tokenizer, assets_dir, tmp_path):
-    rows = wikitext_rows(assets_dir, 120)
+def test_matches_hand_computation(tiny_llama, tiny_tokenizer, tmp_path):
+    rows = wiki_rows(120)
     path = write_jsonl(tmp_path / "rows.jsonl", [{"text": row} for row in rows])
     result = evaluate_perplexity(
         tiny_llama, tiny_tokenizer, str(path), sequence_length=32, max_windows=5, batch_size=2, progress=False
@@ -50,8 +40,8 @@ def test_matches_hand_computation(tiny_llama, tiny_tokenizer, assets_dir, tmp_pa
     assert tiny_llama.config.use_cache and not tiny_llama.training  # evaluation left the model as it was
 
 
-def test_window_count_and_cap(tiny_llama, tiny_tokenizer, assets_dir, tmp_path):
-    rows = wikitext_rows(assets_dir, 200)
+def test_window_count_and_cap(tiny_llama, tiny_tokenizer, tmp_path):
+    rows = wiki_rows(200)
     path = write_jsonl(tmp_path / "rows.jsonl", [{"text": row} for row in rows])
     available = num_tokens(tiny_tokenizer, "\n\n".join(rows)) // 32
     assert available > 3
@@ -61,27 +51,31 @@ def test_window_count_and_cap(tiny_llama, tiny_tokenizer, assets_dir, tmp_path):
     assert capped["protocol"] == "wikitext2"
 
 
-def test_cap_above_available_uses_every_window(tiny_llama, tiny_tokenizer, assets_dir, tmp_path):
-    rows = wikitext_rows(assets_dir, 40)
+def test_cap_above_available_uses_every_window(tiny_llama, tiny_tokenizer, tmp_path):
+    rows = wiki_rows(40)
     path = write_jsonl(tmp_path / "rows.jsonl", [{"text": row} for row in rows])
     available = num_tokens(tiny_tokenizer, "\n\n".join(rows)) // 128
+    assert available > 1
     result = evaluate_perplexity(tiny_llama, tiny_tokenizer, str(path), 128, max_windows=10_000, progress=False)
     assert result["num_windows"] == result["num_windows_available"] == available
 
 
-def test_local_wikitext_jsonl_and_parquet_agree(tiny_llama, tiny_tokenizer, assets_dir):
-    folder = assets_dir / "wikitext-2-raw-v1"
+def test_local_wikitext_jsonl_and_parquet_agree(tiny_llama, tiny_tokenizer, wikitext_jsonl, tmp_path):
+    parquet = tmp_path / "test.parquet"
+    datasets.Dataset.from_list([{"text": row} for row in wiki_rows(400)]).to_parquet(str(parquet))
     results = [
-        evaluate_perplexity(tiny_llama, tiny_tokenizer, str(folder / name), 1024, max_windows=2, progress=False)
-        for name in ("test.jsonl", "test.parquet")
+        evaluate_perplexity(tiny_llama, tiny_tokenizer, str(path), 256, max_windows=2, progress=False)
+        for path in (wikitext_jsonl, parquet)
     ]
     assert results[0]["perplexity"] == results[1]["perplexity"]
     assert results[0]["num_windows_available"] == results[1]["num_windows_available"] > 2
 
 
-def test_ptb_protocol_joins_stripped_sentences_with_spaces(tiny_llama, tiny_tokenizer, assets_dir):
-    path = assets_dir / "ptb" / "ptb.test.txt"
+def test_ptb_protocol_joins_stripped_sentences_with_spaces(tiny_llama, tiny_tokenizer, tmp_path):
+    path = tmp_path / "ptb.test.txt"
+    path.write_text("\n".join(ptb_lines(300)) + "\n", encoding="utf-8")
     sentences = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    assert sentences != path.read_text(encoding="utf-8").splitlines()  # the lines have spaces to strip
     result = evaluate_perplexity(
         tiny_llama, tiny_tokenizer, str(path), 512, max_windows=1, progress=False, protocol="ptb"
     )
@@ -102,8 +96,8 @@ def test_c4_protocol_keeps_first_1100_documents_and_256_windows(tiny_llama, tiny
     assert (many_short["num_windows"], many_short["num_windows_available"]) == (2, 256)
 
 
-def test_openvino_model_matches_pytorch(tiny_llama, tiny_openvino_llama, tiny_tokenizer, assets_dir):
-    path = str(assets_dir / "wikitext-2-raw-v1" / "test.jsonl")
+def test_openvino_model_matches_pytorch(tiny_llama, tiny_openvino_llama, tiny_tokenizer, wikitext_jsonl):
+    path = str(wikitext_jsonl)
     settings = dict(sequence_length=64, max_windows=4, batch_size=2, progress=False)
     reference = evaluate_perplexity(tiny_llama, tiny_tokenizer, path, **settings)
     openvino = evaluate_perplexity(tiny_openvino_llama, tiny_tokenizer, path, **settings)

@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -34,12 +35,17 @@ def read_jsonl(path: Path, count: int = NUM_CHECKED_ITEMS) -> list[dict]:
     return [json.loads(line) for line in lines[:count]]
 
 
-@pytest.fixture(scope="module")
-def offline_tasks(assets_dir):
+def load_offline_tasks(data_dir: Path) -> dict:
     manager = TaskManager(
-        include_path=str(OFFLINE_TASKS_DIR), include_defaults=False, metadata={"data_dir": str(assets_dir)}
+        include_path=str(OFFLINE_TASKS_DIR), include_defaults=False, metadata={"data_dir": str(data_dir)}
     )
     return manager.load(list(DEFAULT_TASKS))["tasks"]
+
+
+@pytest.fixture(scope="module")
+def offline_tasks(task_data):
+    """The offline tasks on the task data written in code, then on the real assets."""
+    return load_offline_tasks(task_data)
 
 
 def requests_and_gold(task) -> list[tuple[list[tuple[str, str]], int]]:
@@ -67,28 +73,28 @@ def test_offline_tasks_keep_stock_prompts_and_metrics():
             assert ours.get(key) == stock.get(key), (task, key)
 
 
-def test_offline_piqa_matches_source_files(offline_tasks, assets_dir):
-    rows = read_jsonl(assets_dir / "piqa" / "valid.jsonl")
-    labels = (assets_dir / "piqa" / "valid-labels.lst").read_text().split()
+def test_offline_piqa_matches_source_files(offline_tasks, task_data):
+    rows = read_jsonl(task_data / "piqa" / "valid.jsonl")
+    labels = (task_data / "piqa" / "valid-labels.lst").read_text().split()
     expected = [
         ([(f"Question: {row['goal']}\nAnswer:", f" {row[solution]}") for solution in ("sol1", "sol2")], int(label))
         for row, label in zip(rows, labels)
     ]
     assert requests_and_gold(offline_tasks["piqa"]) == expected
-    assert len(offline_tasks["piqa"].eval_docs) == 1838
+    assert len(offline_tasks["piqa"].eval_docs) == len(labels)  # 1838 in the real data
 
 
-def test_offline_arc_matches_source_files(offline_tasks, assets_dir):
+def test_offline_arc_matches_source_files(offline_tasks, task_data):
     for task in ("arc_easy", "arc_challenge"):
-        rows = read_jsonl(assets_dir / "llm-foundry-icl" / f"{task}.jsonl")
+        rows = read_jsonl(task_data / "llm-foundry-icl" / f"{task}.jsonl")
         expected = [
             ([(f"{row['query']}\nAnswer:", f" {choice}") for choice in row["choices"]], row["gold"]) for row in rows
         ]
         assert requests_and_gold(offline_tasks[task]) == expected
 
 
-def test_offline_hellaswag_matches_source_file(offline_tasks, assets_dir):
-    rows = read_jsonl(assets_dir / "hellaswag" / "hellaswag_val_subset1000.jsonl")
+def test_offline_hellaswag_matches_source_file(offline_tasks, task_data):
+    rows = read_jsonl(task_data / "hellaswag" / "hellaswag_val_subset1000.jsonl")
     expected = []
     for row in rows:
         query = stock_hellaswag_preprocess(
@@ -100,8 +106,8 @@ def test_offline_hellaswag_matches_source_file(offline_tasks, assets_dir):
     assert requests_and_gold(offline_tasks["hellaswag"]) == expected
 
 
-def test_offline_winogrande_matches_source_file_and_stock_scoring(offline_tasks, assets_dir):
-    rows = read_jsonl(assets_dir / "llm-foundry-icl" / "winogrande.jsonl")
+def test_offline_winogrande_matches_source_file_and_stock_scoring(offline_tasks, task_data):
+    rows = read_jsonl(task_data / "llm-foundry-icl" / "winogrande.jsonl")
     expected = [
         ([(context, f" {row['continuation']}") for context in row["context_options"]], row["gold"]) for row in rows
     ]
@@ -129,33 +135,59 @@ def test_offline_winogrande_matches_source_file_and_stock_scoring(offline_tasks,
         assert gold == stock_winogrande.doc_to_text(record)
 
 
-def test_tiny_model_zero_shot(tiny_llama, tiny_tokenizer, assets_dir, tmp_path):
-    result = evaluate_zero_shot(tiny_llama, tiny_tokenizer, limit=4, data_dir=assets_dir)
+def loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
+    """log P(continuation | context) as lm-eval scores it: the context's trailing spaces move to the continuation,
+    the pair is encoded at once (no special tokens) and the continuation is what follows the context's own tokens."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
+    start = len(tokenizer(context, add_special_tokens=False).input_ids)
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.tensor([whole])).logits[0].double(), dim=-1)
+    return sum(log_probs[position - 1, whole[position]].item() for position in range(start, len(whole)))
+
+
+def accuracy_by_hand(model, tokenizer, task, limit: int) -> float:
+    """acc_norm (acc for WinoGrande) of the first `limit` items: the gold index must have the highest log-likelihood,
+    divided by the choice's length in characters for acc_norm."""
+    correct = 0
+    for requests, gold in requests_and_gold(task)[:limit]:
+        scores = [loglikelihood(model, tokenizer, context, continuation) for context, continuation in requests]
+        if not task.multiple_input:  # acc_norm; the continuation is the choice after the target delimiter " "
+            scores = [score / (len(continuation) - 1) for score, (_, continuation) in zip(scores, requests)]
+        correct += max(range(len(scores)), key=scores.__getitem__) == gold
+    return correct / limit
+
+
+def test_tiny_model_zero_shot(tiny_llama, tiny_tokenizer, built_task_data):
+    result = evaluate_zero_shot(tiny_llama, tiny_tokenizer, limit=4, data_dir=built_task_data)
+    tasks = load_offline_tasks(built_task_data)
     assert list(result["tasks"]) == list(DEFAULT_TASKS)
     for task, task_result in result["tasks"].items():
         assert task_result["metric"] == ("acc" if task == "winogrande" else "acc_norm")
-        assert task_result["value"] == task_result["metrics"][task_result["metric"]]
-        assert 0.0 <= task_result["value"] <= 1.0
+        assert task_result["value"] == pytest.approx(accuracy_by_hand(tiny_llama, tiny_tokenizer, tasks[task], 4))
         assert task_result["num_items"] == 4
-    assert result["tasks"]["piqa"]["num_items_available"] == 1838
+    assert result["tasks"]["piqa"]["num_items_available"] == 6
+    assert len({task_result["value"] for task_result in result["tasks"].values()}) > 1  # not all one value
     assert result["mean"] == pytest.approx(statistics.fmean(r["value"] for r in result["tasks"].values()))
     assert (result["data"], result["num_fewshot"], result["limit"]) == ("local", 0, 4)
     assert tiny_tokenizer.pad_token is None  # lm-eval worked on a copy of the tokenizer
     assert "arc_challenge acc_norm" in format_results_table(result)
 
 
-def test_openvino_model_matches_pytorch(tiny_llama, tiny_openvino_llama, tiny_tokenizer, assets_dir):
-    settings = dict(tasks=["arc_easy", "winogrande"], limit=3, batch_size=2, data_dir=assets_dir)
+def test_openvino_model_matches_pytorch(tiny_llama, tiny_openvino_llama, tiny_tokenizer, built_task_data):
+    settings = dict(tasks=["arc_easy", "winogrande"], limit=3, batch_size=2, data_dir=built_task_data)
     reference = evaluate_zero_shot(tiny_llama, tiny_tokenizer, **settings)
     openvino = evaluate_zero_shot(tiny_openvino_llama, tiny_tokenizer, **settings)
     for task in settings["tasks"]:
         assert openvino["tasks"][task]["metrics"] == reference["tasks"][task]["metrics"]
 
 
-def test_data_dir_from_environment(tiny_llama, tiny_tokenizer, assets_dir, monkeypatch):
-    monkeypatch.setenv("MULTIPRUNER_TASK_DATA", str(assets_dir))
+def test_data_dir_from_environment(tiny_llama, tiny_tokenizer, built_task_data, monkeypatch):
+    monkeypatch.setenv("MULTIPRUNER_TASK_DATA", str(built_task_data))
     result = evaluate_zero_shot(tiny_llama, tiny_tokenizer, tasks=["piqa"], limit=1)
-    assert (result["data"], result["data_dir"]) == ("local", str(assets_dir))
+    assert (result["data"], result["data_dir"]) == ("local", str(built_task_data))
 
 
 @pytest.mark.parametrize(
@@ -168,9 +200,9 @@ def test_data_dir_from_environment(tiny_llama, tiny_tokenizer, assets_dir, monke
         ({"batch_size": 0}, ValueError, "batch_size"),
     ],
 )
-def test_bad_arguments(tiny_llama, tiny_tokenizer, assets_dir, settings, error, message):
+def test_bad_arguments(tiny_llama, tiny_tokenizer, built_task_data, settings, error, message):
     with pytest.raises(error, match=message):
-        evaluate_zero_shot(tiny_llama, tiny_tokenizer, data_dir=assets_dir, **settings)
+        evaluate_zero_shot(tiny_llama, tiny_tokenizer, data_dir=built_task_data, **settings)
 
 
 def test_missing_task_data(tiny_llama, tiny_tokenizer, tmp_path, monkeypatch):

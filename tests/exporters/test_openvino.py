@@ -18,6 +18,7 @@ import pytest
 import torch
 from exported_models import F32, PAD, STRUCTURE, pruned_model
 from optimum.intel import OVModelForCausalLM
+from safetensors.torch import load_file
 from testing_utils import FAMILIES, run_optimum_cli
 from transformers import AutoModelForCausalLM
 
@@ -119,6 +120,20 @@ def test_cli_int4_export(exported, tmp_path):
     assert "u4" in weight_types(ir)
     model = OVModelForCausalLM.from_pretrained(ir)
     assert model.generate(input_ids=PROMPTS, attention_mask=MASK, max_new_tokens=4, pad_token_id=PAD).shape == (2, 16)
+    # group size 128 where a layer's input width allows it, else (adjust) a smaller group that divides the width
+    tensors = load_file(os.path.join(checkpoint, "model.safetensors"))
+    in_features = {name: tensor.shape[1] for name, tensor in tensors.items() if tensor.dim() == 2}
+    groups = {}
+    for op in ov.Core().read_model(os.path.join(ir, "openvino_model.xml")).get_ops():
+        name = op.get_friendly_name().removeprefix("self.")
+        if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "u4" and name in in_features:
+            rows, num_groups, group = op.get_output_shape(0)
+            assert num_groups * group == in_features[name], name
+            groups[name] = group
+    assert groups["model.layers.2.mlp.down_proj.weight"] == groups["model.layers.3.mlp.down_proj.weight"] == 128
+    for name, group in groups.items():
+        assert group == 128 if in_features[name] % 128 == 0 else group < 128, (name, group)
+    assert groups["model.layers.1.self_attn.o_proj.weight"] == 32  # one KV group kept: 32 query channels
 
 
 def test_python_export_api(tmp_path, tokenizer):
