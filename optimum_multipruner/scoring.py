@@ -1,15 +1,36 @@
-"""Scoring search candidates by calibration NLL, plainly or accelerated, with provably the same choices.
+"""Scoring search candidates by a calibration loss, plainly or accelerated, exactly or fast.
+
+The objective (`importance_metric`) is the sum over calibration sequences of each sequence's mean next-token NLL
+(`"ppl"`, the reference's: the lowest sum is the lowest perplexity) or mean KL divergence from the original unpruned
+model's next-token distribution (`"kl"`; the original's hidden states entering the final norm are cached once per
+calibration set, its log-probabilities recomputed chunk by chunk through the final norm and `lm_head`).
 
 The plain scorer runs the whole model for every candidate, as the reference code does. The accelerated one
 (1) caches the hidden states entering every decoder layer of the current model, so a candidate that changes layer
-`i` only recomputes layers `i..L-1` and the head; (2) stops a candidate as soon as its partial sum of per-sequence
-NLLs exceeds the best complete total (exact: every term is non-negative and sums are accumulated in the same order);
-(3) tries the candidates that scored best in the previous step first, so the bound tightens early.
-Ties go to the candidate that comes first in the reference order, as the reference's strict `<` does.
+`i` only recomputes layers `i..L-1` and the head, one calibration sequence at a time; (2) stops a candidate, after any
+sequence, as soon as its partial total exceeds the best complete total (exact: every per-sequence term is
+non-negative, and totals are summed per batch of `batch_size` sequences, then over batches, as the plain evaluation
+sums them); (3) tries the candidates that got furthest and scored best in the previous step first, so the bound
+tightens early. Ties go to the candidate that comes first in the reference order, as the reference's strict `<` does.
+
+`search_mode="exact"` (default) makes exactly the plain search's choices. `search_mode="fast"` races the candidates
+over growing prefixes of the calibration sequences (successive halving): round 1 scores every candidate on the first
+`fast_search_first_sequences` sequences; each later round doubles the prefix (capped at all sequences) and scores only
+the `ceil(fast_search_keep * n)` candidates with the lowest totals on the previous round's prefix (ties to the earlier
+candidate; `n` = candidates in that round); a candidate continues from the sequences it was already scored on, and
+within a round stops as soon as it can no longer be among the candidates the round keeps. The round on all sequences
+is the final one: its lowest total (exact early stopping, same tie rule) is the step's choice, so the choice is
+always made on the whole calibration set, among the candidates still in the race.
+
+Under torch.distributed (`torchrun`, `accelerate launch`) every round is shared out between the processes, each
+holding the whole model and cache (see `distributed.py`); each stops its candidates early against its own bound,
+then every process receives every tally, so all make the choices one process makes, in both modes.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import math
 import time
 from contextlib import AbstractContextManager
@@ -20,9 +41,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .architectures import ArchitectureAdapter
 from .candidates import Candidate
-from .nll import sequence_nll
+from .devices import DeviceLike, as_device, decoder_layer_devices, execution_device, move_to_device
+from .nll import DEFAULT_HEAD_CHUNK_SIZE, SequenceLosses, head_losses
 
 
 @dataclass
@@ -30,42 +53,105 @@ class SearchStats:
     """Work done by a scorer, in units of one full forward pass over the calibration set."""
 
     candidates_started: int = 0
-    candidates_stopped_early: int = 0
-    layer_passes: int = 0  # decoder-layer forward passes over one batch
-    head_passes: int = 0  # final norm + lm_head + loss over one batch
+    candidates_stopped_early: int = 0  # stopped by the bound: could no longer win (or stay in the race)
+    candidates_dropped: int = 0  # fast mode: scored on a round's prefix, then left out of the next round
+    layer_passes: int = 0  # decoder-layer forward passes over one calibration sequence
+    head_passes: int = 0  # final norm + lm_head + loss over one sequence (KL: each model's logits count once)
     seconds: float = 0.0
     layer_weight: float = 1.0  # parameters of one dense decoder layer
     head_weight: float = 1.0  # parameters of the lm_head
     num_layers: int = 1
-    num_batches: int = 1
+    num_sequences: int = 1
+    processes: int = 1  # processes of a distributed search whose work the counters sum
+    busiest_process_work: float = 0.0  # distributed: full-forward equivalents of the process that worked most
 
     @property
     def full_forward_equivalents(self) -> float:
         """Passes weighted by the parameters they run, divided by one forward of the whole calibration set."""
         work = self.layer_passes * self.layer_weight + self.head_passes * self.head_weight
-        return work / ((self.num_layers * self.layer_weight + self.head_weight) * self.num_batches)
+        return work / ((self.num_layers * self.layer_weight + self.head_weight) * self.num_sequences)
 
     def reset_counters(self) -> None:
         """Start counting anew (a new stage on the same calibration set)."""
-        self.candidates_started = self.candidates_stopped_early = self.layer_passes = self.head_passes = 0
+        self.candidates_started = self.candidates_stopped_early = self.candidates_dropped = 0
+        self.layer_passes = self.head_passes = 0
         self.seconds = 0.0
 
     def to_dict(self) -> dict:
         return {
             "candidates_started": self.candidates_started,
             "candidates_stopped_early": self.candidates_stopped_early,
+            "candidates_dropped": self.candidates_dropped,
             "layer_passes": self.layer_passes,
             "head_passes": self.head_passes,
             "full_forward_equivalents": round(self.full_forward_equivalents, 3),
             "seconds": round(self.seconds, 3),
+            **({"processes": self.processes,
+                "busiest_process_full_forward_equivalents": round(self.busiest_process_work, 3)}
+               if self.processes > 1 else {}),
         }
+
+    def summed_over_ranks(self, device: torch.device) -> "SearchStats":
+        """A copy whose work counters are summed over the processes of a distributed search (a collective: every
+        rank calls it), with the work of the busiest process, which bounds the speed-up. `candidates_dropped` is the
+        same on every rank; `seconds` stays this process's wall time."""
+        work = ("candidates_started", "candidates_stopped_early", "layer_passes", "head_passes")
+        mine = torch.tensor([[*(getattr(self, name) for name in work), self.full_forward_equivalents]],
+                            dtype=torch.float64)
+        processes = distributed.world_size()
+        rows = distributed.all_gather_rows(mine, [1] * processes, device)  # [processes, counters + 1]
+        sums = rows[:, :-1].sum(0).tolist()
+        return dataclasses.replace(self, **{name: int(value) for name, value in zip(work, sums)},
+                                   processes=processes, busiest_process_work=rows[:, -1].max().item())
+
+
+class _Tally:
+    """One candidate's per-sequence losses in a step, `[num_sequences]` float64, scored in sequence order: the first
+    `done` entries are known, the others 0 (so the total is a lower bound until all are known)."""
+
+    def __init__(self, num_sequences: int, kl: bool) -> None:
+        self.objective = torch.zeros(num_sequences, dtype=torch.float64)
+        self.nll = torch.zeros(num_sequences, dtype=torch.float64) if kl else self.objective
+        self.done = 0
+
+    def fill(self, start: int, losses: SequenceLosses) -> None:
+        """Store the losses of sequences `start, start + 1, ...` (the next ones to be known)."""
+        stop = start + len(losses.nll)
+        self.nll[start:stop] = losses.nll.cpu()
+        if losses.kl is not None:
+            self.objective[start:stop] = losses.kl.cpu()
+        self.done = stop
+
+    def to_row(self) -> torch.Tensor:
+        """`[done, objective..., nll... (KL only)]`, float64: the tally as one row, to send to the other ranks."""
+        parts = [torch.tensor([self.done], dtype=torch.float64), self.objective]
+        return torch.cat(parts + ([self.nll] if self.nll is not self.objective else []))
+
+    @classmethod
+    def from_row(cls, row: torch.Tensor, num_sequences: int, kl: bool) -> "_Tally":
+        tally = cls(num_sequences, kl)
+        tally.done = int(row[0])
+        tally.objective.copy_(row[1 : 1 + num_sequences])
+        if kl:
+            tally.nll.copy_(row[1 + num_sequences :])
+        return tally
+
+
+def _rank_key(total: float, index: int) -> tuple[float, int]:
+    """Lower is better; ties to the earlier candidate; NaN ranks with +inf."""
+    return (math.inf if math.isnan(total) else total, index)
 
 
 TrialFactory = Callable[[Candidate], AbstractContextManager]
 
 
 class CandidateScorer:
-    """Finds the candidate whose removal gives the lowest calibration perplexity on the current model."""
+    """Finds the candidate whose removal gives the lowest calibration loss (NLL or KL total) on the current model.
+
+    `reference`: for `importance_metric="kl"`, the original model's hidden states entering the final norm,
+    `[num_sequences, seq_len, hidden]` (see [`final_hidden_states`]). `head_chunk_size`: positions per chunk of the
+    final norm + `lm_head` + loss (see `nll.head_losses`).
+    """
 
     def __init__(
         self,
@@ -76,132 +162,304 @@ class CandidateScorer:
         ignore_index: Optional[int] = None,
         accelerated: bool = True,
         progress: bool = True,
+        cache_device: Optional[DeviceLike] = None,
+        importance_metric: str = "ppl",
+        reference: Optional[torch.Tensor] = None,
+        search_mode: str = "exact",
+        fast_search_first_sequences: int = 1,
+        fast_search_keep: float = 0.5,
+        head_chunk_size: int = DEFAULT_HEAD_CHUNK_SIZE,
     ) -> None:
+        if (importance_metric == "kl") != (reference is not None):
+            raise ValueError("The KL objective needs the original model's final hidden states (`reference`), and only it.")
         self.model = model
         self.adapter = adapter
         self.layers = adapter.decoder_layers(model)
         self.ignore_index = ignore_index
         self.accelerated = accelerated
         self.progress = progress
-        device = next(model.parameters()).device
+        self.importance_metric = importance_metric
+        self.reference = reference
+        self.search_mode = search_mode
+        self.fast_search_first_sequences = fast_search_first_sequences
+        self.fast_search_keep = fast_search_keep
+        self.head_chunk_size = head_chunk_size
+        device = execution_device(model.get_input_embeddings())
         self.batches = [batch.to(device) for batch in sequences.split(batch_size)]  # each [batch, seq_len]
+        self.layer_devices = decoder_layer_devices(model, self.layers)  # accelerate's execution devices if dispatched
+        self.cache_device = None if cache_device is None else as_device(cache_device)
         self.num_sequences = len(sequences)
+        self._batch_size = batch_size
+        self._batch_starts = [b * batch_size for b in range(len(self.batches))]  # first sequence of each batch
         self.stats = SearchStats(
             layer_weight=sum(p.numel() for p in self.layers[0].parameters()),
             head_weight=model.get_output_embeddings().weight.numel(),
             num_layers=len(self.layers),
-            num_batches=len(self.batches),
+            num_sequences=self.num_sequences,
         )
-        self._previous_totals: dict[Candidate, float] = {}
-        self._layer_inputs: list[list[torch.Tensor]] = []  # [layer][batch] -> [batch, seq_len, hidden]
-        self._layer_kwargs: list[list[dict]] = []  # [layer][batch] -> keyword arguments of the layer call
+        if reference is not None:  # its capture was one whole forward of the original model
+            self.stats.layer_passes += len(self.layers) * self.num_sequences
+            self.stats.head_passes += self.num_sequences
+        self._previous_ranks: dict[Candidate, tuple[int, float]] = {}  # (-sequences scored, total so far)
+        self._winner_nll_total: dict[Candidate, float] = {}
+        self._layer_inputs: list[list[torch.Tensor]] = []  # [layer][batch] -> [batch, seq_len, hidden], on its cache device
+        self._layer_kwargs: list[list[dict]] = []  # [layer][batch] -> keyword arguments of the layer call, on its device
         start = time.perf_counter()
-        self.base_total = self._capture() if accelerated else self._full_total()
+        with torch.no_grad():  # the plain evaluation too: no autograd graph
+            base = self._capture() if accelerated else self._full_tally()
+        self.base_total, self.base_nll_total = self._sum(base.objective), self._sum(base.nll)
         self.stats.seconds += time.perf_counter() - start
 
     # ------------------------------------------------------------------ public API
     @property
     def base_perplexity(self) -> float:
-        """Calibration perplexity of the model as it is now (before the next step)."""
-        return self.to_perplexity(self.base_total)
+        """Calibration perplexity of the model as it is now (before the next step), whatever the objective."""
+        return self.to_perplexity(self.base_nll_total)
 
     def to_perplexity(self, total: float) -> float:
         return math.exp(total / self.num_sequences)
 
     @torch.no_grad()
     def select(self, candidates: Sequence[Candidate], trial: TrialFactory, description: str = "candidates"):
-        """Return `(best candidate, its NLL total)`: lowest total, ties to the earliest candidate in `candidates`."""
+        """Return `(best candidate, its objective total)`: the lowest total on the whole calibration set, ties to the
+        earliest candidate in `candidates`; among all candidates (exact) or those still in the race (fast)."""
         start = time.perf_counter()
-        order = range(len(candidates))
+        survivors = list(range(len(candidates)))
         if self.accelerated:
-            order = sorted(order, key=lambda k: (self._previous_totals.get(candidates[k], math.inf), k))
-        best_index, best_total = None, math.inf
-        for k in tqdm(order, desc=description, disable=not self.progress, leave=False):
-            candidate = candidates[k]
-            with trial(candidate):
-                total, complete = self._score(candidate, k, best_index, best_total)
-            self._previous_totals[candidate] = total
-            if complete and (total < best_total or (total == best_total and k < best_index)):
-                best_index, best_total = k, total
+            survivors.sort(key=lambda k: (self._previous_ranks.get(candidates[k], (0, math.inf)), k))
+        stops = self._round_stops()
+        kept = [len(survivors)]  # candidates of each round
+        for _ in stops[1:]:
+            kept.append(math.ceil(self.fast_search_keep * kept[-1]))
+        tallies: dict[int, _Tally] = {}
+        with tqdm(total=sum(kept), desc=description, disable=not self.progress, leave=False) as bar:
+            for r, stop in enumerate(stops):
+                keep = kept[r + 1] if r + 1 < len(stops) else 1
+                totals = self._shared_round(candidates, survivors, trial, stop, keep, tallies, bar)
+                ranked = sorted(totals, key=lambda k: _rank_key(totals[k], k))
+                self.stats.candidates_dropped += max(len(ranked) - keep, 0) if r + 1 < len(stops) else 0
+                survivors = ranked[:keep]
+        for k, tally in tallies.items():
+            self._previous_ranks[candidates[k]] = (-tally.done, self._sum(tally.objective))
+        best = survivors[0]
+        total = totals[best]
+        if not math.isfinite(total):
+            dtype = next(self.model.parameters()).dtype
+            raise FloatingPointError(
+                f"Every candidate of this step scored a non-finite calibration loss (NaN or inf): the model overflows "
+                f"in {dtype}. Search in torch.bfloat16 or torch.float32 (load the model with `torch_dtype=` one of "
+                "them; CLI: --dtype bfloat16 or --dtype float32)."
+            )
+        self._winner_nll_total = {candidates[best]: self._sum(tallies[best].nll)}
         self.stats.seconds += time.perf_counter() - start
-        return candidates[best_index], best_total
+        return candidates[best], total
+
+    def score_round(self, candidates: Sequence[Candidate], indices: Sequence[int], trial: TrialFactory, stop: int,
+                    keep: int, tallies: dict[int, _Tally], bar=None) -> dict[int, float]:
+        """Score `candidates[k]` for each `k` of `indices`, in that order, on the first `stop` calibration sequences,
+        continuing from its tally in `tallies` (made when missing), and return the totals of those that completed.
+
+        A candidate stops after any sequence once it cannot be among the `keep` best of the round: its partial total
+        (the sequences still to score counted as 0) ranks after the `keep`-th best completed total, ties to the
+        earlier candidate. The plain scorer scores every candidate on all sequences.
+        """
+        totals: dict[int, float] = {}
+        leaders: list[tuple[float, int]] = []  # rank keys of the best completed candidates, sorted, at most `keep`
+        for k in indices:
+            if k not in tallies:
+                tallies[k] = _Tally(self.num_sequences, self.reference is not None)
+                self.stats.candidates_started += 1
+            bound = leaders[-1] if len(leaders) == keep else None
+            with trial(candidates[k]):
+                complete = self._score(candidates[k], k, tallies[k], stop, bound)
+            if complete:
+                totals[k] = self._sum(tallies[k].objective)
+                bisect.insort(leaders, _rank_key(totals[k], k))
+                del leaders[keep:]
+            else:
+                self.stats.candidates_stopped_early += 1
+            if bar is not None:
+                bar.update()
+        return totals
+
+    def _shared_round(self, candidates: Sequence[Candidate], indices: Sequence[int], trial: TrialFactory, stop: int,
+                      keep: int, tallies: dict[int, _Tally], bar=None) -> dict[int, float]:
+        """`score_round` spread over the processes of a distributed search (just the round with one process).
+
+        The candidates are shared out, balanced by the work each has left (the layers it recomputes and the head,
+        times the sequences it has still to score); each rank scores its share with its own bound; then every rank
+        receives every tally, so all ranks hold the same totals and ordering hints. A candidate one rank stopped
+        early ranks after `keep` complete candidates of that rank, so it cannot be among the `keep` best of all:
+        the round keeps exactly the candidates one process keeps.
+        """
+        num_ranks = distributed.world_size()
+        if num_ranks == 1:
+            return self.score_round(candidates, indices, trial, stop, keep, tallies, bar)
+        costs = [self._work_left(candidates[k], tallies.get(k), stop) for k in indices]
+        shares = distributed.share_out(costs, num_ranks)
+        mine = [indices[p] for p in shares[distributed.rank()]]
+        self.score_round(candidates, mine, trial, stop, keep, tallies, bar)
+        kl = self.reference is not None
+        rows = torch.zeros(len(mine), 2 + self.num_sequences * (2 if kl else 1), dtype=torch.float64)
+        for row, k in zip(rows, mine):  # [candidate index, done, objective..., nll...]
+            row[0], row[1:] = k, tallies[k].to_row()
+        for row in distributed.all_gather_rows(rows, [len(share) for share in shares], self.batches[0].device):
+            tallies[int(row[0])] = _Tally.from_row(row[1:], self.num_sequences, kl)
+        if bar is not None:
+            bar.update(len(indices) - len(mine))
+        return {k: self._sum(tallies[k].objective) for k in indices if tallies[k].done >= stop}
+
+    def _work_left(self, candidate: Candidate, tally: Optional[_Tally], stop: int) -> float:
+        """Parameters a candidate still runs in a round: the layers it recomputes and the head, per sequence left."""
+        layers = len(self.layers) - candidate.layer if self.accelerated else len(self.layers)
+        sequences = stop - (tally.done if tally is not None else 0)
+        return (layers * self.stats.layer_weight + self.stats.head_weight) * sequences
 
     @torch.no_grad()
     def committed(self, candidate: Candidate, total: float) -> None:
         """Tell the scorer `candidate` was applied for good; refresh cached layer inputs after its layer."""
         start = time.perf_counter()
-        self._previous_totals.pop(candidate, None)
+        self._previous_ranks.pop(candidate, None)
         self.base_total = total
+        self.base_nll_total = self._winner_nll_total.pop(candidate, total)  # NLL objective: the total itself
         if self.accelerated:
             first = candidate.layer
             for b in range(len(self.batches)):
                 hidden = self._layer_inputs[first][b]
                 for i in range(first, len(self.layers) - 1):
                     hidden = self._run_layer(i, b, hidden)
-                    self._layer_inputs[i + 1][b] = hidden
+                    self._layer_inputs[i + 1][b] = hidden.to(self._cache_device(i + 1))
         self.stats.seconds += time.perf_counter() - start
 
     # ------------------------------------------------------------------ scoring
-    def _score(self, candidate: Candidate, index: int, best_index: Optional[int], best_total: float):
-        """NLL total of the model with `candidate` applied; `complete=False` if stopped because it cannot win."""
-        self.stats.candidates_started += 1
+    def _score(self, candidate: Candidate, index: int, tally: _Tally, stop: int,
+               bound: Optional[tuple[float, int]]) -> bool:
+        """Extend `tally` (of `candidate`, applied now) to the first `stop` sequences, one sequence at a time; return
+        False if stopped early because its partial total ranks after `bound` (see `_rank_key`)."""
         if not self.accelerated:
-            return self._full_total(), True
-        partial = 0.0
-        for b in range(len(self.batches)):
-            hidden = self._layer_inputs[candidate.layer][b]
+            self._full_tally(tally)
+            return True
+        while tally.done < stop:
+            b, row = divmod(tally.done, self._batch_size)
+            hidden = self._layer_inputs[candidate.layer][b][row : row + 1]  # [1, seq_len, hidden]
             for i in range(candidate.layer, len(self.layers)):
-                hidden = self._run_layer(i, b, hidden)
-            partial += self._head_nll(hidden, self.batches[b])
-            cannot_win = partial > best_total or (partial == best_total and index > best_index)
-            if cannot_win and b < len(self.batches) - 1:
-                self.stats.candidates_stopped_early += 1
-                return partial, False
-        return partial, True
+                hidden = self._run_layer(i, b, hidden, row)
+            tally.fill(tally.done, self._head_losses(hidden, b, row))
+            if bound is not None and tally.done < stop and _rank_key(self._sum(tally.objective), index) > bound:
+                return False
+        return True
 
-    def _run_layer(self, i: int, b: int, hidden: torch.Tensor) -> torch.Tensor:
-        self.stats.layer_passes += 1
-        return self.layers[i](hidden, **self._layer_kwargs[i][b])
+    def _round_stops(self) -> list[int]:
+        """Sequences each round scores up to: all of them (exact), or doubling from the first round's (fast)."""
+        stops, stop = [], self.fast_search_first_sequences
+        while self.search_mode == "fast" and self.accelerated and stop < self.num_sequences:
+            stops.append(stop)
+            stop *= 2
+        return stops + [self.num_sequences]
 
-    def _head_nll(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> float:
-        """Final norm, lm_head and the summed per-sequence mean NLL of one batch."""
-        self.stats.head_passes += 1
-        logits = self.model.get_output_embeddings()(self.adapter.final_norm(self.model)(hidden))
-        return sequence_nll(logits, input_ids, self.ignore_index).sum().item()
+    def _sum(self, values: torch.Tensor) -> float:
+        """Total of per-sequence values, summed as the plain evaluation sums them: per batch, then over batches."""
+        return sum(values[start : start + len(batch)].sum().item() for start, batch in zip(self._batch_starts, self.batches))
 
-    def _full_total(self) -> float:
-        """Reference evaluation: a whole-model forward per batch."""
-        return sum(self._batch_total(b) for b in range(len(self.batches)))
+    def _run_layer(self, i: int, b: int, hidden: torch.Tensor, row: Optional[int] = None) -> torch.Tensor:
+        """Layer `i` on batch `b`'s hidden states, or on its sequence `row` alone."""
+        self.stats.layer_passes += len(hidden)
+        kwargs = self._layer_kwargs[i][b]
+        if row is not None:
+            kwargs = _select_row(kwargs, row, len(self.batches[b]))
+        return self.layers[i](hidden.to(self.layer_devices[i]), **kwargs)
 
-    def _batch_total(self, b: int) -> float:
+    def _cache_device(self, i: int) -> torch.device:
+        """Where layer `i`'s cached inputs live: `cache_device` if given, else the device the layer runs on."""
+        return self.layer_devices[i] if self.cache_device is None else self.cache_device
+
+    def _head_losses(self, hidden: torch.Tensor, b: int, row: Optional[int] = None) -> SequenceLosses:
+        """Final norm, lm_head and per-sequence losses of batch `b` (or its sequence `row`), from the last layer's
+        output `hidden`; the KL objective also runs the original model's cached final hidden states through the head."""
+        rows = slice(None) if row is None else slice(row, row + 1)
+        input_ids = self.batches[b][rows]
+        reference = None
+        if self.reference is not None:
+            start = self._batch_starts[b]
+            reference = self.reference[start : start + len(self.batches[b])][rows]
+        self.stats.head_passes += len(input_ids) * (1 if reference is None else 2)
+        return head_losses(hidden, input_ids, lambda h: self.adapter.head_logits(self.model, h), self.ignore_index,
+                           reference, self.head_chunk_size)
+
+    def _full_tally(self, tally: Optional[_Tally] = None) -> _Tally:
+        """Reference evaluation: a whole-model forward per batch, filling `tally` (a new one if not given)."""
+        tally = _Tally(self.num_sequences, self.reference is not None) if tally is None else tally
+        for b in range(len(self.batches)):
+            tally.fill(self._batch_starts[b], self._batch_losses(b))
+        return tally
+
+    def _batch_losses(self, b: int) -> SequenceLosses:
         batch = self.batches[b]
-        logits = self.model(input_ids=batch, attention_mask=torch.ones_like(batch), use_cache=False).logits
-        self.stats.layer_passes += len(self.layers)
-        self.stats.head_passes += 1
-        return sequence_nll(logits, batch, self.ignore_index).sum().item()
+        hidden = final_hidden_states(self.model, self.layers, batch)
+        self.stats.layer_passes += len(self.layers) * len(batch)
+        return self._head_losses(hidden, b)
 
-    def _capture(self) -> float:
-        """One whole-model forward per batch that records every layer's input and call arguments."""
+    def _capture(self) -> _Tally:
+        """One decoder forward per batch that records every layer's input (on its cache device) and call arguments
+        (on the layer's device, copied once per device), then the head on the last layer's output."""
         num_batches = len(self.batches)
         self._layer_inputs = [[None] * num_batches for _ in self.layers]
         self._layer_kwargs = [[None] * num_batches for _ in self.layers]
-        current = {"batch": 0}
+        current = {"batch": 0, "moved": {}}
 
         def recorder(i: int):
             def hook(module, args, kwargs):
-                self._layer_inputs[i][current["batch"]] = args[0] if args else kwargs["hidden_states"]
-                self._layer_kwargs[i][current["batch"]] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                b = current["batch"]
+                hidden = args[0] if args else kwargs["hidden_states"]
+                self._layer_inputs[i][b] = hidden.to(self._cache_device(i))
+                arguments = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                self._layer_kwargs[i][b] = move_to_device(arguments, self.layer_devices[i], current["moved"])
 
             return hook
 
         handles = [layer.register_forward_pre_hook(recorder(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
-        total = 0.0
+        tally = _Tally(self.num_sequences, self.reference is not None)
         try:
-            with torch.no_grad():
-                for b in range(num_batches):
-                    current["batch"] = b
-                    total += self._batch_total(b)
+            for b in range(num_batches):
+                current.update(batch=b, moved={})
+                tally.fill(self._batch_starts[b], self._batch_losses(b))
         finally:
             for handle in handles:
                 handle.remove()
-        return total
+        return tally
+
+
+def final_hidden_states(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor) -> torch.Tensor:
+    """The hidden states entering the final norm, `[batch, seq_len, hidden]`: one decoder forward, no `lm_head`."""
+    outputs = []
+    handle = layers[-1].register_forward_hook(lambda module, args, output: outputs.append(output))
+    try:
+        model.get_decoder()(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
+    finally:
+        handle.remove()
+    return outputs[0][0] if isinstance(outputs[0], tuple) else outputs[0]
+
+
+@torch.no_grad()
+def original_final_hidden_states(model: nn.Module, adapter: ArchitectureAdapter, sequences: torch.Tensor,
+                                 batch_size: int, device: Optional[DeviceLike] = None) -> torch.Tensor:
+    """The KL objective's reference: the (unpruned) model's hidden states entering the final norm for `sequences`,
+    `[num_sequences, seq_len, hidden]`, on `device` (default: where the last layer computes). Take it before any step."""
+    layers = adapter.decoder_layers(model)
+    start = execution_device(model.get_input_embeddings())
+    device = execution_device(layers[-1], default=start) if device is None else as_device(device)
+    return torch.cat([final_hidden_states(model, layers, batch.to(start)).to(device)
+                      for batch in sequences.split(batch_size)])
+
+
+def _select_row(value, row: int, batch: int):
+    """Layer call arguments of a batch of `batch` sequences, for its sequence `row` alone: tensors with a batch
+    dimension (at least 2-D with `batch` > 1 rows, e.g. a `[batch, 1, seq, seq]` mask) are sliced to `[row:row + 1]`;
+    those broadcast over the batch (first dimension 1, e.g. rotary embeddings) and everything else are kept."""
+    if isinstance(value, torch.Tensor):
+        return value[row : row + 1] if batch > 1 and value.dim() >= 2 and value.shape[0] == batch else value
+    if isinstance(value, dict):
+        return {key: _select_row(item, row, batch) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_select_row(item, row, batch) for item in value)
+    return value

@@ -145,10 +145,11 @@ def _task_result(task: str, output: dict[str, Any]) -> dict[str, Any]:
     if metric is None:
         raise ValueError(f"Task {task!r} reports none of {METRIC_PREFERENCE}; its metrics are {sorted(metrics)}.")
     counts = output["n-samples"][task]
+    stderr = metrics.get(f"{metric}_stderr")
     return {
         "metric": metric,
         "value": metrics[metric],
-        "stderr": metrics.get(f"{metric}_stderr"),
+        "stderr": stderr if isinstance(stderr, (int, float)) else None,  # lm-eval reports "N/A" for a single item
         "metrics": metrics,
         "num_items": counts["effective"],
         "num_items_available": counts["original"],

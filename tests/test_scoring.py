@@ -1,0 +1,168 @@
+"""Candidate scoring: per-sequence early stopping, the fast (racing) search, the KL objective, the chunked head and
+non-finite losses."""
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+from testing_utils import make_model
+
+from optimum_multipruner import MultiPruner, MultiPrunerConfig, get_adapter
+from optimum_multipruner.candidates import Candidate
+from optimum_multipruner.data import build_sequences, load_text_rows
+from optimum_multipruner.nll import head_chunk_bytes, head_losses, sequence_nll
+from optimum_multipruner.scoring import CandidateScorer, final_hidden_states, original_final_hidden_states
+
+
+@pytest.fixture(scope="module")
+def sequences(tokenizer, calibration_file):
+    return build_sequences(tokenizer, load_text_rows(calibration_file)[:16], 64)  # 8 sequences of 64 tokens
+
+
+def scaled_head(model, scales):
+    """A trial scaling the lm_head by `scales[candidate]` (1 = harmless, large = ruinous), restoring it afterwards."""
+    head = model.get_output_embeddings()
+
+    @contextmanager
+    def trial(candidate):
+        original = head.weight.detach().clone()
+        with torch.no_grad():
+            head.weight.mul_(scales[candidate])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                head.weight.copy_(original)
+
+    return trial
+
+
+def block_search(calibration_file, **overrides):
+    values = dict(calibration_dataset=calibration_file, num_calibration_samples_block=160, sequence_length=64,
+                  batch_size=4)
+    return MultiPrunerConfig.blockpruner(0.05, **{**values, **overrides})
+
+
+def planted_useless_attention(trained_model):
+    model = trained_model("llama")
+    with torch.no_grad():
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+    return model
+
+
+# --------------------------------------------------------------------------- exact search
+def test_early_stop_fires_within_one_batch_and_totals_equal_the_plain_evaluation(trained_model, sequences):
+    model = trained_model("llama")
+    candidates = [Candidate("remove_mlp", 3), Candidate("remove_attention", 3), Candidate("remove_mlp", 2)]
+    trial = scaled_head(model, dict(zip(candidates, (1.0, 1024.0, 512.0))))
+    one_batch = len(sequences)
+    fast = CandidateScorer(model, get_adapter(model), sequences, one_batch, progress=False)
+    plain = CandidateScorer(model, get_adapter(model), sequences, one_batch, accelerated=False, progress=False)
+    assert fast.base_total == plain.base_total  # bit for bit: same per-sequence values, summed in the same order
+    best, total = fast.select(candidates, trial)
+    plain_best, plain_total = plain.select(candidates, trial)
+    assert best == plain_best == candidates[0] and total == plain_total
+    assert fast.stats.candidates_stopped_early == 2 and plain.stats.candidates_stopped_early == 0
+    # the ruinous candidates stopped after their first sequence: their layers and the head ran once, not 8 times
+    assert fast.stats.full_forward_equivalents < 0.5 * plain.stats.full_forward_equivalents
+
+
+def test_per_sequence_scoring_keeps_batched_totals_with_several_batches(trained_model, sequences):
+    model = trained_model("llama")
+    candidates = [Candidate("remove_attention", 0), Candidate("remove_mlp", 1)]
+    trial = scaled_head(model, dict(zip(candidates, (2.0, 0.5))))
+    totals = {}
+    for accelerated in (False, True):
+        scorer = CandidateScorer(model, get_adapter(model), sequences, 3, accelerated=accelerated, progress=False)
+        totals[accelerated] = (scorer.base_total, scorer.select(candidates, trial))
+    assert totals[True] == totals[False]
+
+
+# --------------------------------------------------------------------------- fast search
+def test_fast_search_finds_the_planted_block_with_less_work(trained_model, tokenizer, calibration_file):
+    records = {}
+    for mode in ("exact", "fast"):
+        pruner = MultiPruner(planted_useless_attention(trained_model), tokenizer)
+        pruner.prune(block_search(calibration_file, search_mode=mode, max_steps=1), progress=False)
+        records[mode] = pruner.record
+    exact, fast = records["exact"], records["fast"]
+    assert [(s.action, s.layer) for s in fast.steps] == [(s.action, s.layer) for s in exact.steps]
+    assert (fast.steps[0].action, fast.steps[0].layer) == ("remove_attention", 2)
+    assert [s.perplexity for s in fast.steps] == [s.perplexity for s in exact.steps]  # chosen on the full set
+    fast_work, exact_work = (r.search_stats["block"]["full_forward_equivalents"] for r in (fast, exact))
+    assert fast.search_stats["block"]["candidates_dropped"] > 0
+    assert fast_work < 0.75 * exact_work
+
+
+def test_fast_search_drops_candidates_and_chooses_by_the_full_set_total(trained_model, sequences):
+    """Halving drops candidates round by round and returns the winner's total on all sequences; keeping every
+    candidate is the exact search."""
+    model = trained_model("llama")
+    adapter = get_adapter(model)
+    candidates = [Candidate("remove_mlp", layer) for layer in range(4)]
+    trial = scaled_head(model, dict(zip(candidates, (16.0, 1.0, 64.0, 4.0))))  # sharper logits, higher NLL
+    exact = CandidateScorer(model, adapter, sequences, 4, progress=False)
+    best, total = exact.select(candidates, trial)
+    for keep in (1.0, 0.5):
+        fast = CandidateScorer(model, adapter, sequences, 4, search_mode="fast", fast_search_keep=keep, progress=False)
+        assert fast.select(candidates, trial) == (best, total)
+        assert fast.stats.candidates_dropped == (0 if keep == 1.0 else 3)  # 4 -> 2 -> 1 -> 1 candidates in 4 rounds
+    assert best == candidates[1]
+    with pytest.raises(ValueError, match="needs `accelerated_search=True`"):
+        MultiPrunerConfig(search_mode="fast", accelerated_search=False)
+
+
+# --------------------------------------------------------------------------- KL objective
+def test_kl_of_the_unpruned_model_is_zero_and_its_perplexity_is_the_nll_one(trained_model, sequences):
+    model = trained_model("llama")
+    adapter = get_adapter(model)
+    reference = original_final_hidden_states(model, adapter, sequences, 4)
+    kl = CandidateScorer(model, adapter, sequences, 4, importance_metric="kl", reference=reference, progress=False)
+    ppl = CandidateScorer(model, adapter, sequences, 4, progress=False)
+    assert kl.base_total == 0.0
+    assert kl.base_perplexity == ppl.base_perplexity
+    assert kl.stats.full_forward_equivalents > ppl.stats.full_forward_equivalents  # the reference's forward counts
+
+
+def test_kl_search_removes_the_planted_useless_block_first(trained_model, tokenizer, calibration_file):
+    pruner = MultiPruner(planted_useless_attention(trained_model), tokenizer)
+    pruner.prune(block_search(calibration_file, importance_metric="kl", max_steps=1), progress=False)
+    first = pruner.record.steps[0]
+    assert (first.action, first.layer) == ("remove_attention", 2)
+    assert first.perplexity == pytest.approx(pruner.record.start_perplexity["block"], rel=1e-6)  # perplexity, not KL
+    with pytest.raises(ValueError, match="importance_metric"):
+        MultiPrunerConfig(importance_metric="accuracy")
+
+
+# --------------------------------------------------------------------------- chunked head
+@pytest.mark.parametrize("ignore_index", [None, 5])
+def test_chunked_head_gives_the_unchunked_losses(trained_model, sequences, ignore_index):
+    model = trained_model("llama")
+    adapter = get_adapter(model)
+    batch = sequences[:3]
+    with torch.no_grad():
+        hidden = final_hidden_states(model, adapter.decoder_layers(model), batch)
+        reference = hidden * 1.1
+        logits = model(input_ids=batch, attention_mask=torch.ones_like(batch)).logits
+        head = lambda h: adapter.head_logits(model, h)  # noqa: E731
+        whole = head_losses(hidden, batch, head, ignore_index, chunk_size=64)
+        whole_kl = head_losses(hidden, batch, head, ignore_index, reference, chunk_size=64)
+        for chunk_size in (1, 7, 63):
+            chunked = head_losses(hidden, batch, head, ignore_index, reference, chunk_size=chunk_size)
+            torch.testing.assert_close(chunked.nll, whole.nll, rtol=1e-7, atol=0)
+            torch.testing.assert_close(chunked.kl, whole_kl.kl, rtol=1e-6, atol=1e-9)
+    assert torch.equal(whole.nll, sequence_nll(logits, batch, ignore_index))  # one chunk: the model's own arithmetic
+    assert (whole_kl.kl > 0).all()
+    assert head_chunk_bytes(1, 512, 128_256, torch.bfloat16) < 2**30  # 2048 tokens of a 128k vocabulary, 4 chunks
+    assert head_chunk_bytes(1, 512, 128_256, torch.bfloat16, kl=True) < 2**31
+
+
+# --------------------------------------------------------------------------- non-finite losses
+def test_every_candidate_overflowing_in_float16_names_the_dtype(tokenizer, calibration_file):
+    model = make_model("llama").half()
+    with torch.no_grad():
+        model.model.norm.weight.fill_(6e4)  # logits overflow float16 whatever the search removes
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match=r"float16.*bfloat16 or torch.float32"):
+        MultiPruner(model, tokenizer).prune(block_search(calibration_file), progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
