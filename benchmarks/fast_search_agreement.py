@@ -29,29 +29,20 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 from calibration_overfit import calibration_perplexities  # noqa: E402
-from smollm2 import LOCAL_ALPACA, calibration_text, load_smollm2  # noqa: E402
+from smollm2 import calibration_options, calibration_text, load_smollm2  # noqa: E402
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, PruningRecord  # noqa: E402
 from optimum_multipruner.progress import PROGRESS_NAME, has_progress  # noqa: E402
 from optimum_multipruner.record import RECORD_NAME  # noqa: E402
-from optimum_multipruner.utils import atomic_write_text, get_logger, read_json  # noqa: E402
+from optimum_multipruner.utils import atomic_write_text, read_json  # noqa: E402
 
-logger = get_logger("fast_search_agreement")
 MODES = ("exact", "fast")
 
 
 def search_config(args: argparse.Namespace, mode: str) -> MultiPrunerConfig:
-    return MultiPrunerConfig(
-        target_ratio=args.ratio,
-        pruning_distribution=tuple(args.distribution),
-        mlp_channel_group_size=args.mlp_group_size,
-        calibration_dataset=LOCAL_ALPACA,
-        num_calibration_samples_block=args.rows,
-        num_calibration_samples_width=args.rows,
-        sequence_length=args.sequence_length,
-        batch_size=1,
-        search_mode=mode,
-    )
+    return MultiPrunerConfig(target_ratio=args.ratio, pruning_distribution=tuple(args.distribution),
+                             mlp_channel_group_size=args.mlp_group_size, search_mode=mode,
+                             **calibration_options(args.rows, args.sequence_length))
 
 
 def run_search(args: argparse.Namespace, mode: str) -> PruningRecord:

@@ -74,7 +74,9 @@ EXAMPLES = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, EXAMPLES)
 sys.path.insert(0, os.path.join(EXAMPLES, "..", "benchmarks"))
 from calibration_overfit import calibration_perplexities  # noqa: E402
-from smollm2 import ASSETS, LOCAL_ALPACA, LOCAL_WIKITEXT, calibration_text, load_smollm2  # noqa: E402
+from smollm2 import (  # noqa: E402
+    ASSETS, LOCAL_ALPACA, LOCAL_WIKITEXT, calibration_options, calibration_text, load_smollm2,
+)
 
 logger = get_logger("compare_methods")
 
@@ -210,15 +212,8 @@ def fixed_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def search_config(run: Run, args: argparse.Namespace) -> MultiPrunerConfig:
     """The `MultiPrunerConfig` of a BlockPruner or MultiPruner run."""
-    options: dict[str, Any] = dict(
-        calibration_dataset=LOCAL_ALPACA,
-        num_calibration_samples_block=args.calibration_rows,
-        num_calibration_samples_width=args.calibration_rows,
-        sequence_length=args.sequence_length,
-        batch_size=1,
-        seed=args.seed,
-        search_mode="exact" if args.exact_search else "fast",
-    )
+    options = calibration_options(args.calibration_rows, args.sequence_length, args.seed)
+    options["search_mode"] = "exact" if args.exact_search else "fast"
     if run.method == "blockpruner":
         return MultiPrunerConfig.blockpruner(run.ratio, **options)
     return MultiPrunerConfig(run.ratio, run.distribution, mlp_channel_group_size=args.mlp_group_size,

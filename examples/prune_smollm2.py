@@ -26,7 +26,9 @@ from optimum_multipruner.exporters import export_openvino
 from optimum_multipruner.utils import check_output_dir
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from smollm2 import BEST_SETTING, DEFAULT_CALIBRATION, DEFAULT_WIKITEXT, load_smollm2, prepare_smollm2  # noqa: E402
+from smollm2 import (  # noqa: E402
+    BEST_SETTING, DEFAULT_CALIBRATION, DEFAULT_WIKITEXT, calibration_options, load_smollm2, prepare_smollm2,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,13 +50,9 @@ def parse_args() -> argparse.Namespace:
             target_ratio=args.ratio,
             pruning_distribution=tuple(args.distribution),
             mlp_channel_group_size=BEST_SETTING["mlp_channel_group_size"],
-            calibration_dataset=DEFAULT_CALIBRATION,
-            num_calibration_samples_block=args.calibration_rows,
-            num_calibration_samples_width=args.calibration_rows,
-            sequence_length=args.sequence_length,
-            batch_size=1,
             importance_metric=args.objective,
             search_mode="fast",
+            **calibration_options(args.calibration_rows, args.sequence_length, source=DEFAULT_CALIBRATION),
         )
     except (FileExistsError, ValueError) as error:
         parser.error(str(error))

@@ -19,7 +19,7 @@ import importlib.util
 import os
 import random
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from tokenizers import decoders, processors
@@ -142,6 +142,14 @@ def held_out_sequences(
         count += 1
         num_tokens = len(tokenizer("\n\n".join(order[:count])).input_ids)
     return build_sequences(tokenizer, order[:count], sequence_length, "The held-out text")[:num_sequences]
+
+
+def calibration_options(rows_per_set: int, sequence_length: int, seed: int = 42,
+                        source: str = LOCAL_ALPACA) -> dict[str, Any]:
+    """The `MultiPrunerConfig` calibration fields of the examples: `rows_per_set` Alpaca rows for each calibration set
+    (MultiPruner's block and width sets, BlockPruner's set), cut into sequences of `sequence_length` tokens, batch 1."""
+    return dict(calibration_dataset=source, num_calibration_samples_block=rows_per_set,
+                num_calibration_samples_width=rows_per_set, sequence_length=sequence_length, batch_size=1, seed=seed)
 
 
 def calibration_text(

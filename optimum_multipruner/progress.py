@@ -18,6 +18,7 @@ from torch import nn
 
 from .architectures import ArchitectureAdapter
 from .candidates import STAGE_ACTIONS
+from .configuration import MultiPrunerConfig
 from .record import PruningRecord
 from .utils import atomic_write_text, read_json
 
@@ -144,8 +145,6 @@ def check_resumable(saved: SearchProgress, current: SearchProgress) -> None:
     A configuration field added after the progress was written counts with its default value: the behaviour of the
     version that wrote it (e.g. `search_mode="exact"`, `importance_metric="ppl"`).
     """
-    from .configuration import MultiPrunerConfig
-
     config, saved_config = current.config, {**MultiPrunerConfig().to_dict(), **saved.config}
     changed = sorted(
         k for k in (set(config) | set(saved_config)) - PLACEMENT_FIELDS if config.get(k) != saved_config.get(k)
