@@ -46,7 +46,7 @@ import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import matplotlib
@@ -361,10 +361,12 @@ def prune(run: Run, model, tokenizer, text: dict[str, torch.Tensor], args: argpa
         return PruningRecord.from_dict(info["record"]), {"removed_layers": info["removed_layers"]}
     config = search_config(run, args)
     progress = space.progress(run)
+    larger = space.progress(replace(run, ratio=args.ratios[0]))  # the same search at the largest ratio
+    resume = has_progress(progress)
     pruner = MultiPruner(model, tokenizer)
-    pruner.prune(config, progress=True, checkpoint_dir=progress,
-                 resume_from=progress if has_progress(progress) else None)
-    return pruner.record, {"search_stats": pruner.record.search_stats}
+    pruner.prune(config, progress=True, checkpoint_dir=progress, resume_from=progress if resume else None,
+                 shared_from=larger if not resume and run.ratio < args.ratios[0] and has_progress(larger) else None)
+    return pruner.record, {"search_stats": pruner.record.search_stats, "shared_steps": pruner.record.shared_steps}
 
 
 def dense_job(args: argparse.Namespace) -> str:
@@ -647,7 +649,8 @@ def markdown(results: dict[str, Any]) -> str:
             *accuracy,
             number(calibration.get("first")),
             number(calibration.get("held_out")),
-            number(search.get("seconds"), 0) + ("*" if search.get("resumed") else ""),
+            number(search.get("seconds"), 0) + ("*" if search.get("resumed") else "")
+            + (f" +{search['shared_steps']} shared" if search.get("shared_steps") else ""),
             number(speed.get("decode_speedup")),
             number(speed.get("prefill_speedup")),
         ]
@@ -666,6 +669,9 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{check['backends']['zero_shot']}."]
     if any(row.get("search", {}).get("resumed") for row in results["rows"]):
         lines += ["", "\\* resumed search: the time of the session that finished it."]
+    if any(row.get("search", {}).get("shared_steps") for row in results["rows"]):
+        lines += ["", "+N shared: the search started from the first N steps of the same search at the largest ratio "
+                  "(its first stage, which a greedy search repeats exactly; `prune(shared_from=...)`), not timed here."]
     lines += ["", "Settings: " + "; ".join(f"{key}: {value}" for key, value in results["settings"].items()) + ".",
               "", f"Command: `{results['command']}`"]
     return "\n".join(lines) + "\n"

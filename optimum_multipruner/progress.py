@@ -104,23 +104,70 @@ def has_progress(directory: Union[str, os.PathLike]) -> bool:
 
 def start_progress(model: nn.Module, adapter: ArchitectureAdapter, config, calibration: Mapping[str, torch.Tensor],
                    checkpoint_dir: Optional[Union[str, os.PathLike]],
-                   resume_from: Optional[Union[str, os.PathLike]]) -> tuple[Optional[SearchProgress], Optional[PruningRecord]]:
+                   resume_from: Optional[Union[str, os.PathLike]],
+                   shared_from: Optional[Union[str, os.PathLike]] = None,
+                   ) -> tuple[Optional[SearchProgress], Optional[PruningRecord]]:
     """Check and prepare the progress folder of a search, before any weight changes.
 
-    Returns the progress to write after every step (`None` without a folder) and the record to resume (`None` for a
-    new search). Fingerprints are taken from the dense weights, before any reordering.
+    Returns the progress to write after every step (`None` without a folder) and the record to start from (`None`
+    for a new search): the interrupted search's (`resume_from`) or the steps shared with a larger one
+    (`shared_from`, see `shared_steps`). Fingerprints are taken from the dense weights, before any reordering.
     """
-    saved = SearchProgress.load(resume_from) if resume_from is not None else None
+    if resume_from is not None and shared_from is not None:
+        raise ValueError("Give `resume_from` (continue a search) or `shared_from` (start from a larger one), not both.")
+    source = resume_from if resume_from is not None else shared_from
+    saved = SearchProgress.load(source) if source is not None else None
     directory = resume_from if checkpoint_dir is None else checkpoint_dir
-    if directory is None:
+    if directory is None and saved is None:
         return None, None
-    prepare_checkpoint_dir(directory, resume_from)
+    if directory is not None:
+        prepare_checkpoint_dir(directory, resume_from)
     current = SearchProgress(config.to_dict(), state_dict_hash(model), tensors_hash(calibration), directory=directory)
+    writer = current if directory is not None else None
     if saved is None:
-        return current, None
-    check_resumable(saved, current)
-    check_recorded_steps(saved.record, model.config, adapter, resume_from)
-    return current, saved.record
+        return writer, None
+    if shared_from is not None:
+        record = shared_steps(saved, current, config)
+    else:
+        check_resumable(saved, current)
+        record = saved.record
+    check_recorded_steps(record, model.config, adapter, source)
+    return writer, record
+
+
+def shared_steps(saved: SearchProgress, current: SearchProgress, config: MultiPrunerConfig) -> PruningRecord:
+    """The first steps of `saved`, a search of the same configuration but a larger `target_ratio`, that the search of
+    `config` would take: its first stage up to `config`'s target for that stage.
+
+    A greedy search's choices in its first stage depend on the model, the calibration data and the configuration, not
+    on where the stage stops; so a smaller target repeats the larger search's steps exactly until it reaches its own
+    first-stage target (for BlockPruner: the whole search). The returned record holds those steps, `config` and no
+    search statistics (their work was done by the larger search; `shared_steps` counts them).
+    """
+    larger = saved.config.get("target_ratio")
+    if not isinstance(larger, (int, float)) or larger < config.target_ratio:
+        raise ValueError(f"Cannot share steps: the search in {saved.directory} has target_ratio {larger}, not at least "
+                         f"this search's {config.target_ratio}.")
+    same_target = SearchProgress({**current.config, "target_ratio": larger}, current.model_hash,
+                                 current.calibration_hash)
+    try:
+        check_resumable(saved, same_target)
+    except ValueError as error:
+        raise ValueError(f"Cannot share the steps of {saved.directory}: {error}") from error
+    stage = config.active_stages[0]
+    steps = []
+    for step in saved.record.steps:
+        if step.stage != stage:
+            break
+        steps.append(step)
+        if step.ratio >= config.stage_targets[stage]:
+            break
+    record = PruningRecord.from_dict(saved.record.to_dict())
+    record.steps, record.config, record.search_stats = record.steps[: len(steps)], config.to_dict(), {}
+    first_set = "block" if stage == "block" else "width"  # later sets were first used on another model
+    record.start_perplexity = {k: v for k, v in record.start_perplexity.items() if k == first_set}
+    record.target_reached, record.shared_steps = True, len(steps)
+    return record
 
 
 def prepare_checkpoint_dir(directory: Union[str, os.PathLike],

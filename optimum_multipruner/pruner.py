@@ -63,6 +63,7 @@ class MultiPruner:
         progress: bool = True,
         checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
         resume_from: Optional[Union[str, os.PathLike]] = None,
+        shared_from: Optional[Union[str, os.PathLike]] = None,
     ) -> nn.Module:
         """Run the greedy search of `config` and return the (same, now pruned) model. The steps are in `self.record`.
 
@@ -76,6 +77,10 @@ class MultiPruner:
                 are re-applied and the search goes on, writing its progress there (or to `checkpoint_dir` if given),
                 to exactly the result an uninterrupted search reaches. The search statistics of the stage that was
                 interrupted count only the work done after resuming.
+            shared_from: the `checkpoint_dir` of a search (finished or not) of the same configuration, model and data
+                with a larger `target_ratio`. This search starts from the steps the two share, its whole first stage
+                (for BlockPruner: every step), which a greedy search repeats exactly whatever its target, and goes on
+                by itself: the result equals a search from scratch. Ratio sweeps pay for their first stage once.
 
         Under `torchrun` or `accelerate launch`, every process runs `prune` on its own copy of the model (see
         `distributed.py`): the candidates of each step are shared out between the processes and the record is the one
@@ -93,7 +98,7 @@ class MultiPruner:
             calibration = build_calibration_sets(config, self.tokenizer, vocab_size)
             check_search_memory(self.model, self.adapter, config, calibration)
             writer, resumed = start_progress(self.model, self.adapter, config, calibration,
-                                             checkpoint_dir if main else None, resume_from)
+                                             checkpoint_dir if main else None, resume_from, shared_from)
         writer = writer if main else None
         self._check_same_search_on_all_ranks(config, calibration)
 
@@ -106,7 +111,7 @@ class MultiPruner:
             self.record = self._new_record(config, reorder)
         else:
             self.record = resumed
-            self._replay(resumed, units, resume_from)
+            self._replay(resumed, units, resume_from or shared_from, check_structure=shared_from is None)
         self.record.weight_order = None if orders is None else encode_weight_order(orders)
         self._save_progress(writer)
         self._search(config, calibration, references, units, writer, progress)
@@ -217,13 +222,14 @@ class MultiPruner:
             config=config.to_dict(),
         )
 
-    def _replay(self, record: PruningRecord, units: PruningUnits, resume_from: Union[str, os.PathLike]) -> None:
-        """Re-apply the finished steps of an interrupted search."""
+    def _replay(self, record: PruningRecord, units: PruningUnits, source: Union[str, os.PathLike],
+                check_structure: bool = True) -> None:
+        """Re-apply the finished steps of an interrupted search (checked against its structure) or shared steps."""
         layers = self.adapter.decoder_layers(self.model)
         for step in record.steps:
             apply_candidate(layers[step.layer], Candidate(step.action, step.layer), self.adapter, self._layout, units)
-        if read_structure(self.model, self.adapter) != record.structure:
-            raise ValueError(f"Cannot resume: re-applying the steps of {resume_from} does not give the structure "
+        if check_structure and read_structure(self.model, self.adapter) != record.structure:
+            raise ValueError(f"Cannot resume: re-applying the steps of {source} does not give the structure "
                              "it recorded; the progress file is corrupted.")
 
     def _save_progress(self, writer: Optional[SearchProgress]) -> None:

@@ -49,6 +49,7 @@ class PruningRecord:
     config: Optional[dict[str, Any]] = None  # the MultiPrunerConfig of the search
     start_perplexity: dict[str, float] = field(default_factory=dict)  # per calibration set, when first used
     search_stats: dict[str, Any] = field(default_factory=dict)
+    shared_steps: int = 0  # first steps taken from a larger search (`prune(shared_from=...)`), not in search_stats
     source: str = "optimum-multipruner"
     target_reached: bool = True
     # What `apply` needs to rebuild the same kept KV groups and MLP channels on any device, in any dtype: per layer,
@@ -93,6 +94,7 @@ class PruningRecord:
             "steps": [asdict(step) for step in self.steps],
             "structure": self.structure.to_dict(),
             "search_stats": self.search_stats,
+            "shared_steps": self.shared_steps,
         }
 
     @classmethod
@@ -113,6 +115,7 @@ class PruningRecord:
                 config=data.get("config"),
                 start_perplexity=data.get("start_perplexity", {}),
                 search_stats=data.get("search_stats", {}),
+                shared_steps=data.get("shared_steps", 0),
                 source=data.get("source", "optimum-multipruner"),
                 target_reached=data.get("target_reached", True),
                 weight_order=data.get("weight_order"),

@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, PruningRecord, count_parameters, get_adapter
 from optimum_multipruner.data import build_calibration_sets
+from optimum_multipruner.progress import PROGRESS_NAME
 from optimum_multipruner.structure import PrunedStructure
 from optimum_multipruner.surgery import ZeroAttention
 
@@ -188,6 +190,37 @@ def test_applying_a_saved_record_reproduces_the_model_exactly(trained_model, tok
     assert_unchanged(again, weights(pruned))
     record = PruningRecord.load(path)
     assert record.to_dict() == pruner.record.to_dict()
+
+
+@pytest.mark.parametrize("method", ["multipruner", "blockpruner"])
+def test_a_smaller_target_starts_from_the_first_stage_of_a_larger_search(method, trained_model, tokenizer,
+                                                                        calibration_file, tmp_path):
+    def config(ratio, **overrides):
+        make = block_search_config if method == "blockpruner" else search_config
+        return make(calibration_file, target_ratio=ratio, **overrides)
+
+    larger = tmp_path / "larger"
+    MultiPruner(trained_model("llama"), tokenizer).prune(config(0.5), progress=False, checkpoint_dir=larger)
+    stamp = (larger / PROGRESS_NAME).read_bytes()
+    scratch = MultiPruner(trained_model("llama"), tokenizer)
+    expected = scratch.prune(config(0.25), progress=False)
+    shared = MultiPruner(trained_model("llama"), tokenizer)
+    pruned = shared.prune(config(0.25), progress=False, checkpoint_dir=tmp_path / "smaller", shared_from=larger)
+
+    first_stage = [s for s in scratch.record.steps if s.stage == scratch.record.steps[0].stage]
+    assert shared.record.shared_steps == len(first_stage) > 0
+    assert [asdict(s) for s in shared.record.steps] == [asdict(s) for s in scratch.record.steps]
+    assert shared.record.start_perplexity == scratch.record.start_perplexity
+    assert_unchanged(pruned, weights(expected))
+    assert (larger / PROGRESS_NAME).read_bytes() == stamp
+    if method == "multipruner":
+        assert len(scratch.record.steps) > len(first_stage)  # the search went on by itself after the shared steps
+    for bad, message in ((config(0.6), "target_ratio 0.5, not at least"), (config(0.25, seed=43), r"\['seed'\]")):
+        model = trained_model("llama")
+        before = weights(model)
+        with pytest.raises(ValueError, match=message):
+            MultiPruner(model, tokenizer).prune(bad, progress=False, shared_from=larger)
+        assert_unchanged(model, before)
 
 
 def test_pruner_save_pretrained_is_atomic_and_refuses_to_overwrite(trained_model, tokenizer, calibration_file,

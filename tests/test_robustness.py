@@ -240,6 +240,21 @@ def test_cli_resumes_a_killed_search_and_writes_progress_to_its_checkpoint_dir(r
     assert not (tmp_path / "again").exists()
 
 
+def test_cli_starts_a_smaller_search_from_the_steps_it_shares_with_a_larger_one(runs, inputs, tokenizer, tmp_path):
+    """`--shared-from DIR --target-ratio smaller`: the first stage comes from DIR, the rest is searched."""
+    root, _ = runs
+    model_dir = tmp_path / "dense"
+    shutil.copytree(inputs / "dense", model_dir)
+    tokenizer.save_pretrained(model_dir)
+    larger = PruningRecord.from_dict(json.loads((root / "killed-progress" / PROGRESS_NAME).read_text())["record"])
+    run_optimum_cli("multipruner", "prune", "-m", str(model_dir), "--config", str(inputs / CONFIG_NAME),
+                    "--no-progress", "--target-ratio", "0.1", "--shared-from", str(root / "killed-progress"),
+                    str(tmp_path / "out"))
+    record = PruningRecord.load(tmp_path / "out")
+    assert record.shared_steps >= 1 and record.steps[: record.shared_steps] == larger.steps[: record.shared_steps]
+    assert record.config["target_ratio"] == 0.1 and record.steps[-1].ratio >= 0.1 > record.steps[-2].ratio
+
+
 # --------------------------------------------------------------------------- saving and loading
 STRUCTURE = PrunedStructure(
     num_attention_heads=[0, 2, 4, 2], num_key_value_heads=[0, 1, 2, 1], intermediate_size=[64, 0, 256, 128]

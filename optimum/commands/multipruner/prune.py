@@ -194,6 +194,11 @@ class PruneCommand(MultiPrunerSubcommand):
             "--checkpoint-dir", help="write the search progress here after every step, so it can be resumed"
         )
         parser.add_argument("--resume", metavar="CHECKPOINT_DIR", help="resume the interrupted search saved there")
+        parser.add_argument(
+            "--shared-from", metavar="CHECKPOINT_DIR",
+            help="the --checkpoint-dir of the same search with a larger --target-ratio: start from the first-stage "
+            "steps the two share (same result, less work)",
+        )
 
     def execute(self) -> None:
         args = self.args
@@ -217,7 +222,8 @@ class PruneCommand(MultiPrunerSubcommand):
         model, tokenizer = load_model_and_tokenizer(args)
         pruner = MultiPruner(model, tokenizer)
         pruner.prune(
-            config, progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir, resume_from=args.resume
+            config, progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir, resume_from=args.resume,
+            shared_from=args.shared_from,
         )
         pruner.save_pretrained(args.output, overwrite=args.overwrite)
         distributed.release()  # the process group `prune` made under torchrun, if it made one
