@@ -51,7 +51,7 @@ DEFAULT_WIKITEXT = LOCAL_WIKITEXT if os.path.isfile(LOCAL_WIKITEXT) else "wikite
 
 # The best MultiPruner setting for this model: the `distribution_choice` of the results table
 # (benchmarks/results/smollm2/results.json), chosen on held-out Alpaca text.
-BEST_SETTING = {"ratio": 0.1, "distribution": (20, 80, 0), "objective": "ppl", "mlp_channel_group_size": 256}
+BEST_SETTING = {"ratio": 0.1, "distribution": (44, 52, 4), "objective": "ppl"}
 
 
 def smollm2_path() -> Path:
