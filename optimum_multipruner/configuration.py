@@ -20,6 +20,11 @@ IMPORTANCE_METRICS = ("ppl", "kl")
 SEARCH_MODES = ("exact", "fast")
 
 
+def calibration_set(stage: str) -> str:
+    """The calibration set a stage scores on: `"block"` (block stage) or `"width"` (MLP and attention stages)."""
+    return "block" if stage == "block" else "width"
+
+
 @dataclass
 class MultiPrunerConfig:
     """Configuration of a training-free MultiPruner search.

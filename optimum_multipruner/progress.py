@@ -18,7 +18,7 @@ from torch import nn
 
 from .architectures import ArchitectureAdapter
 from .candidates import STAGE_ACTIONS
-from .configuration import MultiPrunerConfig
+from .configuration import MultiPrunerConfig, calibration_set
 from .record import PruningRecord
 from .utils import atomic_write_text, read_json
 
@@ -155,18 +155,18 @@ def shared_steps(saved: SearchProgress, current: SearchProgress, config: MultiPr
     except ValueError as error:
         raise ValueError(f"Cannot share the steps of {saved.directory}: {error}") from error
     stage = config.active_stages[0]
-    steps = []
+    shared = 0
     for step in saved.record.steps:
         if step.stage != stage:
             break
-        steps.append(step)
+        shared += 1
         if step.ratio >= config.stage_targets[stage]:
             break
     record = PruningRecord.from_dict(saved.record.to_dict())
-    record.steps, record.config, record.search_stats = record.steps[: len(steps)], config.to_dict(), {}
-    first_set = "block" if stage == "block" else "width"  # later sets were first used on another model
+    record.steps, record.config, record.search_stats = record.steps[:shared], config.to_dict(), {}
+    first_set = calibration_set(stage)  # later sets were first used on another model
     record.start_perplexity = {k: v for k, v in record.start_perplexity.items() if k == first_set}
-    record.target_reached, record.shared_steps = True, len(steps)
+    record.target_reached, record.shared_steps = True, shared
     return record
 
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .architectures import ArchitectureAdapter, AttentionLayout, get_adapter
 from .candidates import SHRINK_MLP, STAGE_ACTIONS, Candidate, PruningUnits, apply_candidate, candidates_for, trial
-from .configuration import MultiPrunerConfig
+from .configuration import MultiPrunerConfig, calibration_set
 from .data import build_calibration_sets
 from .devices import check_device_available, check_placement, execution_device
 from .modeling import to_pruned_model
@@ -71,12 +71,13 @@ class MultiPruner:
             config: the search settings.
             progress: show progress bars.
             checkpoint_dir: a folder (created if missing) where the search writes `multipruner_progress.json` after
-                every step, atomically. It must not hold the progress of another search already.
+                every step, atomically: the record so far, with each stage's search statistics so far. It must not
+                hold the progress of another search already.
             resume_from: the `checkpoint_dir` of an interrupted search. The model must be the same dense model, and
                 `config` and the calibration data the same (all checked; `ValueError` otherwise). The finished steps
                 are re-applied and the search goes on, writing its progress there (or to `checkpoint_dir` if given),
                 to exactly the result an uninterrupted search reaches. The search statistics of the stage that was
-                interrupted count only the work done after resuming.
+                interrupted count its work up to the last step saved, then the work after resuming.
             shared_from: the `checkpoint_dir` of a search (finished or not) of the same configuration, model and data
                 with a larger `target_ratio`. This search starts from the steps the two share, its whole first stage
                 (for BlockPruner: every step), which a greedy search repeats exactly whatever its target, and goes on
@@ -138,24 +139,26 @@ class MultiPruner:
         for stage, target in config.stage_targets.items():
             if stage not in config.active_stages or ratio >= target:
                 continue
-            calibration_set = "block" if stage == "block" else "width"
-            if calibration_set != scorer_set:
+            if self._reached_max_steps(config):
+                break  # before the stage's calibration forward: it would take no step
+            set_name = calibration_set(stage)
+            if set_name != scorer_set:
                 scorer = None  # free the previous set's cached hidden states first
                 scorer = CandidateScorer(
-                    self.model, self.adapter, calibration[calibration_set], config.batch_size, ignore_index,
+                    self.model, self.adapter, calibration[set_name], config.batch_size, ignore_index,
                     config.accelerated_search, progress, cache_device=config.cache_device,
-                    importance_metric=config.importance_metric, reference=references.get(calibration_set),
+                    importance_metric=config.importance_metric, reference=references.get(set_name),
                     search_mode=config.search_mode, fast_search_first_sequences=config.fast_search_first_sequences,
                     fast_search_keep=config.fast_search_keep, head_chunk_size=config.head_chunk_size,
                 )
-                scorer_set = calibration_set
-                record.start_perplexity.setdefault(calibration_set, scorer.base_perplexity)  # kept on resume
+                scorer_set = set_name
+                record.start_perplexity.setdefault(set_name, scorer.base_perplexity)  # kept on resume
             else:
                 scorer.stats.reset_counters()  # per-stage statistics
+            scorer.stats.continue_from(record.search_stats.get(stage))  # a resumed stage's work before it stopped
             bar = tqdm(total=round(target * 100, 2), desc=f"{stage} stage (% removed)", disable=not progress)
             while ratio < target:
-                if config.max_steps is not None and len(record.steps) >= config.max_steps:
-                    record.target_reached = False
+                if self._reached_max_steps(config):
                     break
                 candidates = candidates_for(stage, layers, self.adapter, self._layout, units)
                 if not candidates:
@@ -166,6 +169,7 @@ class MultiPruner:
                     break
                 step = self._step(stage, candidates, scorer, units)
                 ratio = step.ratio
+                record.search_stats[stage] = scorer.stats.summed_over_ranks(self._device).to_dict()  # so far
                 self._save_progress(writer)
                 bar.update(min(round(ratio * 100, 2), bar.total) - bar.n)
             bar.close()
@@ -195,6 +199,13 @@ class MultiPruner:
             logger.info("Step %d: %s -> calibration perplexity %.4f%s, %.2f%% removed",
                         step.step, best, step.perplexity, kl, 100 * step.ratio)
         return step
+
+    def _reached_max_steps(self, config: MultiPrunerConfig) -> bool:
+        """Whether `config.max_steps` stops the search now (its target is then not reached)."""
+        if config.max_steps is None or len(self.record.steps) < config.max_steps:
+            return False
+        self.record.target_reached = False
+        return True
 
     def _check_can_prune(self, config: MultiPrunerConfig) -> None:
         if not isinstance(config, MultiPrunerConfig):

@@ -91,6 +91,16 @@ class SearchStats:
                if self.processes > 1 else {}),
         }
 
+    def continue_from(self, saved: Optional[dict]) -> None:
+        """Count on from `saved` (`to_dict` of a stage's statistics, summed over the processes): the work a resumed
+        stage did up to its last saved step. Under torch.distributed only rank 0 adds it, so the sum counts it once."""
+        if not saved or distributed.rank() != 0:
+            return
+        for name in ("candidates_started", "candidates_stopped_early", "candidates_dropped", "layer_passes",
+                     "head_passes"):
+            setattr(self, name, getattr(self, name) + saved.get(name, 0))
+        self.seconds += saved.get("seconds", 0.0)
+
     def summed_over_ranks(self, device: torch.device) -> "SearchStats":
         """A copy whose work counters are summed over the processes of a distributed search (a collective: every
         rank calls it), with the work of the busiest process, which bounds the speed-up. `candidates_dropped` is the

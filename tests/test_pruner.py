@@ -265,6 +265,15 @@ def test_max_steps_stops_the_search_after_that_many_steps(tokenizer, calibration
     assert not pruner.record.target_reached and pruner.record.steps[-1].ratio < 0.99
 
 
+def test_max_steps_reached_in_one_stage_runs_nothing_of_the_next(tokenizer, calibration_file):
+    """No calibration forward (nor statistics) for a stage the step limit keeps from taking a step."""
+    pruner = MultiPruner(make_model("llama"), tokenizer)
+    pruner.prune(search_config(calibration_file, max_steps=1), progress=False)
+    record = pruner.record
+    assert [s.stage for s in record.steps] == ["block"] and not record.target_reached
+    assert set(record.search_stats) == set(record.start_perplexity) == {"block"}
+
+
 @pytest.mark.parametrize("accelerated", [True, False])
 def test_ties_go_to_the_earliest_candidate_in_reference_order(accelerated, tokenizer, calibration_file):
     """Every branch of the model adds nothing, so every removal leaves the perplexity exactly as it was: the steps

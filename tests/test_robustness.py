@@ -128,6 +128,12 @@ def test_search_killed_mid_way_resumes_to_the_uninterrupted_result(runs):
     assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
     progress = json.loads((root / "killed-checkpoint" / PROGRESS_NAME).read_text())
     assert PruningRecord.from_dict(progress["record"]).steps == record.steps
+    as_killed = json.loads((root / "killed-progress" / PROGRESS_NAME).read_text())["record"]
+    stage = as_killed["steps"][-1]["stage"]  # the work of its stage so far was on disk after every step
+    assert as_killed["search_stats"][stage]["candidates_started"] >= len(as_killed["steps"])
+    # The resumed stage counted on from the work saved before the kill: every candidate of every step (exact mode).
+    for stage, stats in record.search_stats.items():
+        assert resumed_record.search_stats[stage]["candidates_started"] == stats["candidates_started"]
 
 
 def _dense(inputs):
