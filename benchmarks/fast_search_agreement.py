@@ -3,7 +3,9 @@ MLP groups of 256 by default) on the same calibration text, once with `search_mo
 early abandon: the plain reference search's choices) and once with `search_mode="fast"`.
 
 Each search is resumable under `--work-dir/<mode>` (rerun the same command after an interruption; the exact one may
-take more than one session on a 2-core CPU). The report compares:
+take more than one session on a 2-core CPU). `--max-steps` compares the first steps only; `--fast-keep` sets the fast
+search's `fast_search_keep` (another value than 0.5 searches into `fast_keep<k>`, beside the same exact search).
+The report compares:
 
 * work, in full-forward equivalents (FFE) per stage, from the records' `search_stats` (noise-free), and the plain
   reference evaluation's work: one full forward per candidate started (`candidates_started`);
@@ -41,13 +43,20 @@ MODES = ("exact", "fast")
 
 def search_config(args: argparse.Namespace, mode: str) -> MultiPrunerConfig:
     return MultiPrunerConfig(target_ratio=args.ratio, pruning_distribution=tuple(args.distribution),
-                             mlp_channel_group_size=args.mlp_group_size, search_mode=mode,
+                             mlp_channel_group_size=args.mlp_group_size, search_mode=mode, max_steps=args.max_steps,
+                             **({"fast_search_keep": args.fast_keep} if mode == "fast" else {}),
                              **calibration_options(args.rows, args.sequence_length))
+
+
+def mode_folder(args: argparse.Namespace, mode: str) -> str:
+    """`<work dir>/exact`, `<work dir>/fast`, or `<work dir>/fast_keep<k>` for another `--fast-keep` than 0.5."""
+    suffix = f"_keep{args.fast_keep:g}" if mode == "fast" and args.fast_keep != 0.5 else ""
+    return os.path.join(args.work_dir, mode + suffix)
 
 
 def run_search(args: argparse.Namespace, mode: str) -> PruningRecord:
     """The finished record of `mode`, searching (or resuming the search) first when there is none."""
-    folder = os.path.join(args.work_dir, mode)
+    folder = mode_folder(args, mode)
     record_file = os.path.join(folder, RECORD_NAME)
     if os.path.isfile(record_file):
         return PruningRecord.load(record_file)
@@ -100,7 +109,7 @@ def agreement(exact: PruningRecord, fast: PruningRecord) -> dict[str, Any]:
 
 def saved_record(args: argparse.Namespace, mode: str) -> Optional[tuple[PruningRecord, bool]]:
     """The record of `mode` and whether its search finished: the final record, else the progress so far."""
-    folder = os.path.join(args.work_dir, mode)
+    folder = mode_folder(args, mode)
     if os.path.isfile(os.path.join(folder, RECORD_NAME)):
         return PruningRecord.load(os.path.join(folder, RECORD_NAME)), True
     if has_progress(folder):
@@ -118,6 +127,8 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.2)
     parser.add_argument("--distribution", type=float, nargs=3, default=(44, 52, 4))
     parser.add_argument("--mlp-group-size", type=int, default=256)
+    parser.add_argument("--max-steps", type=int, help="compare the first steps only (both searches stop there)")
+    parser.add_argument("--fast-keep", type=float, default=0.5, help="`fast_search_keep` of the fast search")
     parser.add_argument("--threads", type=int, help="torch threads (records are identical only at equal counts)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--output", help="write the report as JSON here")
