@@ -3,9 +3,9 @@ MLP groups of 256 by default) on the same calibration text, once with `search_mo
 early abandon: the plain reference search's choices) and once with `search_mode="fast"`.
 
 Each search is resumable under `--work-dir/<mode>` (rerun the same command after an interruption; the exact one may
-take more than one session on a 2-core CPU). `--max-steps` compares the first steps only; `--fast-keep` sets the fast
-search's `fast_search_keep` (another value than 0.5 searches into `fast_keep<k>`, beside the same exact search).
-The report compares:
+take more than one session on a 2-core CPU). `--max-steps` compares the first steps only (a larger one later extends
+both searches); `--fast-keep` sets the fast search's `fast_search_keep` (another value than 0.5 searches into
+`fast_keep<k>`, beside the same exact search). The report compares:
 
 * work, in full-forward equivalents (FFE) per stage, from the records' `search_stats` (noise-free), and the plain
   reference evaluation's work: one full forward per candidate started (`candidates_started`);
@@ -59,7 +59,9 @@ def run_search(args: argparse.Namespace, mode: str) -> PruningRecord:
     folder = mode_folder(args, mode)
     record_file = os.path.join(folder, RECORD_NAME)
     if os.path.isfile(record_file):
-        return PruningRecord.load(record_file)
+        record = PruningRecord.load(record_file)
+        if (record.config or {}).get("max_steps") == args.max_steps:
+            return record  # else a larger --max-steps extends the saved search
     model, tokenizer = load_smollm2()
     pruner = MultiPruner(model, tokenizer)
     pruner.prune(search_config(args, mode), progress=args.progress, checkpoint_dir=folder,

@@ -27,6 +27,7 @@ PROGRESS_FORMAT = "optimum-multipruner-progress"
 # Fields that decide where the search keeps its data, never what it chooses: a search may resume with other values
 # (e.g. one that ran out of GPU memory resumes with `cache_device="cpu"`).
 PLACEMENT_FIELDS = frozenset({"cache_device"})
+STOPPING_FIELDS = frozenset({"max_steps"})  # where a search stops, not what it computes: may grow on resume
 
 
 def _update_with_tensor(digest: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
@@ -148,15 +149,15 @@ def shared_steps(saved: SearchProgress, current: SearchProgress, config: MultiPr
     if not isinstance(larger, (int, float)) or larger < config.target_ratio:
         raise ValueError(f"Cannot share steps: the search in {saved.directory} has target_ratio {larger}, not at least "
                          f"this search's {config.target_ratio}.")
-    same_target = SearchProgress({**current.config, "target_ratio": larger}, current.model_hash,
-                                 current.calibration_hash)
+    same_target = SearchProgress({**current.config, "target_ratio": larger, "max_steps": saved.config.get("max_steps")},
+                                 current.model_hash, current.calibration_hash)
     try:
         check_resumable(saved, same_target)
     except ValueError as error:
         raise ValueError(f"Cannot share the steps of {saved.directory}: {error}") from error
     stage = config.active_stages[0]
     shared = 0
-    for step in saved.record.steps:
+    for step in saved.record.steps[: config.max_steps]:
         if step.stage != stage:
             break
         shared += 1
@@ -190,17 +191,21 @@ def check_resumable(saved: SearchProgress, current: SearchProgress) -> None:
     """`ValueError` unless the saved progress belongs to this configuration, dense model and calibration data.
 
     A configuration field added after the progress was written counts with its default value: the behaviour of the
-    version that wrote it (e.g. `search_mode="exact"`, `importance_metric="ppl"`).
+    version that wrote it (e.g. `search_mode="exact"`, `importance_metric="ppl"`). `max_steps` may differ as long as
+    it allows the steps already made: a larger one (or none) extends a search that it stopped.
     """
     config, saved_config = current.config, {**MultiPrunerConfig().to_dict(), **saved.config}
-    changed = sorted(
-        k for k in (set(config) | set(saved_config)) - PLACEMENT_FIELDS if config.get(k) != saved_config.get(k)
-    )
+    ignored = PLACEMENT_FIELDS | STOPPING_FIELDS
+    changed = sorted(k for k in (set(config) | set(saved_config)) - ignored if config.get(k) != saved_config.get(k))
     if changed:
         raise ValueError(
             f"Cannot resume: the configuration differs from the interrupted search's in {changed}. Resume with the "
             "same MultiPrunerConfig, or start a new search in another checkpoint directory."
         )
+    limit, made = config.get("max_steps"), len(saved.record.steps)
+    if limit is not None and made > limit:
+        raise ValueError(f"Cannot resume: the search in {saved.directory} already made {made} steps, more than "
+                         f"max_steps={limit}. Resume with a max_steps of at least {made}, or none.")
     if saved.model_hash != current.model_hash:
         raise ValueError(
             "Cannot resume: the model's weights differ from those the interrupted search started from (weight hash "

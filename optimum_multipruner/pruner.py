@@ -77,7 +77,8 @@ class MultiPruner:
                 `config` and the calibration data the same (all checked; `ValueError` otherwise). The finished steps
                 are re-applied and the search goes on, writing its progress there (or to `checkpoint_dir` if given),
                 to exactly the result an uninterrupted search reaches. The search statistics of the stage that was
-                interrupted count its work up to the last step saved, then the work after resuming.
+                interrupted count its work up to the last step saved, then the work after resuming. A larger
+                `max_steps` (or none) extends a search that `max_steps` stopped.
             shared_from: the `checkpoint_dir` of a search (finished or not) of the same configuration, model and data
                 with a larger `target_ratio`. This search starts from the steps the two share, its whole first stage
                 (for BlockPruner: every step), which a greedy search repeats exactly whatever its target, and goes on
@@ -133,6 +134,7 @@ class MultiPruner:
                 progress: bool) -> None:
         """The stages in order; each removes the best candidate, step by step, until its cumulative target."""
         record, layers = self.record, self.adapter.decoder_layers(self.model)
+        record.target_reached = True  # until a step limit or a stage without candidates stops the search
         ignore_index = reference_ignore_index(self.tokenizer, self.model.config, config.is_blockpruner)
         ratio = self._ratio()
         scorer, scorer_set = None, None

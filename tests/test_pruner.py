@@ -274,6 +274,23 @@ def test_max_steps_reached_in_one_stage_runs_nothing_of_the_next(tokenizer, cali
     assert set(record.search_stats) == set(record.start_perplexity) == {"block"}
 
 
+def test_a_larger_max_steps_extends_a_search_that_max_steps_stopped(tokenizer, calibration_file, tmp_path):
+    straight = MultiPruner(make_model("llama"), tokenizer)
+    straight.prune(search_config(calibration_file, max_steps=4), progress=False)
+    MultiPruner(make_model("llama"), tokenizer).prune(search_config(calibration_file, max_steps=2), progress=False,
+                                                      checkpoint_dir=tmp_path)
+    extended = MultiPruner(make_model("llama"), tokenizer)
+    extended.prune(search_config(calibration_file, max_steps=4), progress=False, resume_from=tmp_path)
+    assert extended.record.steps == straight.record.steps and len(straight.record.steps) == 4
+    assert not extended.record.target_reached
+    with pytest.raises(ValueError, match="already made 4 steps, more than max_steps=3"):
+        MultiPruner(make_model("llama"), tokenizer).prune(search_config(calibration_file, max_steps=3),
+                                                          progress=False, resume_from=tmp_path)
+    finished = MultiPruner(make_model("llama"), tokenizer)
+    finished.prune(search_config(calibration_file), progress=False, resume_from=tmp_path)
+    assert finished.record.target_reached and finished.record.steps[:4] == straight.record.steps
+
+
 @pytest.mark.parametrize("accelerated", [True, False])
 def test_ties_go_to_the_earliest_candidate_in_reference_order(accelerated, tokenizer, calibration_file):
     """Every branch of the model adds nothing, so every removal leaves the perplexity exactly as it was: the steps
