@@ -215,6 +215,9 @@ def test_a_smaller_target_starts_from_the_first_stage_of_a_larger_search(method,
     assert (larger / PROGRESS_NAME).read_bytes() == stamp
     if method == "multipruner":
         assert len(scratch.record.steps) > len(first_stage)  # the search went on by itself after the shared steps
+    capped = MultiPruner(trained_model("llama"), tokenizer)
+    capped.prune(config(0.25, max_steps=1), progress=False, shared_from=larger)
+    assert capped.record.shared_steps == 1 and capped.record.steps == scratch.record.steps[:1]
     for bad, message in ((config(0.6), "target_ratio 0.5, not at least"), (config(0.25, seed=43), r"\['seed'\]")):
         model = trained_model("llama")
         before = weights(model)
