@@ -132,6 +132,10 @@ def start_progress(model: nn.Module, adapter: ArchitectureAdapter, config, calib
     else:
         check_resumable(saved, current)
         record = saved.record
+        if config.max_steps is not None and len(record.steps) > config.max_steps:
+            raise ValueError(f"Cannot resume: the search in {source} already made {len(record.steps)} steps, more "
+                             f"than max_steps={config.max_steps}. Resume with a max_steps of at least "
+                             f"{len(record.steps)}, or none.")
     check_recorded_steps(record, model.config, adapter, source)
     return writer, record
 
@@ -149,8 +153,8 @@ def shared_steps(saved: SearchProgress, current: SearchProgress, config: MultiPr
     if not isinstance(larger, (int, float)) or larger < config.target_ratio:
         raise ValueError(f"Cannot share steps: the search in {saved.directory} has target_ratio {larger}, not at least "
                          f"this search's {config.target_ratio}.")
-    same_target = SearchProgress({**current.config, "target_ratio": larger, "max_steps": saved.config.get("max_steps")},
-                                 current.model_hash, current.calibration_hash)
+    same_target = SearchProgress({**current.config, "target_ratio": larger}, current.model_hash,
+                                 current.calibration_hash)
     try:
         check_resumable(saved, same_target)
     except ValueError as error:
@@ -191,8 +195,8 @@ def check_resumable(saved: SearchProgress, current: SearchProgress) -> None:
     """`ValueError` unless the saved progress belongs to this configuration, dense model and calibration data.
 
     A configuration field added after the progress was written counts with its default value: the behaviour of the
-    version that wrote it (e.g. `search_mode="exact"`, `importance_metric="ppl"`). `max_steps` may differ as long as
-    it allows the steps already made: a larger one (or none) extends a search that it stopped.
+    version that wrote it (e.g. `search_mode="exact"`, `importance_metric="ppl"`). `max_steps` may differ: it says
+    where a search stops, not what it chooses (a resume checks it allows the steps already made).
     """
     config, saved_config = current.config, {**MultiPrunerConfig().to_dict(), **saved.config}
     ignored = PLACEMENT_FIELDS | STOPPING_FIELDS
@@ -202,10 +206,6 @@ def check_resumable(saved: SearchProgress, current: SearchProgress) -> None:
             f"Cannot resume: the configuration differs from the interrupted search's in {changed}. Resume with the "
             "same MultiPrunerConfig, or start a new search in another checkpoint directory."
         )
-    limit, made = config.get("max_steps"), len(saved.record.steps)
-    if limit is not None and made > limit:
-        raise ValueError(f"Cannot resume: the search in {saved.directory} already made {made} steps, more than "
-                         f"max_steps={limit}. Resume with a max_steps of at least {made}, or none.")
     if saved.model_hash != current.model_hash:
         raise ValueError(
             "Cannot resume: the model's weights differ from those the interrupted search started from (weight hash "

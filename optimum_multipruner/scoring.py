@@ -71,10 +71,12 @@ class SearchStats:
         work = self.layer_passes * self.layer_weight + self.head_passes * self.head_weight
         return work / ((self.num_layers * self.layer_weight + self.head_weight) * self.num_sequences)
 
+    COUNTERS = ("candidates_started", "candidates_stopped_early", "candidates_dropped", "layer_passes", "head_passes")
+
     def reset_counters(self) -> None:
         """Start counting anew (a new stage on the same calibration set)."""
-        self.candidates_started = self.candidates_stopped_early = self.candidates_dropped = 0
-        self.layer_passes = self.head_passes = 0
+        for name in self.COUNTERS:
+            setattr(self, name, 0)
         self.seconds = 0.0
 
     def to_dict(self) -> dict:
@@ -96,8 +98,7 @@ class SearchStats:
         stage did up to its last saved step. Under torch.distributed only rank 0 adds it, so the sum counts it once."""
         if not saved or distributed.rank() != 0:
             return
-        for name in ("candidates_started", "candidates_stopped_early", "candidates_dropped", "layer_passes",
-                     "head_passes"):
+        for name in self.COUNTERS:
             setattr(self, name, getattr(self, name) + saved.get(name, 0))
         self.seconds += saved.get("seconds", 0.0)
 
