@@ -4,11 +4,13 @@ early abandon: the plain reference search's choices) and once with `search_mode=
 
 Each search is resumable under `--work-dir/<mode>` (rerun the same command after an interruption; the exact one may
 take more than one session on a 2-core CPU). `--max-steps` compares the first steps only (a larger one later extends
-both searches); `--fast-keep` sets the fast search's `fast_search_keep` (another value than 0.5 searches into
-`fast_keep<k>`, beside the same exact search). The report compares:
+both searches); `--fast-keep` and `--fast-screen` set the fast search's `fast_search_keep` and `fast_search_screen`
+(it searches into `fast`, plus `_keep<k>` for another keep than 0.5 and `_screen<m>` unless the screen is off: the
+folders of several settings sit beside the same exact search). The report compares:
 
 * work, in full-forward equivalents (FFE) per stage, from the records' `search_stats` (noise-free), and the plain
-  reference evaluation's work: one full forward per candidate started (`candidates_started`);
+  reference evaluation's work: one full forward per candidate of every step (`candidates_started`, plus the fast
+  mode's `candidates_screened`);
 * the steps on which both searches removed the same unit (stage, action and layer), in order;
 * the final calibration perplexity, and the perplexity on held-out Alpaca text of the same size (rows in neither
   calibration set; `smollm2.calibration_text`).
@@ -44,13 +46,18 @@ MODES = ("exact", "fast")
 def search_config(args: argparse.Namespace, mode: str) -> MultiPrunerConfig:
     return MultiPrunerConfig(target_ratio=args.ratio, pruning_distribution=tuple(args.distribution),
                              mlp_channel_group_size=args.mlp_group_size, search_mode=mode, max_steps=args.max_steps,
-                             **({"fast_search_keep": args.fast_keep} if mode == "fast" else {}),
+                             **({"fast_search_keep": args.fast_keep, "fast_search_screen": args.fast_screen}
+                                if mode == "fast" else {}),
                              **calibration_options(args.rows, args.sequence_length))
 
 
 def mode_folder(args: argparse.Namespace, mode: str) -> str:
-    """`<work dir>/exact`, `<work dir>/fast`, or `<work dir>/fast_keep<k>` for another `--fast-keep` than 0.5."""
-    suffix = f"_keep{args.fast_keep:g}" if mode == "fast" and args.fast_keep != 0.5 else ""
+    """`<work dir>/exact`, or `<work dir>/fast[_keep<k>][_screen<m>]` (`_keep` for another `--fast-keep` than 0.5,
+    `_screen` unless the screen is off)."""
+    suffix = ""
+    if mode == "fast":
+        suffix += f"_keep{args.fast_keep:g}" if args.fast_keep != 0.5 else ""
+        suffix += f"_screen{args.fast_screen:g}" if args.fast_screen is not None else ""
     return os.path.join(args.work_dir, mode + suffix)
 
 
@@ -83,7 +90,8 @@ def work(record: PruningRecord) -> dict[str, Any]:
     return {
         "ffe_per_stage": {stage: value["full_forward_equivalents"] for stage, value in stats.items()},
         "ffe": sum(value["full_forward_equivalents"] for value in stats.values()),
-        "plain_reference_ffe": sum(value["candidates_started"] for value in stats.values()),
+        "plain_reference_ffe": sum(value["candidates_started"] + value.get("candidates_screened", 0)
+                                   for value in stats.values()),
         "seconds": sum(value["seconds"] for value in stats.values()),
     }
 
@@ -131,6 +139,9 @@ def main() -> None:
     parser.add_argument("--mlp-group-size", type=int, default=256)
     parser.add_argument("--max-steps", type=int, help="compare the first steps only (both searches stop there)")
     parser.add_argument("--fast-keep", type=float, default=0.5, help="`fast_search_keep` of the fast search")
+    parser.add_argument("--fast-screen", type=lambda text: None if text.lower() == "none" else float(text),
+                        default=MultiPrunerConfig.fast_search_screen,
+                        help="`fast_search_screen` of the fast search, or 'none' (default: the config's)")
     parser.add_argument("--threads", type=int, help="torch threads (records are identical only at equal counts)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--output", help="write the report as JSON here")

@@ -5,7 +5,7 @@ dense model, in about five minutes on a small CPU.
     python examples/prune_smollm2.py --output smollm2-pruned
 
 1. MultiPruner searches with the best setting of the results table (`benchmarks/RESULTS.md`) in the fast search mode,
-   on a small Alpaca calibration set, 2 sequences of 256 tokens per set, in MLP steps of 512 channels, to fit the time
+   on a small Alpaca calibration set, 4 sequences of 256 tokens per set, in MLP steps of 512 channels, to fit the time
    (the table's runs use 4,608 tokens per set and steps of 256; see `--calibration-rows`, `--mlp-group-size`).
    `--record` rebuilds a saved record instead (e.g. the table's row, searched on 4,608 tokens), in seconds.
 2. The pruned model (with its `pruning_record.json`) is saved to `<output>/pytorch` and exported to an int8 OpenVINO
@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
                         metavar=("BLOCK", "MLP", "ATTN"), help="budget of the three stages (default: the table's best)")
     parser.add_argument("--objective", choices=("ppl", "kl"), default=BEST_SETTING["objective"],
                         help="search objective (default: the table's best)")
-    parser.add_argument("--calibration-rows", type=int, default=5, help="Alpaca rows per calibration set")
+    parser.add_argument("--calibration-rows", type=int, default=10, help="Alpaca rows per calibration set")
     parser.add_argument("--sequence-length", type=int, default=256, help="tokens per calibration sequence")
     parser.add_argument("--mlp-group-size", type=int, default=512, help="MLP channels per step (multiple of 128)")
     parser.add_argument("--record", help="apply this pruning_record.json instead of searching")

@@ -68,6 +68,11 @@ class MultiPrunerConfig:
             scored; each later round doubles the prefix, the last one covers all sequences.
         fast_search_keep (`float`): fast mode: share of a round's candidates (rounded up) that go on to the next round,
             those with the lowest totals on the round's prefix; in (0, 1].
+        fast_search_screen (`float`, *optional*): fast mode: share of a step's candidates that race, those that did
+            least damage when last scored (their mean objective increase per calibration sequence over that step's
+            model); candidates never scored before (a stage's first step, the width candidate of the layer just
+            shrunk) race too, the others sit the step out; in (0, 1]. `None` races every candidate at every step (the
+            fast mode of searches saved before this field existed).
         head_chunk_size (`int`): positions per chunk of the final norm + `lm_head` + loss, which bounds the logits'
             memory (`nll.head_chunk_bytes`); the per-sequence losses are the unchunked ones.
         max_steps (`int`, *optional*): stop after this many greedy steps even below the target ratio (BlockPruner's
@@ -97,6 +102,7 @@ class MultiPrunerConfig:
     search_mode: str = "exact"
     fast_search_first_sequences: int = 1
     fast_search_keep: float = 0.5
+    fast_search_screen: Optional[float] = 0.25
     head_chunk_size: int = 512
     max_steps: Optional[int] = None
     cache_device: Optional[str] = None
@@ -151,6 +157,10 @@ class MultiPrunerConfig:
         keep = self.fast_search_keep
         if isinstance(keep, bool) or not isinstance(keep, (int, float)) or math.isnan(keep) or not 0 < keep <= 1:
             raise ValueError(f"`fast_search_keep` must be a share in (0, 1], got {keep!r}.")
+        screen = self.fast_search_screen
+        if screen is not None and (isinstance(screen, bool) or not isinstance(screen, (int, float))
+                                   or math.isnan(screen) or not 0 < screen <= 1):
+            raise ValueError(f"`fast_search_screen` must be a share in (0, 1], or None, got {screen!r}.")
         if self.cache_device is not None:
             _check_device_name("cache_device", self.cache_device)
         if not isinstance(self.calibration_dataset, str) or not self.calibration_dataset:

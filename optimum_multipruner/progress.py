@@ -28,6 +28,10 @@ PROGRESS_FORMAT = "optimum-multipruner-progress"
 # (e.g. one that ran out of GPU memory resumes with `cache_device="cpu"`).
 PLACEMENT_FIELDS = frozenset({"cache_device"})
 STOPPING_FIELDS = frozenset({"max_steps"})  # where a search stops, not what it computes: may grow on resume
+# Fields added since progress files were first written whose default is not what the search did before they existed:
+# a progress file without them resumes with these values.
+FORMER_VALUES = {"fast_search_screen": None}
+FAST_MODE_FIELDS = frozenset({"fast_search_first_sequences", "fast_search_keep", "fast_search_screen"})  # exact: unused
 
 
 def _update_with_tensor(digest: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
@@ -194,12 +198,15 @@ def prepare_checkpoint_dir(directory: Union[str, os.PathLike],
 def check_resumable(saved: SearchProgress, current: SearchProgress) -> None:
     """`ValueError` unless the saved progress belongs to this configuration, dense model and calibration data.
 
-    A configuration field added after the progress was written counts with its default value: the behaviour of the
-    version that wrote it (e.g. `search_mode="exact"`, `importance_metric="ppl"`). `max_steps` may differ: it says
-    where a search stops, not what it chooses (a resume checks it allows the steps already made).
+    A configuration field added after the progress was written counts with the value that gives the behaviour of the
+    version that wrote it: its default (e.g. `search_mode="exact"`, `importance_metric="ppl"`) or its `FORMER_VALUES`
+    entry (`fast_search_screen=None`). The fast mode's settings do not matter between two exact searches. `max_steps`
+    may differ: it says where a search stops, not what it chooses (a resume checks it allows the steps already made).
     """
-    config, saved_config = current.config, {**MultiPrunerConfig().to_dict(), **saved.config}
+    config, saved_config = current.config, {**MultiPrunerConfig().to_dict(), **FORMER_VALUES, **saved.config}
     ignored = PLACEMENT_FIELDS | STOPPING_FIELDS
+    if config.get("search_mode") == saved_config.get("search_mode") == "exact":
+        ignored |= FAST_MODE_FIELDS
     changed = sorted(k for k in (set(config) | set(saved_config)) - ignored if config.get(k) != saved_config.get(k))
     if changed:
         raise ValueError(

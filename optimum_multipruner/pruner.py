@@ -151,8 +151,10 @@ class MultiPruner:
                     config.accelerated_search, progress, cache_device=config.cache_device,
                     importance_metric=config.importance_metric, reference=references.get(set_name),
                     search_mode=config.search_mode, fast_search_first_sequences=config.fast_search_first_sequences,
-                    fast_search_keep=config.fast_search_keep, head_chunk_size=config.head_chunk_size,
+                    fast_search_keep=config.fast_search_keep, fast_search_screen=config.fast_search_screen,
+                    head_chunk_size=config.head_chunk_size,
                 )
+                scorer.restore_damage([s for s in record.steps if calibration_set(s.stage) == set_name])
                 scorer_set = set_name
                 record.start_perplexity.setdefault(set_name, scorer.base_perplexity)  # kept on resume
             else:
@@ -194,6 +196,7 @@ class MultiPruner:
             ratio=self._ratio(),
             num_parameters=count_parameters(self.model),
             kept=self._kept(layers[best.layer], best),
+            candidate_damage=scorer.step_damage,
         )
         self.record.steps.append(step)
         if distributed.is_main_process():

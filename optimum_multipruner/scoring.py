@@ -22,6 +22,17 @@ within a round stops as soon as it can no longer be among the candidates the rou
 is the final one: its lowest total (exact early stopping, same tie rule) is the step's choice, so the choice is
 always made on the whole calibration set, among the candidates still in the race.
 
+With `fast_search_screen` (a share s; 0.25 by default in the fast mode), a step first screens the candidates by what
+earlier steps learnt about them: a candidate's damage is its mean objective increase per calibration sequence over
+the model of the step that last scored it, on the prefix of the last round it completed in that step's race (its first
+sequence if none): where early stopping left it does not count, so the damage does not depend on the order of
+scoring nor on the number of processes.
+Of the n candidates of the step, the ceil(s * n) with the lowest last damage race (ties to the earlier candidate), and
+so does every candidate never scored before (a stage's first step, the width candidate of the layer just shrunk); the
+others sit the step out. One removal seldom makes another unit much less harmful, and the damage of the candidates
+that race is measured anew (it mostly grows as the model shrinks) while that of those sitting out stays, so a
+candidate sitting out climbs back into the race as the others' damage grows past its own.
+
 Under torch.distributed (`torchrun`, `accelerate launch`) every round is shared out between the processes, each
 holding the whole model and cache (see `distributed.py`); each stops its candidates early against its own bound,
 then every process receives every tally, so all make the choices one process makes, in both modes.
@@ -35,7 +46,7 @@ import math
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -47,6 +58,9 @@ from .candidates import Candidate
 from .devices import DeviceLike, as_device, decoder_layer_devices, execution_device, move_to_device
 from .nll import DEFAULT_HEAD_CHUNK_SIZE, SequenceLosses, head_losses
 
+if TYPE_CHECKING:
+    from .record import PruningStep
+
 
 @dataclass
 class SearchStats:
@@ -55,6 +69,7 @@ class SearchStats:
     candidates_started: int = 0
     candidates_stopped_early: int = 0  # stopped by the bound: could no longer win (or stay in the race)
     candidates_dropped: int = 0  # fast mode: scored on a round's prefix, then left out of the next round
+    candidates_screened: int = 0  # fast mode: sat a step out, screened by the damage they showed at an earlier step
     layer_passes: int = 0  # decoder-layer forward passes over one calibration sequence
     head_passes: int = 0  # final norm + lm_head + loss over one sequence (KL: each model's logits count once)
     seconds: float = 0.0
@@ -71,7 +86,8 @@ class SearchStats:
         work = self.layer_passes * self.layer_weight + self.head_passes * self.head_weight
         return work / ((self.num_layers * self.layer_weight + self.head_weight) * self.num_sequences)
 
-    COUNTERS = ("candidates_started", "candidates_stopped_early", "candidates_dropped", "layer_passes", "head_passes")
+    COUNTERS = ("candidates_started", "candidates_stopped_early", "candidates_dropped", "candidates_screened",
+                "layer_passes", "head_passes")
 
     def reset_counters(self) -> None:
         """Start counting anew (a new stage on the same calibration set)."""
@@ -84,6 +100,7 @@ class SearchStats:
             "candidates_started": self.candidates_started,
             "candidates_stopped_early": self.candidates_stopped_early,
             "candidates_dropped": self.candidates_dropped,
+            "candidates_screened": self.candidates_screened,
             "layer_passes": self.layer_passes,
             "head_passes": self.head_passes,
             "full_forward_equivalents": round(self.full_forward_equivalents, 3),
@@ -104,8 +121,8 @@ class SearchStats:
 
     def summed_over_ranks(self, device: torch.device) -> "SearchStats":
         """A copy whose work counters are summed over the processes of a distributed search (a collective: every
-        rank calls it), with the work of the busiest process, which bounds the speed-up. `candidates_dropped` is the
-        same on every rank; `seconds` stays this process's wall time."""
+        rank calls it), with the work of the busiest process, which bounds the speed-up. `candidates_dropped` and
+        `candidates_screened` are the same on every rank; `seconds` stays this process's wall time."""
         work = ("candidates_started", "candidates_stopped_early", "layer_passes", "head_passes")
         mine = torch.tensor([[*(getattr(self, name) for name in work), self.full_forward_equivalents]],
                             dtype=torch.float64)
@@ -179,6 +196,7 @@ class CandidateScorer:
         search_mode: str = "exact",
         fast_search_first_sequences: int = 1,
         fast_search_keep: float = 0.5,
+        fast_search_screen: Optional[float] = None,
         head_chunk_size: int = DEFAULT_HEAD_CHUNK_SIZE,
     ) -> None:
         if (importance_metric == "kl") != (reference is not None):
@@ -194,6 +212,8 @@ class CandidateScorer:
         self.search_mode = search_mode
         self.fast_search_first_sequences = fast_search_first_sequences
         self.fast_search_keep = fast_search_keep
+        self.screens = search_mode == "fast" and accelerated and fast_search_screen is not None
+        self.fast_search_screen = fast_search_screen
         self.head_chunk_size = head_chunk_size
         device = execution_device(model.get_input_embeddings())
         self.batches = [batch.to(device) for batch in sequences.split(batch_size)]  # each [batch, seq_len]
@@ -212,13 +232,16 @@ class CandidateScorer:
             self.stats.layer_passes += len(self.layers) * self.num_sequences
             self.stats.head_passes += self.num_sequences
         self._previous_ranks: dict[Candidate, tuple[int, float]] = {}  # (-sequences scored, total so far)
-        self._winner_nll_total: dict[Candidate, float] = {}
+        self._damage: dict[str, float] = {}  # str(candidate) -> damage when last scored (`_damage_of`)
+        self.step_damage: Optional[dict[str, float]] = None  # screening: the last step's damage of each scored candidate
         self._layer_inputs: list[list[torch.Tensor]] = []  # [layer][batch] -> [batch, seq_len, hidden], on its cache device
         self._layer_kwargs: list[list[dict]] = []  # [layer][batch] -> keyword arguments of the layer call, on its device
         start = time.perf_counter()
         with torch.no_grad():  # the plain evaluation too: no autograd graph
             base = self._capture() if accelerated else self._full_tally()
         self.base_total, self.base_nll_total = self._sum(base.objective), self._sum(base.nll)
+        self._base_objective = base.objective  # [num_sequences]: the current model's per-sequence objective
+        self._winner: Optional[tuple[Candidate, _Tally]] = None
         self.stats.seconds += time.perf_counter() - start
 
     # ------------------------------------------------------------------ public API
@@ -235,7 +258,9 @@ class CandidateScorer:
         """Return `(best candidate, its objective total)`: the lowest total on the whole calibration set, ties to the
         earliest candidate in `candidates`; among all candidates (exact) or those still in the race (fast)."""
         start = time.perf_counter()
-        survivors = list(range(len(candidates)))
+        screened = self._screened(candidates)
+        self.stats.candidates_screened += len(screened)
+        survivors = [k for k in range(len(candidates)) if k not in screened]
         if self.accelerated:
             survivors.sort(key=lambda k: (self._previous_ranks.get(candidates[k], (0, math.inf)), k))
         stops = self._round_stops()
@@ -243,8 +268,10 @@ class CandidateScorer:
         for _ in stops[1:]:
             kept.append(math.ceil(self.fast_search_keep * kept[-1]))
         tallies: dict[int, _Tally] = {}
+        completed: dict[int, int] = {}  # sequences each candidate was scored on, whatever the order and processes
         with tqdm(total=sum(kept), desc=description, disable=not self.progress, leave=False) as bar:
             for r, stop in enumerate(stops):
+                completed.update((k, stops[r - 1] if r else 1) for k in survivors)  # the rounds it was kept through
                 keep = kept[r + 1] if r + 1 < len(stops) else 1
                 totals = self._shared_round(candidates, survivors, trial, stop, keep, tallies, bar)
                 ranked = sorted(totals, key=lambda k: _rank_key(totals[k], k))
@@ -252,6 +279,9 @@ class CandidateScorer:
                 survivors = ranked[:keep]
         for k, tally in tallies.items():
             self._previous_ranks[candidates[k]] = (-tally.done, self._sum(tally.objective))
+        if self.screens:
+            self.step_damage = {str(candidates[k]): self._damage_of(tallies[k], n) for k, n in completed.items()}
+            self._damage.update(self.step_damage)
         best = survivors[0]
         total = totals[best]
         if not math.isfinite(total):
@@ -261,7 +291,7 @@ class CandidateScorer:
                 f"in {dtype}. Search in torch.bfloat16 or torch.float32 (load the model with `torch_dtype=` one of "
                 "them; CLI: --dtype bfloat16 or --dtype float32)."
             )
-        self._winner_nll_total = {candidates[best]: self._sum(tallies[best].nll)}
+        self._winner = (candidates[best], tallies[best])
         self.stats.seconds += time.perf_counter() - start
         return candidates[best], total
 
@@ -331,8 +361,13 @@ class CandidateScorer:
         """Tell the scorer `candidate` was applied for good; refresh cached layer inputs after its layer."""
         start = time.perf_counter()
         self._previous_ranks.pop(candidate, None)
+        self._damage.pop(str(candidate), None)  # gone, or (a width candidate) another group of a changed layer
+        winner, tally = self._winner or (None, None)
+        self._winner, chosen = None, winner == candidate
         self.base_total = total
-        self.base_nll_total = self._winner_nll_total.pop(candidate, total)  # NLL objective: the total itself
+        self.base_nll_total = self._sum(tally.nll) if chosen else total  # NLL objective: the total itself
+        if chosen:
+            self._base_objective = tally.objective
         if self.accelerated:
             first = candidate.layer
             for b in range(len(self.batches)):
@@ -341,6 +376,28 @@ class CandidateScorer:
                     hidden = self._run_layer(i, b, hidden)
                     self._layer_inputs[i + 1][b] = hidden.to(self._cache_device(i + 1))
         self.stats.seconds += time.perf_counter() - start
+
+    def restore_damage(self, steps: Sequence["PruningStep"]) -> None:
+        """Take up the screening state of a search that made `steps` (`PruningStep`s, in order) on this scorer's
+        calibration set: each step's `candidate_damage`, then its own candidate gone (as `select` and `committed`
+        leave it), so a resumed search screens as the uninterrupted one did."""
+        for step in steps:
+            self._damage.update(step.candidate_damage or {})
+            self._damage.pop(str(Candidate(step.action, step.layer)), None)
+
+    # ------------------------------------------------------------------ screening (fast mode)
+    def _screened(self, candidates: Sequence[Candidate]) -> set[int]:
+        """Indices of the candidates that sit this step out: those scored before whose last damage is not among the
+        `ceil(fast_search_screen * len(candidates))` lowest (ties to the earlier candidate; NaN ranks last)."""
+        if not self.screens:
+            return set()
+        known = sorted(_rank_key(self._damage[str(c)], k) for k, c in enumerate(candidates) if str(c) in self._damage)
+        return {k for _, k in known[math.ceil(self.fast_search_screen * len(candidates)):]}
+
+    def _damage_of(self, tally: _Tally, sequences: int) -> float:
+        """A candidate's damage: its mean objective increase per sequence over the current model, on the first
+        `sequences` calibration sequences."""
+        return (tally.objective[:sequences] - self._base_objective[:sequences]).mean().item()
 
     # ------------------------------------------------------------------ scoring
     def _score(self, candidate: Candidate, index: int, tally: _Tally, stop: int,

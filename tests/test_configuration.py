@@ -63,6 +63,11 @@ def test_bad_files_give_clear_errors(tmp_path, text, message):
         ("batch_size", True),
         ("max_steps", 0),
         ("block_types", ("attention", "norm")),
+        ("fast_search_keep", 0.0),
+        ("fast_search_screen", 0.0),
+        ("fast_search_screen", 1.5),
+        ("fast_search_screen", float("nan")),
+        ("fast_search_screen", float("inf")),
     ],
 )
 def test_invalid_fields(field, value):

@@ -175,9 +175,9 @@ def dense_checkpoint(tmp_path_factory, tokenizer):
     return str(path)
 
 
-SEARCHES = {  # the exact accelerated search; the fast mode (rounds re-shared), with the KL objective too
+SEARCHES = {  # the exact accelerated search; the fast mode (rounds re-shared; a screen that sits many out), with KL
     "exact": dict(SMALL_SEARCH),
-    "fast": dict(SMALL_SEARCH, search_mode="fast", fast_search_first_sequences=2),
+    "fast": dict(SMALL_SEARCH, search_mode="fast", fast_search_first_sequences=2, fast_search_screen=0.1),
     "fast-kl": dict(SMALL_SEARCH, search_mode="fast", fast_search_first_sequences=2, importance_metric="kl"),
 }
 
@@ -196,6 +196,8 @@ def test_two_processes_give_the_single_process_record_and_weights(dense_checkpoi
             assert sum(stage["candidates_stopped_early"] for stage in stats.values()) > 0
         else:  # the rounds shared out the candidates still in the race
             assert sum(stage["candidates_dropped"] for stage in stats.values()) > 0
+        if name == "fast":  # every rank screened alike (the damage each step records is the same on all)
+            assert sum(stage["candidates_screened"] for stage in stats.values()) > 0
 
 
 def test_torchrun_optimum_cli_prune(dense_checkpoint, calibration_file, tmp_path, single_process):

@@ -277,15 +277,32 @@ def test_max_steps_reached_in_one_stage_runs_nothing_of_the_next(tokenizer, cali
     assert set(record.search_stats) == set(record.start_perplexity) == {"block"}
 
 
-def test_a_larger_max_steps_extends_a_search_that_max_steps_stopped(tokenizer, calibration_file, tmp_path):
+# Fast mode with a tight screen: of the candidates scored before, only the one that did least damage races.
+MODES = {"exact": {}, "fast, screened": dict(search_mode="fast", fast_search_screen=0.1)}
+
+
+@pytest.mark.parametrize("mode, steps", [("exact", 4), ("fast, screened", 3)])
+def test_a_larger_max_steps_extends_a_search_that_max_steps_stopped(mode, steps, tokenizer, calibration_file,
+                                                                    tmp_path):
+    """Also in the fast mode, whose screen depends on the damage earlier steps measured (kept in the record): step 3
+    screens by the block steps before it."""
     straight = MultiPruner(make_model("llama"), tokenizer)
-    straight.prune(search_config(calibration_file, max_steps=4), progress=False)
-    MultiPruner(make_model("llama"), tokenizer).prune(search_config(calibration_file, max_steps=2), progress=False,
-                                                      checkpoint_dir=tmp_path)
+    straight.prune(search_config(calibration_file, max_steps=steps, **MODES[mode]), progress=False)
+    MultiPruner(make_model("llama"), tokenizer).prune(search_config(calibration_file, max_steps=2, **MODES[mode]),
+                                                      progress=False, checkpoint_dir=tmp_path)
     extended = MultiPruner(make_model("llama"), tokenizer)
-    extended.prune(search_config(calibration_file, max_steps=4), progress=False, resume_from=tmp_path)
-    assert extended.record.steps == straight.record.steps and len(straight.record.steps) == 4
+    extended.prune(search_config(calibration_file, max_steps=steps, **MODES[mode]), progress=False,
+                   resume_from=tmp_path)
+    assert extended.record.steps == straight.record.steps and len(straight.record.steps) == steps
+    for stage, stats in straight.record.search_stats.items():  # the same candidates raced, the same sat out
+        for name in ("candidates_started", "candidates_screened"):
+            assert extended.record.search_stats[stage][name] == stats[name]
+    if mode != "exact":
+        assert [s.stage for s in straight.record.steps][:3] == ["block"] * 3
+        assert straight.record.search_stats["block"]["candidates_screened"] > 0
     assert not extended.record.target_reached
+    if mode != "exact":
+        return
     with pytest.raises(ValueError, match="already made 4 steps, more than max_steps=3"):
         MultiPruner(make_model("llama"), tokenizer).prune(search_config(calibration_file, max_steps=3),
                                                           progress=False, resume_from=tmp_path)

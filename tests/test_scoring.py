@@ -11,6 +11,7 @@ from optimum_multipruner import MultiPruner, MultiPrunerConfig, get_adapter
 from optimum_multipruner.candidates import Candidate
 from optimum_multipruner.data import build_sequences, load_text_rows
 from optimum_multipruner.nll import head_chunk_bytes, head_losses, sequence_nll
+from optimum_multipruner.record import PruningStep
 from optimum_multipruner.scoring import CandidateScorer, final_hidden_states, original_final_hidden_states
 
 
@@ -110,6 +111,36 @@ def test_fast_search_drops_candidates_and_chooses_by_the_full_set_total(trained_
     assert best == candidates[1]
     with pytest.raises(ValueError, match="needs `accelerated_search=True`"):
         MultiPrunerConfig(search_mode="fast", accelerated_search=False)
+
+
+def test_screen_sits_out_candidates_far_behind_and_a_restored_scorer_screens_alike(trained_model, sequences):
+    """Step 1 races every candidate; step 2 (a quarter of 3 candidates: 1 races) screens out the ruinous one it scored,
+    races the one never scored, and a scorer restored from step 1's record screens the same way."""
+    model = trained_model("llama")
+    adapter = get_adapter(model)
+    harmless, mild, ruinous, unseen = (Candidate("remove_mlp", 0), Candidate("remove_mlp", 1),
+                                       Candidate("remove_mlp", 2), Candidate("remove_attention", 0))
+    trial = scaled_head(model, {harmless: 1.0, mild: 1.5, ruinous: 64.0, unseen: 64.0})
+
+    def fast_scorer():
+        return CandidateScorer(model, adapter, sequences, 4, search_mode="fast", fast_search_screen=0.25,
+                               progress=False)
+
+    scorer = fast_scorer()
+    assert scorer.select([harmless, mild, ruinous], trial) == (harmless, scorer.base_total)
+    damage = scorer.step_damage
+    assert damage[str(harmless)] == 0 and 0 < damage[str(mild)] < damage[str(ruinous)]
+    scorer.committed(harmless, scorer.base_total)  # the trial leaves the model as it was: the same base
+    restored = fast_scorer()
+    restored.restore_damage([PruningStep(1, "block", harmless.action, harmless.layer, None, None, None, 0, damage)])
+    for second in (scorer, restored):
+        started = second.stats.candidates_started
+        assert second.select([mild, ruinous, unseen], trial)[0] == mild
+        assert second.stats.candidates_screened == 1 and second.stats.candidates_started - started == 2
+        assert set(second.step_damage) == {str(mild), str(unseen)}
+    exact = CandidateScorer(model, adapter, sequences, 4, progress=False)  # the screen is the fast mode's only
+    exact.select([harmless, mild, ruinous], trial)
+    assert exact.step_damage is None and exact.stats.candidates_screened == 0
 
 
 # --------------------------------------------------------------------------- KL objective
