@@ -35,7 +35,8 @@ class PruningStep:
     num_parameters: Optional[int]  # parameters left (None in imported records)
     kept: int  # after the step: KV heads (attention actions) or MLP width (MLP actions); 0 = removed
     # Fast mode with `fast_search_screen`: the damage of each candidate the step scored (`str(candidate)` -> its mean
-    # calibration-loss increase per sequence, on the sequences it was scored on); a resumed search screens by it.
+    # calibration-loss increase per sequence, on the prefix of the last round it was kept through); a resumed search
+    # screens by it.
     candidate_damage: Optional[dict[str, float]] = None
 
 

@@ -23,15 +23,15 @@ is the final one: its lowest total (exact early stopping, same tie rule) is the 
 always made on the whole calibration set, among the candidates still in the race.
 
 With `fast_search_screen` (a share s; 0.25 by default in the fast mode), a step first screens the candidates by what
-earlier steps learnt about them: a candidate's damage is its mean objective increase per calibration sequence over
-the model of the step that last scored it, on the prefix of the last round it completed in that step's race (its first
-sequence if none): where early stopping left it does not count, so the damage does not depend on the order of
-scoring nor on the number of processes.
-Of the n candidates of the step, the ceil(s * n) with the lowest last damage race (ties to the earlier candidate), and
-so does every candidate never scored before (a stage's first step, the width candidate of the layer just shrunk); the
-others sit the step out. One removal seldom makes another unit much less harmful, and the damage of the candidates
-that race is measured anew (it mostly grows as the model shrinks) while that of those sitting out stays, so a
-candidate sitting out climbs back into the race as the others' damage grows past its own.
+earlier steps learnt about them: a candidate's damage is its mean objective increase per calibration sequence over the
+model of the step that last scored it, on the prefix of the last round it was kept through in that step's race (its
+first sequence if none): where early stopping left it does not count, so the damage does not depend on the order of
+scoring nor on the number of processes. Of the n candidates of the step, the ceil(s * n) with the lowest last damage
+race (ties to the earlier candidate), and so does every candidate never scored before (a stage's first step, the width
+candidate of the layer just shrunk); the others sit the step out. One removal seldom makes another unit much less
+harmful, and the damage of the candidates that race is measured anew (it mostly grows as the model shrinks) while that
+of those sitting out stays, so a candidate sitting out climbs back into the race as the others' damage grows past its
+own.
 
 Under torch.distributed (`torchrun`, `accelerate launch`) every round is shared out between the processes, each
 holding the whole model and cache (see `distributed.py`); each stops its candidates early against its own bound,
@@ -241,7 +241,7 @@ class CandidateScorer:
             base = self._capture() if accelerated else self._full_tally()
         self.base_total, self.base_nll_total = self._sum(base.objective), self._sum(base.nll)
         self._base_objective = base.objective  # [num_sequences]: the current model's per-sequence objective
-        self._winner: Optional[tuple[Candidate, _Tally]] = None
+        self._winner_tally: dict[Candidate, _Tally] = {}  # the last step's choice, until `committed`
         self.stats.seconds += time.perf_counter() - start
 
     # ------------------------------------------------------------------ public API
@@ -268,7 +268,7 @@ class CandidateScorer:
         for _ in stops[1:]:
             kept.append(math.ceil(self.fast_search_keep * kept[-1]))
         tallies: dict[int, _Tally] = {}
-        completed: dict[int, int] = {}  # sequences each candidate was scored on, whatever the order and processes
+        completed: dict[int, int] = {}  # sequences every candidate was scored on, whatever the order and processes
         with tqdm(total=sum(kept), desc=description, disable=not self.progress, leave=False) as bar:
             for r, stop in enumerate(stops):
                 completed.update((k, stops[r - 1] if r else 1) for k in survivors)  # the rounds it was kept through
@@ -291,7 +291,7 @@ class CandidateScorer:
                 f"in {dtype}. Search in torch.bfloat16 or torch.float32 (load the model with `torch_dtype=` one of "
                 "them; CLI: --dtype bfloat16 or --dtype float32)."
             )
-        self._winner = (candidates[best], tallies[best])
+        self._winner_tally = {candidates[best]: tallies[best]}
         self.stats.seconds += time.perf_counter() - start
         return candidates[best], total
 
@@ -362,11 +362,10 @@ class CandidateScorer:
         start = time.perf_counter()
         self._previous_ranks.pop(candidate, None)
         self._damage.pop(str(candidate), None)  # gone, or (a width candidate) another group of a changed layer
-        winner, tally = self._winner or (None, None)
-        self._winner, chosen = None, winner == candidate
+        tally = self._winner_tally.pop(candidate, None)
         self.base_total = total
-        self.base_nll_total = self._sum(tally.nll) if chosen else total  # NLL objective: the total itself
-        if chosen:
+        self.base_nll_total = total if tally is None else self._sum(tally.nll)  # NLL objective: the total itself
+        if tally is not None:
             self._base_objective = tally.objective
         if self.accelerated:
             first = candidate.layer

@@ -297,11 +297,10 @@ def test_a_larger_max_steps_extends_a_search_that_max_steps_stopped(mode, steps,
     for stage, stats in straight.record.search_stats.items():  # the same candidates raced, the same sat out
         for name in ("candidates_started", "candidates_screened"):
             assert extended.record.search_stats[stage][name] == stats[name]
+    assert not extended.record.target_reached
     if mode != "exact":
         assert [s.stage for s in straight.record.steps][:3] == ["block"] * 3
         assert straight.record.search_stats["block"]["candidates_screened"] > 0
-    assert not extended.record.target_reached
-    if mode != "exact":
         return
     with pytest.raises(ValueError, match="already made 4 steps, more than max_steps=3"):
         MultiPruner(make_model("llama"), tokenizer).prune(search_config(calibration_file, max_steps=3),
