@@ -7,14 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
-from argparse import Namespace
+from argparse import ArgumentParser, Namespace
 
 import pytest
 import torch
 from testing_utils import run_optimum_cli, save_checkpoint
 
 from optimum.commands.multipruner.common import load_model_and_tokenizer
-from optimum.commands.multipruner.prune import _option_type, config_options
+from optimum.commands.multipruner.prune import NONE, _option_type, config_options, config_values
 from optimum_multipruner import MultiPrunerConfig
 from optimum_multipruner.compat import prepare_openvino_export_args
 
@@ -131,6 +131,7 @@ def test_prune_options_cover_every_config_field():
         ("str | None", "cuda:1", "cuda:1"),
         ("Union[int, None]", "7", 7),
         ("Optional[float]", "0.5", 0.5),
+        ("Optional[float]", "None", NONE),  # an optional field can be set to None
         ("bool", "off", False),
         ("tuple[str, ...]", "attention, mlp", ("attention", "mlp")),
         ("tuple[float, float, float]", "1,2,3", (1.0, 2.0, 3.0)),
@@ -145,7 +146,23 @@ def test_option_types_follow_the_annotations(annotation, text, expected):
 
 def test_literal_fields_become_choices():
     parse, _, choices = _option_type(ast.parse('Optional[Literal["exact", "fast"]]', mode="eval").body)
-    assert choices == ("exact", "fast") and parse("fast") == "fast"
+    assert choices == ("exact", "fast", NONE) and parse("fast") == "fast"
+    parse, _, choices = _option_type(ast.parse('Literal["exact", "fast"]', mode="eval").body)
+    assert choices == ("exact", "fast")
+
+
+def test_none_on_the_command_line_sets_an_optional_field_over_the_config_file(tmp_path):
+    options = config_options()
+    config_file = tmp_path / "search.json"
+    config_file.write_text(json.dumps({"fast_search_screen": 0.5, "target_ratio": 0.3}))
+    parser = ArgumentParser()
+    parser.add_argument("--config")
+    for option in options:
+        parser.add_argument(option.flag, dest=option.name, type=option.parse, choices=option.choices)
+    args = parser.parse_args(["--config", str(config_file), "--fast-search-screen", "none", "--max-steps", "3"])
+    values = config_values(args, options)
+    assert values == {"fast_search_screen": None, "target_ratio": 0.3, "max_steps": 3}
+    assert MultiPrunerConfig(**values).fast_search_screen is None
 
 
 # --------------------------------------------------------------------------- commands

@@ -31,6 +31,7 @@ _SCALARS: dict[str, tuple[Callable[[str], Any], str]] = {
 }
 _DOC_ENTRY = re.compile(r"(\w+) \(.*?\):\s*(.*)")
 _SENTENCE_END = re.compile(r"\.\s+(?=[A-Z\"'(])")  # not after "e.g." or "i.e." (lower case follows)
+NONE = "none"  # typed for an optional field: set it to None (an option left out keeps the default or --config value)
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,25 @@ def _without_none(node: ast.expr) -> ast.expr:
     return parts[0] if len(parts) == 1 else node
 
 
+class _OrNone:
+    """Parser of an optional field: `none` (returned as `NONE`, which `config_values` turns into None) or an item."""
+
+    def __init__(self, item: Callable[[str], Any]) -> None:
+        self.item = item
+        self.__name__ = getattr(item, "__name__", "value")
+
+    def __call__(self, text: str) -> Any:
+        return NONE if text.strip().lower() == NONE else self.item(text)
+
+
 def _option_type(annotation: ast.expr) -> tuple[Callable[[str], Any], Optional[str], Optional[tuple[Any, ...]]]:
-    """Parser, metavar and choices for a field annotation: `int`/`float`/`str`/`bool`, optional or not;
-    `tuple[X, ...]` / `tuple[X, X]` (comma-separated); `Literal[...]` (choices). Other types are passed on as text,
-    for `MultiPrunerConfig.validate` to check."""
+    """Parser, metavar and choices for a field annotation: `int`/`float`/`str`/`bool`, optional (`none` sets None)
+    or not; `tuple[X, ...]` / `tuple[X, X]` (comma-separated); `Literal[...]` (choices). Other types are passed on as
+    text, for `MultiPrunerConfig.validate` to check."""
     node = _without_none(annotation)
+    if node is not annotation:
+        parse, metavar, choices = _option_type(node)
+        return _OrNone(parse), f"{metavar}|{NONE}" if metavar else metavar, choices and choices + (NONE,)
     if isinstance(node, ast.Name) and node.id in _SCALARS:
         return (*_SCALARS[node.id], None)
     if isinstance(node, ast.Subscript):
@@ -166,8 +181,9 @@ def config_values(args, options: tuple[ConfigOption, ...]) -> dict[str, Any]:
         if not isinstance(values, dict):
             raise ValueError(f"--config {args.config} must hold a JSON object of MultiPrunerConfig fields.")
     for option in options:
-        if getattr(args, option.name) is not None:
-            values[option.name] = getattr(args, option.name)
+        value = getattr(args, option.name)
+        if value is not None:
+            values[option.name] = None if value == NONE else value
     return values
 
 
