@@ -36,8 +36,14 @@ class PruningStep:
     kept: int  # after the step: KV heads (attention actions) or MLP width (MLP actions); 0 = removed
     # Fast mode with `fast_search_screen`: the damage of each candidate the step scored (`str(candidate)` -> its mean
     # calibration-loss increase per sequence, on the prefix of the last round it was kept through); a resumed search
-    # screens by it.
+    # screens by it. Written only when set.
     candidate_damage: Optional[dict[str, float]] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.candidate_damage is None:
+            del data["candidate_damage"]
+        return data
 
 
 @dataclass
@@ -95,7 +101,7 @@ class PruningRecord:
             "config": self.config,
             "start_perplexity": self.start_perplexity,
             "target_reached": self.target_reached,
-            "steps": [asdict(step) for step in self.steps],
+            "steps": [step.to_dict() for step in self.steps],
             "structure": self.structure.to_dict(),
             "search_stats": self.search_stats,
             "shared_steps": self.shared_steps,

@@ -1,6 +1,7 @@
 """Pruning records that do not depend on dtype or device: float32 importance scores, and the weight order the search
 pruned along, stored in the record and applied as it is."""
 
+import dataclasses
 import logging
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from testing_utils import make_model, search_config
 
 from optimum_multipruner import MultiPruner, PruningRecord, get_adapter
-from optimum_multipruner.record import encode_weight_order, from_multipruner_config
+from optimum_multipruner.record import PruningStep, encode_weight_order, from_multipruner_config
 from optimum_multipruner.surgery import weight_magnitude_orders
 
 
@@ -134,3 +135,11 @@ def test_official_imports_have_no_order_and_sort_the_weights_again():
                                      model.config)
     assert record.weight_order is None and record.weight_reorder
     MultiPruner(model).apply(record)
+
+
+def test_a_step_writes_candidate_damage_only_when_it_screened():
+    plain = PruningStep(1, "block", "remove_mlp", 2, 9.5, 0.1, 1000, 0)
+    screened = dataclasses.replace(plain, candidate_damage={"remove_mlp[3]": 0.25})
+    assert "candidate_damage" not in plain.to_dict()
+    assert screened.to_dict()["candidate_damage"] == {"remove_mlp[3]": 0.25}
+    assert [PruningStep(**step.to_dict()) for step in (plain, screened)] == [plain, screened]
