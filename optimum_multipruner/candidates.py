@@ -40,6 +40,14 @@ class Candidate:
     def __str__(self) -> str:
         return f"{self.action}[{self.layer}]"
 
+    @classmethod
+    def from_string(cls, text: str) -> "Candidate":
+        """The candidate `str(candidate)` wrote, e.g. `remove_mlp[3]`."""
+        action, _, layer = text.partition("[")
+        if not layer.endswith("]") or not layer[:-1].isdigit():
+            raise ValueError(f"Not a search candidate: {text!r} (expected e.g. 'remove_mlp[3]').")
+        return cls(action, int(layer[:-1]))
+
 
 @dataclass(frozen=True)
 class PruningUnits:

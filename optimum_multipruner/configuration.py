@@ -70,9 +70,12 @@ class MultiPrunerConfig:
             those with the lowest totals on the round's prefix; in (0, 1].
         fast_search_screen (`float`, *optional*): fast mode: share of a step's candidates that race, those that did
             least damage when last scored (their mean objective increase per calibration sequence over that step's
-            model); candidates never scored before (a stage's first step, the width candidate of the layer just
-            shrunk) race too, the others sit the step out; in (0, 1]. `None` races every candidate at every step (the
-            fast mode of searches saved before this field existed).
+            model); candidates whose damage is not known (never scored, or near a unit removed or shrunk since: see
+            `fast_search_screen_radius`) race too, the others sit the step out; in (0, 1]. `None` races every
+            candidate at every step (the fast mode of searches saved before this field existed).
+        fast_search_screen_radius (`int`): fast mode with a screen: a removed or shrunk unit makes the damage of the
+            candidates of its layer and of this many layers on each side unknown, so they race at the next step (a
+            removal changes its neighbours most). 0 forgets only the changed layer's own candidate (the first screen).
         head_chunk_size (`int`): positions per chunk of the final norm + `lm_head` + loss, which bounds the logits'
             memory (`nll.head_chunk_bytes`); the per-sequence losses are the unchunked ones.
         max_steps (`int`, *optional*): stop after this many greedy steps even below the target ratio (BlockPruner's
@@ -103,6 +106,7 @@ class MultiPrunerConfig:
     fast_search_first_sequences: int = 1
     fast_search_keep: float = 0.5
     fast_search_screen: Optional[float] = 0.25
+    fast_search_screen_radius: int = 1
     head_chunk_size: int = 512
     max_steps: Optional[int] = None
     cache_device: Optional[str] = None
@@ -161,6 +165,9 @@ class MultiPrunerConfig:
         if screen is not None and (isinstance(screen, bool) or not isinstance(screen, (int, float))
                                    or math.isnan(screen) or not 0 < screen <= 1):
             raise ValueError(f"`fast_search_screen` must be a share in (0, 1], or None, got {screen!r}.")
+        radius = self.fast_search_screen_radius
+        if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+            raise ValueError(f"`fast_search_screen_radius` must be a number of layers >= 0, got {radius!r}.")
         if self.cache_device is not None:
             _check_device_name("cache_device", self.cache_device)
         if not isinstance(self.calibration_dataset, str) or not self.calibration_dataset:

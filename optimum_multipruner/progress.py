@@ -30,8 +30,11 @@ PLACEMENT_FIELDS = frozenset({"cache_device"})
 STOPPING_FIELDS = frozenset({"max_steps"})  # where a search stops, not what it computes: may grow on resume
 # Fields added since progress files were first written whose default is not what the search did before they existed:
 # a progress file without them resumes with these values.
-FORMER_VALUES = {"fast_search_screen": None}
-FAST_MODE_FIELDS = frozenset({"fast_search_first_sequences", "fast_search_keep", "fast_search_screen"})  # exact: unused
+FORMER_VALUES = {"fast_search_screen": None, "fast_search_screen_radius": 0}
+FAST_MODE_FIELDS = frozenset(  # unused by the exact search
+    {"fast_search_first_sequences", "fast_search_keep", "fast_search_screen", "fast_search_screen_radius"}
+)
+SCREEN_FIELDS = frozenset({"fast_search_screen_radius"})  # unused without a screen
 
 
 def _update_with_tensor(digest: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
@@ -200,13 +203,16 @@ def check_resumable(saved: SearchProgress, current: SearchProgress) -> None:
 
     A configuration field added after the progress was written counts with the value that gives the behaviour of the
     version that wrote it: its default (e.g. `search_mode="exact"`, `importance_metric="ppl"`) or its `FORMER_VALUES`
-    entry (`fast_search_screen=None`). The fast mode's settings do not matter between two exact searches. `max_steps`
+    entry (`fast_search_screen=None`). The fast mode's settings do not matter between two exact searches, nor the
+    screen's between two searches without one. `max_steps`
     may differ: it says where a search stops, not what it chooses (a resume checks it allows the steps already made).
     """
     config, saved_config = current.config, {**MultiPrunerConfig().to_dict(), **FORMER_VALUES, **saved.config}
     ignored = PLACEMENT_FIELDS | STOPPING_FIELDS
     if config.get("search_mode") == saved_config.get("search_mode") == "exact":
         ignored |= FAST_MODE_FIELDS
+    if config.get("fast_search_screen") is None and saved_config.get("fast_search_screen") is None:
+        ignored |= SCREEN_FIELDS
     changed = sorted(k for k in (set(config) | set(saved_config)) - ignored if config.get(k) != saved_config.get(k))
     if changed:
         raise ValueError(

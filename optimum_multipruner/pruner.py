@@ -152,7 +152,7 @@ class MultiPruner:
                     importance_metric=config.importance_metric, reference=references.get(set_name),
                     search_mode=config.search_mode, fast_search_first_sequences=config.fast_search_first_sequences,
                     fast_search_keep=config.fast_search_keep, fast_search_screen=config.fast_search_screen,
-                    head_chunk_size=config.head_chunk_size,
+                    fast_search_screen_radius=config.fast_search_screen_radius, head_chunk_size=config.head_chunk_size,
                 )
                 scorer.restore_damage([s for s in record.steps if calibration_set(s.stage) == set_name])
                 scorer_set = set_name

@@ -27,11 +27,12 @@ earlier steps learnt about them: a candidate's damage is its mean objective incr
 model of the step that last scored it, on the prefix of the last round it was kept through in that step's race (its
 first sequence if none): where early stopping left it does not count, so the damage does not depend on the order of
 scoring nor on the number of processes. Of the n candidates of the step, the ceil(s * n) with the lowest last damage
-race (ties to the earlier candidate), and so does every candidate never scored before (a stage's first step, the width
-candidate of the layer just shrunk); the others sit the step out. One removal seldom makes another unit much less
-harmful, and the damage of the candidates that race is measured anew (it mostly grows as the model shrinks) while that
-of those sitting out stays, so a candidate sitting out climbs back into the race as the others' damage grows past its
-own.
+race (ties to the earlier candidate), and so does every candidate with no damage known: never scored before (a
+stage's first step), or of a layer within `fast_search_screen_radius` (1) layers of a unit removed or shrunk since it
+was last scored, since a removal changes its neighbours most (removing attention `i` can make removing MLP `i` or
+`i - 1` much less harmful); the others sit the step out. Farther removals seldom make a unit much less harmful, and the
+damage of the candidates that race is measured anew (it mostly grows as the model shrinks) while that of those
+sitting out stays, so a candidate sitting out climbs back into the race as the others' damage grows past its own.
 
 Under torch.distributed (`torchrun`, `accelerate launch`) every round is shared out between the processes, each
 holding the whole model and cache (see `distributed.py`); each stops its candidates early against its own bound,
@@ -197,6 +198,7 @@ class CandidateScorer:
         fast_search_first_sequences: int = 1,
         fast_search_keep: float = 0.5,
         fast_search_screen: Optional[float] = None,
+        fast_search_screen_radius: int = 1,
         head_chunk_size: int = DEFAULT_HEAD_CHUNK_SIZE,
     ) -> None:
         if (importance_metric == "kl") != (reference is not None):
@@ -214,6 +216,7 @@ class CandidateScorer:
         self.fast_search_keep = fast_search_keep
         self.screens = search_mode == "fast" and accelerated and fast_search_screen is not None
         self.fast_search_screen = fast_search_screen
+        self.fast_search_screen_radius = fast_search_screen_radius
         self.head_chunk_size = head_chunk_size
         device = execution_device(model.get_input_embeddings())
         self.batches = [batch.to(device) for batch in sequences.split(batch_size)]  # each [batch, seq_len]
@@ -232,7 +235,7 @@ class CandidateScorer:
             self.stats.layer_passes += len(self.layers) * self.num_sequences
             self.stats.head_passes += self.num_sequences
         self._previous_ranks: dict[Candidate, tuple[int, float]] = {}  # (-sequences scored, total so far)
-        self._damage: dict[str, float] = {}  # str(candidate) -> damage when last scored (`_damage_of`)
+        self._damage: dict[Candidate, float] = {}  # damage when last scored (`_damage_of`), while still known
         self.step_damage: Optional[dict[str, float]] = None  # screening: the last step's damage of each scored candidate
         self._layer_inputs: list[list[torch.Tensor]] = []  # [layer][batch] -> [batch, seq_len, hidden], on its cache device
         self._layer_kwargs: list[list[dict]] = []  # [layer][batch] -> keyword arguments of the layer call, on its device
@@ -280,8 +283,9 @@ class CandidateScorer:
         for k, tally in tallies.items():
             self._previous_ranks[candidates[k]] = (-tally.done, self._sum(tally.objective))
         if self.screens:
-            self.step_damage = {str(candidates[k]): self._damage_of(tallies[k], n) for k, n in completed.items()}
-            self._damage.update(self.step_damage)
+            damage = {candidates[k]: self._damage_of(tallies[k], n) for k, n in completed.items()}
+            self._damage.update(damage)
+            self.step_damage = {str(candidate): value for candidate, value in damage.items()}
         best = survivors[0]
         total = totals[best]
         if not math.isfinite(total):
@@ -361,7 +365,7 @@ class CandidateScorer:
         """Tell the scorer `candidate` was applied for good; refresh cached layer inputs after its layer."""
         start = time.perf_counter()
         self._previous_ranks.pop(candidate, None)
-        self._damage.pop(str(candidate), None)  # gone, or (a width candidate) another group of a changed layer
+        self._forget_damage_near(candidate)
         tally = self._winner_tally.pop(candidate, None)
         self.base_total = total
         self.base_nll_total = total if tally is None else self._sum(tally.nll)  # NLL objective: the total itself
@@ -378,11 +382,11 @@ class CandidateScorer:
 
     def restore_damage(self, steps: Sequence["PruningStep"]) -> None:
         """Take up the screening state of a search that made `steps` (`PruningStep`s, in order) on this scorer's
-        calibration set: each step's `candidate_damage`, then its own candidate gone (as `select` and `committed`
-        leave it), so a resumed search screens as the uninterrupted one did."""
+        calibration set: each step's `candidate_damage`, then the damage near its own candidate forgotten (as `select`
+        and `committed` leave it), so a resumed search screens as the uninterrupted one did."""
         for step in steps:
-            self._damage.update(step.candidate_damage or {})
-            self._damage.pop(str(Candidate(step.action, step.layer)), None)
+            self._damage.update((Candidate.from_string(text), value) for text, value in (step.candidate_damage or {}).items())
+            self._forget_damage_near(Candidate(step.action, step.layer))
 
     # ------------------------------------------------------------------ screening (fast mode)
     def _screened(self, candidates: Sequence[Candidate]) -> set[int]:
@@ -390,8 +394,15 @@ class CandidateScorer:
         `ceil(fast_search_screen * len(candidates))` lowest (ties to the earlier candidate; NaN ranks last)."""
         if not self.screens:
             return set()
-        known = sorted(_rank_key(self._damage[str(c)], k) for k, c in enumerate(candidates) if str(c) in self._damage)
+        known = sorted(_rank_key(self._damage[c], k) for k, c in enumerate(candidates) if c in self._damage)
         return {k for _, k in known[math.ceil(self.fast_search_screen * len(candidates)):]}
+
+    def _forget_damage_near(self, changed: Candidate) -> None:
+        """Forget the damage of the candidates within `fast_search_screen_radius` layers of `changed` (its own
+        included: gone, or another group of a shrunk layer), so they race at the next step."""
+        radius = self.fast_search_screen_radius
+        for candidate in [c for c in self._damage if abs(c.layer - changed.layer) <= radius]:
+            del self._damage[candidate]
 
     def _damage_of(self, tally: _Tally, sequences: int) -> float:
         """A candidate's damage: its mean objective increase per sequence over the current model, on the first

@@ -68,6 +68,9 @@ def test_bad_files_give_clear_errors(tmp_path, text, message):
         ("fast_search_screen", 1.5),
         ("fast_search_screen", float("nan")),
         ("fast_search_screen", float("inf")),
+        ("fast_search_screen_radius", -1),
+        ("fast_search_screen_radius", 1.5),
+        ("fast_search_screen_radius", True),
     ],
 )
 def test_invalid_fields(field, value):

@@ -192,22 +192,31 @@ def test_progress_written_before_a_config_field_existed_resumes_with_its_default
     assert resumed.record.steps[: len(saved_steps)] == saved_steps and resumed.record.target_reached
 
 
-def test_fast_progress_written_before_the_screen_existed_resumes_without_it(runs, inputs, tokenizer,
-                                                                            calibration_file, tmp_path):
-    """The fast mode raced every candidate before `fast_search_screen` existed: such progress resumes with
-    `fast_search_screen=None` and is refused under the new default. Between exact searches it does not matter."""
+@pytest.mark.parametrize(
+    "missing, refused, former",
+    [  # before the screen; the first screen (the radius is not compared between searches without a screen)
+        (("fast_search_screen", "fast_search_screen_radius"), ["fast_search_screen", "fast_search_screen_radius"],
+         dict(fast_search_screen=None)),
+        (("fast_search_screen_radius",), ["fast_search_screen_radius"], dict(fast_search_screen_radius=0)),
+    ],
+)
+def test_fast_progress_written_before_a_screen_field_existed_resumes_as_it_began(missing, refused, former, runs,
+                                                                                 inputs, tokenizer, calibration_file,
+                                                                                 tmp_path):
+    """Fast progress without a screen field resumes with the value that field's behaviour had before it existed
+    (`progress.FORMER_VALUES`) and is refused under the new defaults. Between exact searches it does not matter."""
     root, _ = runs
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(root / "killed-progress", checkpoint)
     progress = json.loads((checkpoint / PROGRESS_NAME).read_text())
-    del progress["config"]["fast_search_screen"]
+    for name in missing:
+        del progress["config"][name]
     progress["config"]["search_mode"] = "fast"  # as if the killed search had been a fast one
     (checkpoint / PROGRESS_NAME).write_text(json.dumps(progress))
-    with pytest.raises(ValueError, match=r"configuration differs .*\['fast_search_screen'\]"):
+    with pytest.raises(ValueError, match=r"configuration differs .*" + re.escape(str(refused))):
         MultiPruner(_dense(inputs), tokenizer).prune(search_config(calibration_file, search_mode="fast"),
                                                      progress=False, resume_from=checkpoint)
-    MultiPruner(_dense(inputs), tokenizer).prune(search_config(calibration_file, search_mode="fast",
-                                                               fast_search_screen=None),
+    MultiPruner(_dense(inputs), tokenizer).prune(search_config(calibration_file, search_mode="fast", **former),
                                                  progress=False, resume_from=checkpoint)
     exact = tmp_path / "exact"
     shutil.copytree(root / "killed-progress", exact)

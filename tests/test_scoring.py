@@ -114,33 +114,45 @@ def test_fast_search_drops_candidates_and_chooses_by_the_full_set_total(trained_
 
 
 def test_screen_sits_out_candidates_far_behind_and_a_restored_scorer_screens_alike(trained_model, sequences):
-    """Step 1 races every candidate; step 2 (a quarter of 3 candidates: 1 races) screens out the ruinous one it scored,
-    races the one never scored, and a scorer restored from step 1's record screens the same way."""
+    """Step 1 races every candidate; step 2 (a quarter of 4 candidates: 1 of those with a known damage races) screens
+    out the ruinous candidate far from the removal, races the mild one, the ruinous one next to the removal (its damage
+    forgotten, radius 1) and the one never scored; a scorer restored from step 1's record screens the same way."""
     model = trained_model("llama")
     adapter = get_adapter(model)
-    harmless, mild, ruinous, unseen = (Candidate("remove_mlp", 0), Candidate("remove_mlp", 1),
-                                       Candidate("remove_mlp", 2), Candidate("remove_attention", 0))
-    trial = scaled_head(model, {harmless: 1.0, mild: 1.5, ruinous: 64.0, unseen: 64.0})
+    harmless, near, mild, ruinous, unseen = (Candidate("remove_attention", 0), Candidate("remove_mlp", 1),
+                                             Candidate("remove_mlp", 2), Candidate("remove_mlp", 3),
+                                             Candidate("remove_attention", 3))
+    trial = scaled_head(model, {harmless: 1.0, near: 64.0, mild: 1.5, ruinous: 64.0, unseen: 64.0})
 
-    def fast_scorer():
+    def fast_scorer(radius=1):
         return CandidateScorer(model, adapter, sequences, 4, search_mode="fast", fast_search_screen=0.25,
-                               progress=False)
+                               fast_search_screen_radius=radius, progress=False)
 
     scorer = fast_scorer()
-    assert scorer.select([harmless, mild, ruinous], trial) == (harmless, scorer.base_total)
+    assert scorer.select([harmless, near, mild, ruinous], trial) == (harmless, scorer.base_total)
     damage = scorer.step_damage
-    assert damage[str(harmless)] == 0 and 0 < damage[str(mild)] < damage[str(ruinous)]
+    assert damage[str(harmless)] == 0 and 0 < damage[str(mild)] < min(damage[str(near)], damage[str(ruinous)])
     scorer.committed(harmless, scorer.base_total)  # the trial leaves the model as it was: the same base
-    restored = fast_scorer()
-    restored.restore_damage([PruningStep(1, "block", harmless.action, harmless.layer, None, None, None, 0, damage)])
-    for second in (scorer, restored):
+    step = PruningStep(1, "block", harmless.action, harmless.layer, None, None, None, 0, damage)
+    restored, radius_0 = fast_scorer(), fast_scorer(radius=0)
+    for second in (scorer, restored, radius_0):
+        if second is not scorer:
+            second.restore_damage([step])
         started = second.stats.candidates_started
-        assert second.select([mild, ruinous, unseen], trial)[0] == mild
-        assert second.stats.candidates_screened == 1 and second.stats.candidates_started - started == 2
-        assert set(second.step_damage) == {str(mild), str(unseen)}
+        assert second.select([near, mild, ruinous, unseen], trial)[0] == mild
+        raced = {near, mild, unseen} if second is not radius_0 else {mild, unseen}  # radius 0: `near` sits out
+        assert second.stats.candidates_screened == 4 - len(raced)
+        assert second.stats.candidates_started - started == len(raced)
+        assert set(second.step_damage) == {str(candidate) for candidate in raced}
     exact = CandidateScorer(model, adapter, sequences, 4, progress=False)  # the screen is the fast mode's only
     exact.select([harmless, mild, ruinous], trial)
     assert exact.step_damage is None and exact.stats.candidates_screened == 0
+
+
+def test_candidates_read_back_from_their_names():
+    assert Candidate.from_string(str(Candidate("shrink_mlp", 12))) == Candidate("shrink_mlp", 12)
+    with pytest.raises(ValueError, match="Not a search candidate"):
+        Candidate.from_string("shrink_mlp[x]")
 
 
 # --------------------------------------------------------------------------- KL objective
