@@ -204,8 +204,8 @@ def check_resumable(saved: SearchProgress, current: SearchProgress) -> None:
     A configuration field added after the progress was written counts with the value that gives the behaviour of the
     version that wrote it: its default (e.g. `search_mode="exact"`, `importance_metric="ppl"`) or its `FORMER_VALUES`
     entry (`fast_search_screen=None`). The fast mode's settings do not matter between two exact searches, nor the
-    screen's between two searches without one. `max_steps`
-    may differ: it says where a search stops, not what it chooses (a resume checks it allows the steps already made).
+    screen's between two searches without one. `max_steps` may differ: it says where a search stops, not what it
+    chooses (a resume checks it allows the steps already made).
     """
     config, saved_config = current.config, {**MultiPrunerConfig().to_dict(), **FORMER_VALUES, **saved.config}
     ignored = PLACEMENT_FIELDS | STOPPING_FIELDS

@@ -385,7 +385,8 @@ class CandidateScorer:
         calibration set: each step's `candidate_damage`, then the damage near its own candidate forgotten (as `select`
         and `committed` leave it), so a resumed search screens as the uninterrupted one did."""
         for step in steps:
-            self._damage.update((Candidate.from_string(text), value) for text, value in (step.candidate_damage or {}).items())
+            damage = step.candidate_damage or {}
+            self._damage.update((Candidate.from_string(text), value) for text, value in damage.items())
             self._forget_damage_near(Candidate(step.action, step.layer))
 
     # ------------------------------------------------------------------ screening (fast mode)
