@@ -72,7 +72,9 @@ class MultiPrunerConfig:
             least damage when last scored (their mean objective increase per calibration sequence over that step's
             model); candidates whose damage is not known (never scored, or near a unit removed or shrunk since: see
             `fast_search_screen_radius`) race too, the others sit the step out; in (0, 1]. `None` races every
-            candidate at every step (the fast mode of searches saved before this field existed).
+            candidate at every step (the fast mode of searches saved before this field existed). The screen trades
+            quality for work: on SmolLM2 at 4,608 calibration tokens it halved the fast mode's work and ended 2-9%
+            higher in perplexity (`benchmarks/RESULTS.md`).
         fast_search_screen_radius (`int`): fast mode with a screen: a removed or shrunk unit makes the damage of the
             candidates of its layer and of this many layers on each side unknown, so they race at the next step (a
             removal changes its neighbours most). 0 forgets only the changed layer's own candidate (the first screen).
