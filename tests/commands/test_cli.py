@@ -14,7 +14,7 @@ import torch
 from testing_utils import run_optimum_cli, save_checkpoint
 
 from optimum.commands.multipruner.common import load_model_and_tokenizer
-from optimum.commands.multipruner.prune import NONE, _option_type, config_options, config_values
+from optimum.commands.multipruner.prune import NONE, PruneCommand, _option_type, config_options, config_values
 from optimum_multipruner import MultiPrunerConfig
 from optimum_multipruner.compat import prepare_openvino_export_args
 
@@ -152,15 +152,13 @@ def test_literal_fields_become_choices():
 
 
 def test_none_on_the_command_line_sets_an_optional_field_over_the_config_file(tmp_path):
-    options = config_options()
     config_file = tmp_path / "search.json"
     config_file.write_text(json.dumps({"fast_search_screen": 0.5, "target_ratio": 0.3}))
     parser = ArgumentParser()
-    parser.add_argument("--config")
-    for option in options:
-        parser.add_argument(option.flag, dest=option.name, type=option.parse, choices=option.choices)
-    args = parser.parse_args(["--config", str(config_file), "--fast-search-screen", "none", "--max-steps", "3"])
-    values = config_values(args, options)
+    PruneCommand.parse_args(parser)  # the parser `optimum-cli multipruner prune` builds
+    args = parser.parse_args(["-m", "dense", "out", "--config", str(config_file), "--fast-search-screen", "none",
+                              "--max-steps", "3"])
+    values = config_values(args, config_options())
     assert values == {"fast_search_screen": None, "target_ratio": 0.3, "max_steps": 3}
     assert MultiPrunerConfig(**values).fast_search_screen is None
 
