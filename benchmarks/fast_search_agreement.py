@@ -4,10 +4,11 @@ early abandon: the plain reference search's choices) and once with `search_mode=
 
 Each search is resumable under `--work-dir/<mode>` (rerun the same command after an interruption; the exact one may
 take more than one session on a 2-core CPU). `--max-steps` compares the first steps only (a larger one later extends
-both searches); `--fast-keep`, `--fast-screen` and `--fast-screen-radius` set the fast search's `fast_search_keep`,
-`fast_search_screen` and `fast_search_screen_radius` (it searches into `fast`, plus `_keep<k>` for another keep than
-0.5, `_screen<m>` unless the screen is off and `_radius<r>` for another radius than 1: the folders of several
-settings sit beside the same exact search). The report compares:
+both searches); `--fast-keep`, `--fast-screen`, `--fast-screen-radius` and `--fast-tie-z` set the fast search's
+`fast_search_keep`, `fast_search_screen`, `fast_search_screen_radius` and `fast_search_tie_z` (it searches into
+`fast`, plus `_keep<k>` for another keep than 0.5, `_screen<m>` unless the screen is off, `_radius<r>` for another
+radius than 1 and `_tie<z>` unless the tie rule is off: the folders of several settings sit beside the same exact
+search). The report compares:
 
 * work, in full-forward equivalents (FFE) per stage, from the records' `search_stats` (noise-free), and the plain
   reference evaluation's work: one full forward per candidate of every step (`candidates_started`, plus the fast
@@ -44,23 +45,30 @@ from optimum_multipruner.utils import atomic_write_text, read_json  # noqa: E402
 MODES = ("exact", "fast")
 
 
+def optional_float(text: str) -> Optional[float]:
+    return None if text.lower() == "none" else float(text)
+
+
 def search_config(args: argparse.Namespace, mode: str) -> MultiPrunerConfig:
     return MultiPrunerConfig(target_ratio=args.ratio, pruning_distribution=tuple(args.distribution),
                              mlp_channel_group_size=args.mlp_group_size, search_mode=mode, max_steps=args.max_steps,
                              **({"fast_search_keep": args.fast_keep, "fast_search_screen": args.fast_screen,
-                                 "fast_search_screen_radius": args.fast_screen_radius} if mode == "fast" else {}),
+                                 "fast_search_screen_radius": args.fast_screen_radius,
+                                 "fast_search_tie_z": args.fast_tie_z} if mode == "fast" else {}),
                              **calibration_options(args.rows, args.sequence_length))
 
 
 def mode_folder(args: argparse.Namespace, mode: str) -> str:
-    """`<work dir>/exact`, or `<work dir>/fast[_keep<k>][_screen<m>[_radius<r>]]` (`_keep` for another `--fast-keep`
-    than 0.5, `_screen` unless the screen is off, `_radius` for another `--fast-screen-radius` than 1)."""
+    """`<work dir>/exact`, or `<work dir>/fast[_keep<k>][_screen<m>[_radius<r>]][_tie<z>]` (`_keep` for another
+    `--fast-keep` than 0.5, `_screen` unless the screen is off, `_radius` for another `--fast-screen-radius` than 1,
+    `_tie` unless the tie rule is off)."""
     suffix = ""
     if mode == "fast":
         suffix += f"_keep{args.fast_keep:g}" if args.fast_keep != 0.5 else ""
         if args.fast_screen is not None:
             suffix += f"_screen{args.fast_screen:g}"
             suffix += f"_radius{args.fast_screen_radius}" if args.fast_screen_radius != 1 else ""
+        suffix += f"_tie{args.fast_tie_z:g}" if args.fast_tie_z is not None else ""
     return os.path.join(args.work_dir, mode + suffix)
 
 
@@ -142,11 +150,12 @@ def main() -> None:
     parser.add_argument("--mlp-group-size", type=int, default=256)
     parser.add_argument("--max-steps", type=int, help="compare the first steps only (both searches stop there)")
     parser.add_argument("--fast-keep", type=float, default=0.5, help="`fast_search_keep` of the fast search")
-    parser.add_argument("--fast-screen", type=lambda text: None if text.lower() == "none" else float(text),
-                        default=MultiPrunerConfig.fast_search_screen,
+    parser.add_argument("--fast-screen", type=optional_float, default=MultiPrunerConfig.fast_search_screen,
                         help="`fast_search_screen` of the fast search, or 'none' (default: the config's)")
     parser.add_argument("--fast-screen-radius", type=int, default=MultiPrunerConfig.fast_search_screen_radius,
                         help="`fast_search_screen_radius` of the fast search (default: the config's)")
+    parser.add_argument("--fast-tie-z", type=optional_float, default=MultiPrunerConfig.fast_search_tie_z,
+                        help="`fast_search_tie_z` of the fast search, or 'none' (default: the config's)")
     parser.add_argument("--threads", type=int, help="torch threads (records are identical only at equal counts)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--output", help="write the report as JSON here")

@@ -30,9 +30,10 @@ PLACEMENT_FIELDS = frozenset({"cache_device"})
 STOPPING_FIELDS = frozenset({"max_steps"})  # where a search stops, not what it computes: may grow on resume
 # Fields added since progress files were first written whose default is not what the search did before they existed:
 # a progress file without them resumes with these values.
-FORMER_VALUES = {"fast_search_screen": None, "fast_search_screen_radius": 0}
+FORMER_VALUES = {"fast_search_screen": None, "fast_search_screen_radius": 0, "fast_search_tie_z": None}
 FAST_MODE_FIELDS = frozenset(  # unused by the exact search
-    {"fast_search_first_sequences", "fast_search_keep", "fast_search_screen", "fast_search_screen_radius"}
+    {"fast_search_first_sequences", "fast_search_keep", "fast_search_screen", "fast_search_screen_radius",
+     "fast_search_tie_z"}
 )
 SCREEN_FIELDS = frozenset({"fast_search_screen_radius"})  # unused without a screen
 

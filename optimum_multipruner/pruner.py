@@ -152,7 +152,8 @@ class MultiPruner:
                     importance_metric=config.importance_metric, reference=references.get(set_name),
                     search_mode=config.search_mode, fast_search_first_sequences=config.fast_search_first_sequences,
                     fast_search_keep=config.fast_search_keep, fast_search_screen=config.fast_search_screen,
-                    fast_search_screen_radius=config.fast_search_screen_radius, head_chunk_size=config.head_chunk_size,
+                    fast_search_screen_radius=config.fast_search_screen_radius,
+                    fast_search_tie_z=config.fast_search_tie_z, head_chunk_size=config.head_chunk_size,
                 )
                 scorer.restore_damage([s for s in record.steps if calibration_set(s.stage) == set_name])
                 scorer_set = set_name
@@ -186,7 +187,7 @@ class MultiPruner:
             candidates, lambda c: trial(layers[c.layer], c, adapter, layout, units), f"step {len(self.record.steps) + 1}"
         )
         apply_candidate(layers[best.layer], best, adapter, layout, units)
-        scorer.committed(best, total)
+        scorer.committed(best)
         step = PruningStep(
             step=len(self.record.steps) + 1,
             stage=stage,

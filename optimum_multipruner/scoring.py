@@ -20,7 +20,13 @@ the `ceil(fast_search_keep * n)` candidates with the lowest totals on the previo
 candidate; `n` = candidates in that round); a candidate continues from the sequences it was already scored on, and
 within a round stops as soon as it can no longer be among the candidates the round keeps. The round on all sequences
 is the final one: its lowest total (exact early stopping, same tie rule) is the step's choice, so the choice is
-always made on the whole calibration set, among the candidates still in the race.
+always made on the whole calibration set, among the candidates still in the race. With `fast_search_tie_z` (z), a
+round also keeps every candidate that completed its prefix and that the round's leader is not clearly ahead of: the
+mean of its per-sequence objective differences from the leader's is at most z standard errors (a paired test over the
+prefix, from 2 sequences on). Halving a field of strong candidates cuts into the pack of near ties, whose order on a
+few sequences is chance; the tie rule sends them on to more sequences. A round that keeps ties scores every candidate
+on its whole prefix (no early stopping), so the ties it finds depend neither on the scoring order nor on the
+number of processes.
 
 With `fast_search_screen` (a share s; 0.25 by default in the fast mode), a step first screens the candidates by what
 earlier steps learnt about them: a candidate's damage is its mean objective increase per calibration sequence over the
@@ -199,6 +205,7 @@ class CandidateScorer:
         fast_search_keep: float = 0.5,
         fast_search_screen: Optional[float] = None,
         fast_search_screen_radius: int = 1,
+        fast_search_tie_z: Optional[float] = None,
         head_chunk_size: int = DEFAULT_HEAD_CHUNK_SIZE,
     ) -> None:
         if (importance_metric == "kl") != (reference is not None):
@@ -217,6 +224,7 @@ class CandidateScorer:
         self.screens = search_mode == "fast" and accelerated and fast_search_screen is not None
         self.fast_search_screen = fast_search_screen
         self.fast_search_screen_radius = fast_search_screen_radius
+        self.fast_search_tie_z = fast_search_tie_z
         self.head_chunk_size = head_chunk_size
         device = execution_device(model.get_input_embeddings())
         self.batches = [batch.to(device) for batch in sequences.split(batch_size)]  # each [batch, seq_len]
@@ -275,11 +283,21 @@ class CandidateScorer:
         with tqdm(total=sum(kept), desc=description, disable=not self.progress, leave=False) as bar:
             for r, stop in enumerate(stops):
                 completed.update((k, stops[r - 1] if r else 1) for k in survivors)  # the rounds it was kept through
-                keep = kept[r + 1] if r + 1 < len(stops) else 1
-                totals = self._shared_round(candidates, survivors, trial, stop, keep, tallies, bar)
+                final = r + 1 == len(stops)
+                keep = 1 if final else kept[r + 1]
+                keeps_ties = not final and self.fast_search_tie_z is not None and stop >= 2
+                # such a round scores every candidate on its whole prefix, so the ties it keeps depend neither on the
+                # scoring order nor on the processes
+                totals = self._shared_round(candidates, survivors, trial, stop, None if keeps_ties else keep, tallies,
+                                            bar)
                 ranked = sorted(totals, key=lambda k: _rank_key(totals[k], k))
-                self.stats.candidates_dropped += max(len(ranked) - keep, 0) if r + 1 < len(stops) else 0
                 survivors = ranked[:keep]
+                if keeps_ties:
+                    tied = self._tied_with_leader(ranked, keep, tallies, stop)
+                    survivors += tied
+                    bar.total += len(tied)
+                if not final:
+                    self.stats.candidates_dropped += max(len(ranked) - len(survivors), 0)
         for k, tally in tallies.items():
             self._previous_ranks[candidates[k]] = (-tally.done, self._sum(tally.objective))
         if self.screens:
@@ -300,13 +318,13 @@ class CandidateScorer:
         return candidates[best], total
 
     def score_round(self, candidates: Sequence[Candidate], indices: Sequence[int], trial: TrialFactory, stop: int,
-                    keep: int, tallies: dict[int, _Tally], bar=None) -> dict[int, float]:
+                    keep: Optional[int], tallies: dict[int, _Tally], bar=None) -> dict[int, float]:
         """Score `candidates[k]` for each `k` of `indices`, in that order, on the first `stop` calibration sequences,
         continuing from its tally in `tallies` (made when missing), and return the totals of those that completed.
 
         A candidate stops after any sequence once it cannot be among the `keep` best of the round: its partial total
         (the sequences still to score counted as 0) ranks after the `keep`-th best completed total, ties to the
-        earlier candidate. The plain scorer scores every candidate on all sequences.
+        earlier candidate. With `keep=None`, and in the plain scorer, every candidate is scored on all `stop` sequences.
         """
         totals: dict[int, float] = {}
         leaders: list[tuple[float, int]] = []  # rank keys of the best completed candidates, sorted, at most `keep`
@@ -314,13 +332,14 @@ class CandidateScorer:
             if k not in tallies:
                 tallies[k] = _Tally(self.num_sequences, self.reference is not None)
                 self.stats.candidates_started += 1
-            bound = leaders[-1] if len(leaders) == keep else None
+            bound = leaders[-1] if keep is not None and len(leaders) == keep else None
             with trial(candidates[k]):
                 complete = self._score(candidates[k], k, tallies[k], stop, bound)
             if complete:
                 totals[k] = self._sum(tallies[k].objective)
-                bisect.insort(leaders, _rank_key(totals[k], k))
-                del leaders[keep:]
+                if keep is not None:
+                    bisect.insort(leaders, _rank_key(totals[k], k))
+                    del leaders[keep:]
             else:
                 self.stats.candidates_stopped_early += 1
             if bar is not None:
@@ -328,7 +347,7 @@ class CandidateScorer:
         return totals
 
     def _shared_round(self, candidates: Sequence[Candidate], indices: Sequence[int], trial: TrialFactory, stop: int,
-                      keep: int, tallies: dict[int, _Tally], bar=None) -> dict[int, float]:
+                      keep: Optional[int], tallies: dict[int, _Tally], bar=None) -> dict[int, float]:
         """`score_round` spread over the processes of a distributed search (just the round with one process).
 
         The candidates are shared out, balanced by the work each has left (the layers it recomputes and the head,
@@ -361,16 +380,17 @@ class CandidateScorer:
         return (layers * self.stats.layer_weight + self.stats.head_weight) * sequences
 
     @torch.no_grad()
-    def committed(self, candidate: Candidate, total: float) -> None:
-        """Tell the scorer `candidate` was applied for good; refresh cached layer inputs after its layer."""
+    def committed(self, candidate: Candidate) -> None:
+        """Tell the scorer `candidate`, the choice of the last `select`, was applied for good: its losses become the
+        current model's; refresh cached layer inputs after its layer."""
+        if candidate not in self._winner_tally:
+            raise ValueError(f"`committed` takes the choice of the last `select`, got {candidate}.")
         start = time.perf_counter()
         self._previous_ranks.pop(candidate, None)
         self._forget_damage_near(candidate)
-        tally = self._winner_tally.pop(candidate, None)
-        self.base_total = total
-        self.base_nll_total = total if tally is None else self._sum(tally.nll)  # NLL objective: the total itself
-        if tally is not None:
-            self._base_objective = tally.objective
+        tally = self._winner_tally.pop(candidate)
+        self.base_total, self.base_nll_total = self._sum(tally.objective), self._sum(tally.nll)
+        self._base_objective = tally.objective
         if self.accelerated:
             first = candidate.layer
             for b in range(len(self.batches)):
@@ -397,6 +417,20 @@ class CandidateScorer:
             return set()
         known = sorted(_rank_key(self._damage[c], k) for k, c in enumerate(candidates) if c in self._damage)
         return {k for _, k in known[math.ceil(self.fast_search_screen * len(candidates)):]}
+
+    def _tied_with_leader(self, ranked: Sequence[int], keep: int, tallies: dict[int, _Tally], stop: int) -> list[int]:
+        """Fast mode: of the candidates ranked after the `keep` best of a round on the first `stop` (>= 2) sequences,
+        those the round's leader is not clearly ahead of: the mean of their per-sequence objective differences from
+        the leader's is at most `fast_search_tie_z` standard errors (paired, over the `stop` sequences)."""
+        if not ranked:
+            return []
+        leader = tallies[ranked[0]].objective[:stop]  # [stop]
+        tied = []
+        for k in ranked[keep:]:
+            difference = tallies[k].objective[:stop] - leader  # [stop]
+            if difference.mean().item() <= self.fast_search_tie_z * difference.std().item() / math.sqrt(stop):
+                tied.append(k)
+        return tied
 
     def _forget_damage_near(self, changed: Candidate) -> None:
         """Forget the damage of the candidates within `fast_search_screen_radius` layers of `changed` (its own

@@ -71,6 +71,9 @@ def test_bad_files_give_clear_errors(tmp_path, text, message):
         ("fast_search_screen_radius", -1),
         ("fast_search_screen_radius", 1.5),
         ("fast_search_screen_radius", True),
+        ("fast_search_tie_z", -1.0),
+        ("fast_search_tie_z", float("nan")),
+        ("fast_search_tie_z", True),
     ],
 )
 def test_invalid_fields(field, value):

@@ -194,16 +194,20 @@ def test_progress_written_before_a_config_field_existed_resumes_with_its_default
 
 @pytest.mark.parametrize(
     "missing, refused, former",
-    [  # before the screen; the first screen (the radius is not compared between searches without a screen)
-        (("fast_search_screen", "fast_search_screen_radius"), ["fast_search_screen", "fast_search_screen_radius"],
-         dict(fast_search_screen=None)),
-        (("fast_search_screen_radius",), ["fast_search_screen_radius"], dict(fast_search_screen_radius=0)),
+    [  # before the screen; the first screen (the radius is not compared between searches without a screen); before
+        # the tie rule
+        (("fast_search_screen", "fast_search_screen_radius", "fast_search_tie_z"),
+         ["fast_search_screen", "fast_search_screen_radius", "fast_search_tie_z"],
+         dict(fast_search_screen=None, fast_search_tie_z=None)),
+        (("fast_search_screen_radius", "fast_search_tie_z"), ["fast_search_screen_radius", "fast_search_tie_z"],
+         dict(fast_search_screen_radius=0, fast_search_tie_z=None)),
+        (("fast_search_tie_z",), ["fast_search_tie_z"], dict(fast_search_tie_z=None)),
     ],
 )
-def test_fast_progress_written_before_a_screen_field_existed_resumes_as_it_began(missing, refused, former, runs,
-                                                                                 inputs, tokenizer, calibration_file,
-                                                                                 tmp_path):
-    """Fast progress without a screen field resumes with the value that field's behaviour had before it existed
+def test_fast_progress_written_before_a_fast_mode_field_existed_resumes_as_it_began(missing, refused, former, runs,
+                                                                                    inputs, tokenizer,
+                                                                                    calibration_file, tmp_path):
+    """Fast progress without a fast-mode field resumes with the value that field's behaviour had before it existed
     (`progress.FORMER_VALUES`) and is refused under the new defaults. Between exact searches it does not matter."""
     root, _ = runs
     checkpoint = tmp_path / "checkpoint"

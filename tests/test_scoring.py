@@ -12,7 +12,7 @@ from optimum_multipruner.candidates import Candidate
 from optimum_multipruner.data import build_sequences, load_text_rows
 from optimum_multipruner.nll import head_chunk_bytes, head_losses, sequence_nll
 from optimum_multipruner.record import PruningStep
-from optimum_multipruner.scoring import CandidateScorer, final_hidden_states, original_final_hidden_states
+from optimum_multipruner.scoring import CandidateScorer, _Tally, final_hidden_states, original_final_hidden_states
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,31 @@ def test_fast_search_drops_candidates_and_chooses_by_the_full_set_total(trained_
         MultiPrunerConfig(search_mode="fast", accelerated_search=False)
 
 
+def test_tie_rule_keeps_candidates_the_leader_is_not_clearly_ahead_of(trained_model, sequences):
+    """`fast_search_tie_z`: a candidate the halving drops stays in the race while the mean of its per-sequence
+    differences from the round leader's is at most z standard errors; a huge z races every candidate to the whole set,
+    and the choice and its total are the exact search's either way."""
+    model = trained_model("llama")
+    adapter = get_adapter(model)
+    candidates = [Candidate("remove_mlp", layer) for layer in range(4)]
+    trial = scaled_head(model, dict(zip(candidates, (1.0, 1.05, 0.95, 1.1))))  # close calls
+    best_and_total = CandidateScorer(model, adapter, sequences, 4, progress=False).select(candidates, trial)
+    for tie_z, dropped in ((None, 3), (1e9, 0)):  # first round on 2 sequences: 4 -> 2 -> 1 by halving alone
+        fast = CandidateScorer(model, adapter, sequences, 4, search_mode="fast", fast_search_first_sequences=2,
+                               fast_search_tie_z=tie_z, progress=False)
+        assert fast.select(candidates, trial) == best_and_total
+        assert fast.stats.candidates_dropped == dropped and fast.stats.candidates_stopped_early == 0
+
+    scorer = CandidateScorer(model, adapter, sequences, 4, search_mode="fast", fast_search_tie_z=1.0, progress=False)
+    tallies = {}
+    for k, objective in enumerate(([2.0, 2.0, 2.0], [2.1, 1.95, 2.0], [2.1, 2.12, 2.0], [2.5, 2.6, 2.0])):
+        tallies[k] = _Tally(3, kl=False)
+        tallies[k].objective[:] = torch.tensor(objective, dtype=torch.float64)
+    # differences from the leader on 2 sequences: mean 0.025, standard error 0.075 (tied); 0.11, 0.01; 0.55, 0.05
+    assert scorer._tied_with_leader([0, 1, 2, 3], 1, tallies, 2) == [1]
+    assert scorer._tied_with_leader([0, 1, 2, 3], 2, tallies, 2) == []  # the second is kept by the halving
+
+
 def test_screen_sits_out_candidates_far_behind_and_a_restored_scorer_screens_alike(trained_model, sequences):
     """Step 1 races every candidate; step 2 (a quarter of 4 candidates: 1 of those with a known damage races) screens
     out the ruinous candidate far from the removal, races the mild one, the ruinous one next to the removal (its damage
@@ -132,7 +157,9 @@ def test_screen_sits_out_candidates_far_behind_and_a_restored_scorer_screens_ali
     assert scorer.select([harmless, near, mild, ruinous], trial) == (harmless, scorer.base_total)
     damage = scorer.step_damage
     assert damage[str(harmless)] == 0 and 0 < damage[str(mild)] < min(damage[str(near)], damage[str(ruinous)])
-    scorer.committed(harmless, scorer.base_total)  # the trial leaves the model as it was: the same base
+    with pytest.raises(ValueError, match="the choice of the last `select`"):
+        scorer.committed(mild)
+    scorer.committed(harmless)  # the trial leaves the model as it was: the same base
     step = PruningStep(1, "block", harmless.action, harmless.layer, None, None, None, 0, damage)
     restored, radius_0 = fast_scorer(), fast_scorer(radius=0)
     for second in (scorer, restored, radius_0):

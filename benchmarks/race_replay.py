@@ -1,0 +1,164 @@
+"""Fast-mode rules replayed along the exact search's path: per step, which candidate each rule would choose and the
+work it would do, free of the chaos of whole searches (a near tie taken the other way changes every later step).
+
+`record` runs `fast_search_agreement.py` (its arguments follow) with the exact search's per-sequence losses logged:
+one JSON line per step, the current model's per-sequence objective and every candidate's, as far as the exact
+search scored it (early abandon stops a candidate once its partial total exceeds the best total).
+
+    python benchmarks/race_replay.py record /root/runs/exact_tallies.jsonl -- --work-dir /root/runs/agreement_4608_whole \
+        --rows 40 --threads 2 --modes exact
+
+`replay` runs the library's own `CandidateScorer.select` (screen, halving, tie rule, early stopping) on the logged
+losses instead of the model, step by step; every step starts from the exact search's model (the exact choice is
+committed, whatever the rule chose). A candidate the exact search stopped early can not win: a rule that needs more of
+its sequences drops it there. Reported per rule: the steps on which it makes the exact choice, the calibration-loss
+cost of the others (mean NLL per sequence, about a relative perplexity increase), and its work in full-forward
+equivalents (FFE) against the plain reference evaluation (one full forward per candidate).
+
+    python benchmarks/race_replay.py replay /root/runs/exact_tallies.jsonl \
+        --output benchmarks/results/race_replay_4608.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import runpy
+import sys
+from typing import Any, Optional
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from smollm2 import load_smollm2  # noqa: E402
+
+from optimum_multipruner import get_adapter  # noqa: E402
+from optimum_multipruner.candidates import Candidate  # noqa: E402
+from optimum_multipruner.scoring import CandidateScorer, SearchStats, _rank_key  # noqa: E402
+from optimum_multipruner.utils import atomic_write_text  # noqa: E402
+
+RULES = {  # label: CandidateScorer options
+    "exact": dict(search_mode="exact"),
+    "fast, no screen": dict(search_mode="fast"),
+    "fast, no screen, tie z 1": dict(search_mode="fast", fast_search_tie_z=1.0),
+    **{f"fast, screen {screen}{f', tie z {z:g}' if z is not None else ''}":
+       dict(search_mode="fast", fast_search_screen=screen, fast_search_tie_z=z)
+       for screen in (0.2, 0.25, 0.3) for z in (None, 0.5, 1.0, 1.5, 2.0)},
+}
+
+
+def record(log_path: str, agreement_args: list[str]) -> None:
+    """Run `fast_search_agreement.py` with every scoring round of the scorer logged to `log_path`."""
+    score_round = CandidateScorer.score_round
+
+    def logged(self, candidates, indices, trial, stop, keep, tallies, bar=None):
+        totals = score_round(self, candidates, indices, trial, stop, keep, tallies, bar)
+        line = {"base": self._base_objective.tolist(),
+                "candidates": {str(candidates[k]): tallies[k].objective[: tallies[k].done].tolist() for k in indices}}
+        with open(log_path, "a") as log:
+            log.write(json.dumps(line) + "\n")
+        return totals
+
+    CandidateScorer.score_round = logged
+    sys.argv = ["fast_search_agreement.py", *agreement_args]
+    runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fast_search_agreement.py"),
+                   run_name="__main__")
+
+
+class ReplayScorer(CandidateScorer):
+    """A `CandidateScorer` scoring candidates from logged per-sequence losses instead of running the model."""
+
+    def __init__(self, stats: SearchStats, **options: Any) -> None:  # nothing to capture: no model
+        self.accelerated, self.progress, self.reference, self.model = True, False, None, None
+        self.search_mode = options.get("search_mode", "exact")
+        self.fast_search_first_sequences, self.fast_search_keep = 1, 0.5
+        self.fast_search_screen = options.get("fast_search_screen")
+        self.fast_search_screen_radius = 1
+        self.fast_search_tie_z = options.get("fast_search_tie_z")
+        self.screens = self.search_mode == "fast" and self.fast_search_screen is not None
+        self.num_sequences, self._batch_size = stats.num_sequences, 1
+        self.batches = [torch.zeros(1, 1)] * stats.num_sequences  # batch 1: totals summed per sequence
+        self._batch_starts = list(range(stats.num_sequences))
+        self.stats = stats
+        self._previous_ranks, self._damage, self.step_damage, self._winner_tally = {}, {}, None, {}
+        self.losses: dict[str, list[float]] = {}
+
+    def _score(self, candidate: Candidate, index: int, tally, stop: int, bound) -> bool:
+        losses = self.losses[str(candidate)]
+        while tally.done < stop:
+            if tally.done == len(losses):
+                return False  # the exact search stopped it here: it cannot win
+            self.stats.layer_passes += self.stats.num_layers - candidate.layer
+            self.stats.head_passes += 1
+            tally.objective[tally.done] = losses[tally.done]
+            tally.done += 1
+            if bound is not None and tally.done < stop and _rank_key(self._sum(tally.objective), index) > bound:
+                return False
+        return True
+
+    def follow(self, exact_choice: Candidate) -> None:
+        """Commit the exact search's choice, whatever this scorer chose (the next step's losses come from the log)."""
+        self._previous_ranks.pop(exact_choice, None)
+        self._forget_damage_near(exact_choice)
+        self._winner_tally = {}
+
+
+def calibration_set_of(candidate: Candidate) -> str:
+    return "block" if candidate.action.startswith("remove_") else "width"
+
+
+def replay(steps: list[dict], options: dict, weights: dict) -> dict:
+    """Replay `steps` (log lines) with one rule; returns its agreement, cost and work."""
+    scorer, scorer_set, same, cost, plain = None, None, 0, 0.0, 0
+    stats = SearchStats(num_sequences=len(steps[0]["base"]), **weights)
+    for step in steps:
+        candidates = [Candidate.from_string(name) for name in step["candidates"]]
+        full = {name: sum(losses) for name, losses in step["candidates"].items() if len(losses) == stats.num_sequences}
+        exact = Candidate.from_string(min(full, key=full.get))
+        if calibration_set_of(exact) != scorer_set:  # the search's scorer of each calibration set
+            scorer, scorer_set = ReplayScorer(stats, **options), calibration_set_of(exact)
+        scorer.losses = step["candidates"]
+        scorer._base_objective = torch.tensor(step["base"], dtype=torch.float64)
+        chosen, _ = scorer.select(candidates, lambda candidate: contextlib.nullcontext())
+        same += chosen == exact
+        cost += (full[str(chosen)] - full[str(exact)]) / stats.num_sequences
+        plain += len(candidates)
+        scorer.follow(exact)
+    return {"steps": len(steps), "same_choice": same, "cost_of_other_choices": cost,
+            "ffe": stats.full_forward_equivalents, "plain_reference_ffe": plain,
+            "fewer_than_plain": plain / stats.full_forward_equivalents}
+
+
+def model_weights() -> dict:
+    """Parameters of one dense decoder layer and of the lm_head of SmolLM2-135M, and its layer count (the FFE unit)."""
+    model, _ = load_smollm2()
+    layers = get_adapter(model).decoder_layers(model)
+    return {"layer_weight": sum(p.numel() for p in layers[0].parameters()),
+            "head_weight": model.get_output_embeddings().weight.numel(), "num_layers": len(layers)}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("record", "replay"))
+    parser.add_argument("log", help="the JSON-lines log of the exact search's losses")
+    parser.add_argument("agreement_args", nargs="*", help="record: fast_search_agreement.py's arguments (after --)")
+    parser.add_argument("--output", help="replay: write the report as JSON here")
+    args = parser.parse_args(argv)
+    if args.command == "record":
+        record(args.log, args.agreement_args)
+        return
+    steps = [json.loads(line) for line in open(args.log)]
+    weights = model_weights()
+    report = {"log": args.log, "steps": len(steps),
+              "rules": {label: replay(steps, options, weights) for label, options in RULES.items()}}
+    for label, result in report["rules"].items():
+        print(f"{label:32s} same {result['same_choice']:3d}/{result['steps']}  cost {result['cost_of_other_choices']:.4f}"
+              f"  FFE {result['ffe']:7.1f}  {result['fewer_than_plain']:5.1f}x fewer than plain")
+    if args.output:
+        atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
