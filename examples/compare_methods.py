@@ -160,7 +160,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reported", type=parse_setting, nargs="*", default=("44:52:4", "44:52:4/kl"),
                         help="candidates evaluated besides the best one (each must be a candidate)")
     parser.add_argument("--exact-search", action="store_true",
-                        help="search with the exact (accelerated) search instead of the fast mode")
+                        help="search with the exact (accelerated) search instead of the fast mode (which races "
+                        "every candidate here, as the results table's searches did)")
     parser.add_argument("--calibration-rows", type=int, default=40, help="Alpaca rows per calibration set")
     parser.add_argument("--sequence-length", type=int, default=512, help="tokens per calibration sequence")
     parser.add_argument("--mlp-group-size", type=int, default=256, help="MLP channels per step (multiple of 128)")
@@ -214,6 +215,8 @@ def search_config(run: Run, args: argparse.Namespace) -> MultiPrunerConfig:
     """The `MultiPrunerConfig` of a BlockPruner or MultiPruner run."""
     options = calibration_options(args.calibration_rows, args.sequence_length, args.seed)
     options["search_mode"] = "exact" if args.exact_search else "fast"
+    # the results table's fast mode: every candidate races, no tie rule (the screen trades quality for work)
+    options.update(fast_search_screen=None, fast_search_tie_z=None)
     if run.method == "blockpruner":
         return MultiPrunerConfig.blockpruner(run.ratio, **options)
     return MultiPrunerConfig(run.ratio, run.distribution, mlp_channel_group_size=args.mlp_group_size,
