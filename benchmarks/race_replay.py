@@ -68,7 +68,8 @@ def record(log_path: str, agreement_args: list[str]) -> None:
 
 
 class ReplayScorer(CandidateScorer):
-    """A `CandidateScorer` scoring candidates from logged per-sequence losses instead of running the model."""
+    """A `CandidateScorer` scoring candidates from logged per-sequence losses instead of running the model. It sets the
+    scorer's state itself (no model to capture), so a change to that state shows in `tests/benchmarks/`."""
 
     def __init__(self, stats: SearchStats, **options: Any) -> None:  # nothing to capture: no model
         self.accelerated, self.progress, self.reference, self.model = True, False, None, None
