@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 from smollm2 import load_smollm2  # noqa: E402
 
-from optimum_multipruner import get_adapter  # noqa: E402
+from optimum_multipruner import MultiPrunerConfig, get_adapter  # noqa: E402
 from optimum_multipruner.candidates import Candidate  # noqa: E402
 from optimum_multipruner.scoring import CandidateScorer, SearchStats, _rank_key  # noqa: E402
 from optimum_multipruner.utils import atomic_write_text  # noqa: E402
@@ -74,9 +74,10 @@ class ReplayScorer(CandidateScorer):
     def __init__(self, stats: SearchStats, **options: Any) -> None:  # nothing to capture: no model
         self.accelerated, self.progress, self.reference, self.model = True, False, None, None
         self.search_mode = options.get("search_mode", "exact")
-        self.fast_search_first_sequences, self.fast_search_keep = 1, 0.5
+        self.fast_search_first_sequences = MultiPrunerConfig.fast_search_first_sequences
+        self.fast_search_keep = MultiPrunerConfig.fast_search_keep
         self.fast_search_screen = options.get("fast_search_screen")
-        self.fast_search_screen_radius = 1
+        self.fast_search_screen_radius = MultiPrunerConfig.fast_search_screen_radius
         self.fast_search_tie_z = options.get("fast_search_tie_z")
         self.screens = self.search_mode == "fast" and self.fast_search_screen is not None
         self.num_sequences, self._batch_size = stats.num_sequences, 1
