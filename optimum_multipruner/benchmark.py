@@ -259,34 +259,8 @@ def benchmark(
             raise FileNotFoundError(
                 f"{directory} has no {OPENVINO_MODEL_FILES[0]}; export it with `optimum-cli export openvino`."
             )
-    if engine == "genai":
-        import importlib.util
-
-        if importlib.util.find_spec("openvino_genai") is None:
-            raise ImportError("The genai engine needs openvino-genai: `pip install optimum-multipruner[genai]`.")
-    ov_config = dict(ov_config or DEFAULT_OV_CONFIG)
-    workers = {}
-    try:
-        for name, directory in (("pruned", model_dir), ("dense", baseline_dir)):
-            workers[name] = _Worker(name, str(directory), device, ov_config, engine)
-        runs: dict[str, list[dict[str, float]]] = {"pruned": [], "dense": []}
-        for round_index in range(warmup + repetitions):
-            order = ("pruned", "dense") if round_index % 2 == 0 else ("dense", "pruned")
-            for name in order:
-                run = workers[name].ask(command="run", prompt_length=prompt_length, new_tokens=new_tokens,
-                                        seed=seed + round_index)
-                if round_index >= warmup:
-                    runs[name].append(run)
-        models = {}
-        for name, directory in (("pruned", model_dir), ("dense", baseline_dir)):
-            medians = {key: statistics.median(run[key] for run in runs[name]) for key in runs[name][0]}
-            medians["peak_rss_bytes"] = workers[name].ask(command="stats")["peak_rss_bytes"]
-            medians["model_memory_bytes"] = medians["peak_rss_bytes"] - workers[name].loaded["baseline_rss_bytes"]
-            medians["size_bytes"] = ir_size_bytes(directory)
-            models[name] = {"path": str(directory), **workers[name].loaded, **medians}
-    finally:
-        for worker in workers.values():
-            worker.close()
+    models, runs = measure_interleaved({"pruned": model_dir, "dense": baseline_dir}, device, prompt_length, new_tokens,
+                                       repetitions, warmup, ov_config, seed, engine)
     ratios = {key: models["pruned"][key] / models["dense"][key] for key in FIGURES[engine]}
     paired = {
         key: statistics.median(p[key] / d[key] for p, d in zip(runs["pruned"], runs["dense"]))
@@ -296,12 +270,57 @@ def benchmark(
         "engine": engine,
         "device": device,
         "settings": {"prompt_length": prompt_length, "new_tokens": new_tokens, "repetitions": repetitions,
-                     "warmup": warmup, "ov_config": ov_config, "order": "alternating per round (A B, B A, ...)"},
+                     "warmup": warmup, "ov_config": dict(ov_config or DEFAULT_OV_CONFIG),
+                     "order": "alternating per round (A B, B A, ...)"},
         "models": models,
         "ratios": ratios,
         "paired_ratios": paired,
         "runs": runs,
     }
+
+
+def measure_interleaved(
+    model_dirs: dict[str, Union[str, os.PathLike]],
+    device: str = "CPU",
+    prompt_length: int = 128,
+    new_tokens: int = 32,
+    repetitions: int = 5,
+    warmup: int = 1,
+    ov_config: Optional[dict[str, str]] = None,
+    seed: int = 0,
+    engine: str = "openvino",
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, float]]]]:
+    """Compile every IR of `model_dirs` (name -> folder) in its own worker and run them round by round, the order
+    reversed every round (A B C, C B A, ...); return per model its medians, peak memory and IR size, and the runs."""
+    if engine == "genai":
+        import importlib.util
+
+        if importlib.util.find_spec("openvino_genai") is None:
+            raise ImportError("The genai engine needs openvino-genai: `pip install optimum-multipruner[genai]`.")
+    ov_config = dict(ov_config or DEFAULT_OV_CONFIG)
+    names = list(model_dirs)
+    workers = {}
+    try:
+        for name in names:
+            workers[name] = _Worker(name, str(model_dirs[name]), device, ov_config, engine)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for round_index in range(warmup + repetitions):
+            for name in names if round_index % 2 == 0 else names[::-1]:
+                run = workers[name].ask(command="run", prompt_length=prompt_length, new_tokens=new_tokens,
+                                        seed=seed + round_index)
+                if round_index >= warmup:
+                    runs[name].append(run)
+        models = {}
+        for name in names:
+            medians = {key: statistics.median(run[key] for run in runs[name]) for key in runs[name][0]}
+            medians["peak_rss_bytes"] = workers[name].ask(command="stats")["peak_rss_bytes"]
+            medians["model_memory_bytes"] = medians["peak_rss_bytes"] - workers[name].loaded["baseline_rss_bytes"]
+            medians["size_bytes"] = ir_size_bytes(model_dirs[name])
+            models[name] = {"path": str(model_dirs[name]), **workers[name].loaded, **medians}
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return models, runs
 
 
 def _format_value(value: float, unit: str) -> str:
