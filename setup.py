@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "tqdm",
     "psutil",  # free RAM for the search's memory check
+    "accelerate>=1.1",  # transformers' Trainer (recovery after pruning)
+    "peft>=0.15",  # LoRA recovery
 ]
 
 EXTRAS_REQUIRE = {

@@ -10,6 +10,7 @@ from .exporters import enable_lazy_openvino_registration, export_openvino
 from .modeling import register_pruned_models
 from .pruner import MultiPruner
 from .record import PruningRecord, PruningStep
+from .recovery import RecoveryConfig
 from .structure import PrunedStructure
 from .surgery import count_parameters
 from .version import __version__
@@ -25,6 +26,7 @@ __all__ = [
     "PrunedStructure",
     "PruningRecord",
     "PruningStep",
+    "RecoveryConfig",
     "SUPPORTED_MODEL_TYPES",
     "count_parameters",
     "export_openvino",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from functools import cached_property
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from .modeling import to_pruned_model
 from .memory import check_search_memory
 from .nll import reference_ignore_index
 from .progress import SearchProgress, start_progress, tensors_hash
-from .record import PruningRecord, PruningStep, encode_weight_order
+from .record import RECORD_NAME, PruningRecord, PruningStep, encode_weight_order
 from .scoring import CandidateScorer, original_final_hidden_states
 from .structure import PrunedStructure
 from .surgery import (
@@ -35,6 +35,9 @@ from .surgery import (
     weight_magnitude_orders,
 )
 from .utils import atomic_directory, get_logger
+
+if TYPE_CHECKING:
+    from .recovery import RecoveryConfig
 
 logger = get_logger(__name__)
 
@@ -55,6 +58,7 @@ class MultiPruner:
         self.model = model
         self.tokenizer = tokenizer
         self.record: Optional[PruningRecord] = None
+        self.recovery_config: Optional["RecoveryConfig"] = None
 
     # ------------------------------------------------------------------ search
     def prune(
@@ -316,9 +320,40 @@ class MultiPruner:
         self.record = record
         return to_pruned_model(self.model, self.adapter, record.structure)
 
+    @classmethod
+    def from_pretrained(cls, pruned_directory: Union[str, os.PathLike], **model_kwargs) -> "MultiPruner":
+        """A pruner holding a saved pruned checkpoint, its tokenizer and its pruning record (when it has one), e.g. to
+        `recover` it. `model_kwargs` go to `AutoModelForCausalLM.from_pretrained` (`dtype`, `device_map`, ...)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(pruned_directory, **model_kwargs)
+        pruner = cls(model, AutoTokenizer.from_pretrained(pruned_directory))
+        if os.path.isfile(os.path.join(pruned_directory, RECORD_NAME)):
+            pruner.record = PruningRecord.load(pruned_directory)
+        return pruner
+
+    # ------------------------------------------------------------------ recovery after pruning
+    def recover(self, config: "RecoveryConfig", teacher: Union[nn.Module, str, None] = None,
+                checkpoint_dir: Union[str, os.PathLike, None] = None, resume: bool = False,
+                callbacks: Optional[list] = None) -> nn.Module:
+        """Distil the dense model (`teacher`, or `config.teacher`) into the pruned model, in place; the run's report
+        becomes the record's `recovery` section and `save_pretrained` also writes `recovery_config.json`.
+
+        See `optimum_multipruner.recovery.recover` (checks, LoRA merge, resumable checkpoints in `checkpoint_dir`).
+        """
+        from .recovery import recover
+
+        if read_structure(self.model, self.adapter) == PrunedStructure.dense(self.model.config, self.adapter):
+            raise ValueError("`recover` trains a pruned model; this one is dense. Call `prune` or `apply` first.")
+        report = recover(self.model, config, teacher, self.tokenizer, checkpoint_dir, resume, callbacks)
+        self.recovery_config = config
+        if self.record is not None:
+            self.record.recovery = report
+        return self.model
+
     def save_pretrained(self, save_directory: Union[str, os.PathLike], overwrite: bool = False) -> None:
-        """Save the pruned model (safetensors), the tokenizer and the pruning record, atomically. In a distributed
-        search only rank 0 writes; the other processes return at once."""
+        """Save the pruned model (safetensors), the tokenizer, the pruning record and, after `recover`, the
+        recovery config, atomically. In a distributed run only rank 0 writes; the other processes return at once."""
         if not distributed.is_main_process():
             return
         with atomic_directory(save_directory, overwrite) as tmp:
@@ -327,6 +362,8 @@ class MultiPruner:
                 self.tokenizer.save_pretrained(tmp)
             if self.record is not None:
                 self.record.save(tmp)
+            if self.recovery_config is not None:
+                self.recovery_config.save_pretrained(tmp)
 
     # ------------------------------------------------------------------ helpers
     def _units(self, config: MultiPrunerConfig) -> PruningUnits:

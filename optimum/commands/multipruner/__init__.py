@@ -12,6 +12,7 @@ from .evaluate import EvaluateCommand
 from .export import ExportCommand
 from .info import InfoCommand
 from .prune import PruneCommand
+from .recover import RecoverCommand
 
 
 class MultiPrunerCommand(BaseOptimumCLICommand):
@@ -24,6 +25,7 @@ class MultiPrunerCommand(BaseOptimumCLICommand):
     )
     SUBCOMMANDS = (
         CommandInfo(name="prune", help=PruneCommand.HELP, subcommand_class=PruneCommand),
+        CommandInfo(name="recover", help=RecoverCommand.HELP, subcommand_class=RecoverCommand),
         CommandInfo(name="export", help=ExportCommand.HELP, subcommand_class=ExportCommand),
         CommandInfo(name="info", help=InfoCommand.HELP, subcommand_class=InfoCommand),
         CommandInfo(name="benchmark", help=BenchmarkCommand.HELP, subcommand_class=BenchmarkCommand),
@@ -31,4 +33,5 @@ class MultiPrunerCommand(BaseOptimumCLICommand):
     )
 
 
-__all__ = ["BenchmarkCommand", "EvaluateCommand", "ExportCommand", "InfoCommand", "MultiPrunerCommand", "PruneCommand"]
+__all__ = ["BenchmarkCommand", "EvaluateCommand", "ExportCommand", "InfoCommand", "MultiPrunerCommand", "PruneCommand",
+           "RecoverCommand"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from argparse import ArgumentParser
-from typing import Any
+from typing import Any, Optional
 
 from .common import MultiPrunerSubcommand, check_model_source
 
@@ -58,6 +58,7 @@ def structure_summary(model_name_or_path: str) -> dict[str, Any]:
     layout = adapter.attention_layout(config)
     return {
         "model": model_name_or_path,
+        "recovery": recovery_summary(model_name_or_path),
         "model_type": adapter.model_type,
         "dense": {"attention_heads": layout.num_heads, "kv_heads": layout.num_kv_heads,
                   "mlp_width": config.intermediate_size},
@@ -65,6 +66,24 @@ def structure_summary(model_name_or_path: str) -> dict[str, Any]:
         "parameters": count_parameters(model),
         "dense_parameters": dense_parameter_count(config, adapter),
     }
+
+
+def recovery_summary(model_name_or_path: str) -> Optional[dict[str, Any]]:
+    """What recovery after pruning did, from the folder's pruning record (None if it was not recovered)."""
+    from transformers.utils import cached_file
+
+    from optimum_multipruner.record import RECORD_NAME
+    from optimum_multipruner.utils import read_json
+
+    path = cached_file(model_name_or_path, RECORD_NAME, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False)
+    recovery = read_json(path).get("recovery") if path else None
+    if not recovery:
+        return None
+    config, curve = recovery["config"], recovery["loss_curve"]
+    return {"method": config["method"], "teacher": recovery.get("teacher"), "dataset": config["dataset"],
+            "tokens_seen": recovery["tokens_seen"], "data_sha256": recovery["data_sha256"],
+            "final_loss": curve[-1]["loss"] if curve else None}
 
 
 def format_structure_table(summary: dict[str, Any]) -> str:
@@ -89,6 +108,13 @@ def format_structure_table(summary: dict[str, Any]) -> str:
         f"{sum(1 for row in summary['layers'] if row['kv_heads'])}/{len(summary['layers'])} layers, MLP kept in "
         f"{sum(1 for row in summary['layers'] if row['mlp_width'])}/{len(summary['layers'])}"
     )
+    recovery = summary.get("recovery")
+    if recovery:
+        lines.append(
+            f"recovered: {recovery['method']} distillation from {recovery['teacher']} on {recovery['tokens_seen']:,} "
+            f"tokens of {recovery['dataset']} (data sha256 {recovery['data_sha256'][:12]}), final loss "
+            f"{recovery['final_loss']}"
+        )
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """optimum-cli plugin of optimum-multipruner, read by optimum-cli at every start-up (keep it light; never fail).
 
-* `REGISTER_COMMANDS`: the `optimum-cli multipruner prune|export|info|benchmark|evaluate` command group
+* `REGISTER_COMMANDS`: the `optimum-cli multipruner prune|recover|export|info|benchmark|evaluate` command group
   (`optimum.commands.multipruner`; its modules import the library only inside their `execute()`).
 * The `optimum-cli export openvino` hook: its `run` is wrapped so that a pruned checkpoint
   (`model_type: multipruner_<family>`, read from config.json) exports with no `--task`; what that takes lives in

@@ -1,0 +1,105 @@
+"""`optimum-cli multipruner recover`: distil the dense model into a pruned checkpoint (full fine-tuning or LoRA)."""
+
+from __future__ import annotations
+
+import json
+import os
+from argparse import ArgumentParser, Namespace
+from typing import Any
+
+from .common import DTYPES, MultiPrunerSubcommand, check_model_source, parse_bool, parse_list
+
+# RecoveryConfig fields offered as options (kebab-case), with their type and help; the rest come from --config
+OPTIONS: dict[str, tuple[Any, str]] = {
+    "dataset": (str, "training text: local .txt/.json/.jsonl/.parquet file or Hub data set (never evaluation text)"),
+    "max_tokens": (int, "token budget of the run"),
+    "method": (str, "full (every weight trains) or lora (PEFT adapters, merged back at the end); default full"),
+    "sequence_length": (int, "tokens per training sequence (default 512)"),
+    "learning_rate": (float, "AdamW learning rate (default 5e-5)"),
+    "lr_scheduler_type": (str, "transformers schedule name (default constant_with_warmup)"),
+    "warmup_steps": (int, "warm-up optimizer steps (default 10)"),
+    "per_device_train_batch_size": (int, "sequences per step and process (default 1)"),
+    "gradient_accumulation_steps": (int, "micro-batches per optimizer step (default 1)"),
+    "distillation_weight": (float, "share of the KL-to-teacher term; the rest is next-token CE (default 1)"),
+    "temperature": (float, "softmax temperature of the KL term (default 1)"),
+    "lora_rank": (int, "LoRA rank (default 16)"),
+    "lora_alpha": (float, "LoRA alpha (default 32)"),
+    "lora_target_modules": (parse_list, "comma-separated module names, or all-linear (default)"),
+    "save_steps": (int, "a resumable checkpoint every N optimizer steps in --checkpoint-dir (default 50)"),
+    "logging_steps": (int, "loss-curve resolution in optimizer steps (default 10)"),
+    "seed": (int, "seed of the document order (default 42)"),
+    "bf16": (parse_bool, "train in bf16 mixed precision (true/false)"),
+    "gradient_checkpointing": (parse_bool, "recompute activations in the backward pass (true/false)"),
+    "teacher_device": (str, "device of the teacher, e.g. cuda:1 (default: the student's)"),
+    "text_column": (str, "text column of table-like files (default text)"),
+}
+
+
+class RecoverCommand(MultiPrunerSubcommand):
+    HELP = ("Recover a pruned model's quality by distillation from the dense model (transformers Trainer; runs "
+            "under torchrun / accelerate launch too).")
+
+    @staticmethod
+    def parse_args(parser: ArgumentParser) -> None:
+        parser.add_argument("-m", "--model", required=True, help="pruned checkpoint folder (from `prune` or `export`)")
+        parser.add_argument("--teacher", help="the dense model it was pruned from: folder or Hub id")
+        parser.add_argument("output", help="folder of the recovered checkpoint")
+        parser.add_argument("--config", help="recovery_config.json with any RecoveryConfig fields (options override)")
+        for name, (kind, help_text) in OPTIONS.items():
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=help_text)
+        parser.add_argument("--training-args", type=json.loads, metavar="JSON",
+                            help='further transformers TrainingArguments, e.g. \'{"fsdp": "full_shard"}\'')
+        parser.add_argument("--checkpoint-dir", help="folder of resumable checkpoints (default: none are written)")
+        parser.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir")
+        parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                            help="dtype to load student and teacher in (default float32; see --bf16 for mixed precision)")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+
+    def execute(self) -> None:
+        args = self.args
+        from optimum_multipruner import MultiPruner
+        from optimum_multipruner.recovery import RecoveryConfig
+        from optimum_multipruner.utils import check_output_dir
+
+        config = RecoveryConfig.from_dict(recovery_values(args))
+        check_model_source(args.model)
+        if config.teacher is None:
+            raise ValueError("Give the dense model to distil from with --teacher (or `teacher` in --config).")
+        check_model_source(config.teacher)
+        check_output_dir(args.output, args.overwrite)
+        if args.resume and not args.checkpoint_dir:
+            raise ValueError("--resume continues the run in --checkpoint-dir; give that folder.")
+        import torch
+
+        dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+        pruner = MultiPruner.from_pretrained(args.model, dtype=dtype)
+        pruner.recover(config, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+        pruner.save_pretrained(args.output, overwrite=args.overwrite)
+        from optimum_multipruner.distributed import is_main_process
+
+        if is_main_process():
+            tokens = pruner.record.recovery["tokens_seen"] if pruner.record is not None else config.max_tokens
+            print(f"Recovered {args.model} on {tokens:,} tokens; saved to {args.output}")
+
+
+def recovery_values(args: Namespace) -> dict[str, Any]:
+    """RecoveryConfig fields: `--config`'s, overridden by the options given on the command line."""
+    from optimum_multipruner.utils import read_json
+
+    values: dict[str, Any] = {}
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise FileNotFoundError(f"The recovery config {args.config} does not exist; check the path.")
+        values = read_json(args.config)
+        if not isinstance(values, dict):
+            raise ValueError(f"{args.config} must hold a JSON object of RecoveryConfig fields.")
+    given = {name: getattr(args, name) for name in (*OPTIONS, "teacher", "training_args")}
+    values.update({name: value for name, value in given.items() if value is not None})
+    targets = values.get("lora_target_modules")
+    if isinstance(targets, tuple):  # one word (all-linear) stays a string, as PEFT takes it
+        values["lora_target_modules"] = targets[0] if len(targets) == 1 and targets[0] == "all-linear" else list(targets)
+    missing = [name for name in ("dataset", "max_tokens") if name not in values]
+    if missing:
+        raise ValueError(f"Give {' and '.join('--' + name.replace('_', '-') for name in missing)} (or set them in "
+                         "--config).")
+    return values

@@ -1,0 +1,182 @@
+"""`RecoveryConfig`: every setting of a recovery run (distillation from the dense model after pruning)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from ..utils import atomic_write_text, read_json
+
+RECOVERY_CONFIG_NAME = "recovery_config.json"
+
+METHODS = ("full", "lora")
+# transformers' `SchedulerType` values that do not need extra arguments
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+                 "inverse_sqrt", "warmup_stable_decay")
+# schedules that do not depend on the run's length: a finished run can be extended to a larger budget with `resume`
+LENGTH_FREE_SCHEDULERS = ("constant", "constant_with_warmup", "inverse_sqrt")
+# fields a resumed run may change: the budget (for a length-free schedule) and where the teacher runs
+RESUMABLE_CHANGES = ("max_tokens", "teacher_device")
+
+
+@dataclass
+class RecoveryConfig:
+    """Configuration of a recovery run: the pruned model (student) is trained to match the dense model (teacher).
+
+    The loss is `distillation_weight * T^2 * KL(p_teacher^T || p_student^T) + (1 - distillation_weight) * CE`, per
+    token (all next-token positions) and averaged, where `^T` is the softmax at `temperature`. Training runs on
+    transformers' `Trainer` (bf16, gradient checkpointing, `torchrun` / `accelerate launch`, FSDP come from there;
+    any other `TrainingArguments` field goes in `training_args`).
+
+    Args:
+        dataset (`str`): training text: a local `.txt`/`.json`/`.jsonl`/`.parquet` file or a Hub data set (its train
+            split), read as calibration text is (`optimum_multipruner.data.load_text_rows`). Never the evaluation text.
+        max_tokens (`int`): token budget: the run makes `ceil(max_tokens / tokens_per_step)` optimizer steps.
+        teacher (`str`, *optional*): folder or Hub id of the dense model (may instead be passed as a model object).
+        text_column (`str`): column holding the text of table-like files.
+        sequence_length (`int`): tokens per training sequence (documents are packed, separated by EOS).
+        method (`str`): `"full"` (every weight trains) or `"lora"` (PEFT LoRA adapters, merged back at the end, so the
+            result has the pruned shapes).
+        learning_rate (`float`), lr_scheduler_type (`str`), warmup_steps (`int`), weight_decay (`float`),
+            max_grad_norm (`float`): AdamW and its schedule, as in `TrainingArguments`.
+        per_device_train_batch_size (`int`), gradient_accumulation_steps (`int`): sequences per step and process;
+            the global batch is their product times the number of processes.
+        distillation_weight (`float`): share of the KL term in [0, 1]; the rest is next-token cross-entropy.
+        temperature (`float`): softmax temperature of the KL term.
+        lora_rank (`int`), lora_alpha (`int`), lora_dropout (`float`), lora_target_modules (`str` or `list[str]`):
+            PEFT `LoraConfig` settings; `"all-linear"` targets every linear layer but the output head.
+        save_steps (`int`): a resumable checkpoint every so many optimizer steps (0: none).
+        logging_steps (`int`): the loss curve's resolution, in optimizer steps.
+        seed (`int`): seed of the document order and of the data sampler.
+        bf16 (`bool`), gradient_checkpointing (`bool`): as in `TrainingArguments`.
+        teacher_device (`str`, *optional*): device of the teacher (e.g. `"cuda:1"`); default: the student's.
+        head_chunk_size (`int`): positions per chunk of the teacher's output head (bounds its logits' memory for
+            large vocabularies).
+        training_args (`dict`): further `TrainingArguments` fields (e.g. `{"fsdp": "full_shard"}`, `{"optim":
+            "adamw_torch_fused"}`); they override the ones derived from this config.
+    """
+
+    dataset: str
+    max_tokens: int
+    teacher: Optional[str] = None
+    text_column: str = "text"
+    sequence_length: int = 512
+    method: str = "full"
+    learning_rate: float = 5e-5
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    distillation_weight: float = 1.0
+    temperature: float = 1.0
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: Union[str, list[str]] = "all-linear"
+    save_steps: int = 50
+    logging_steps: int = 10
+    seed: int = 42
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    teacher_device: Optional[str] = None
+    head_chunk_size: int = 512
+    training_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora_target_modules, (list, tuple)):
+            self.lora_target_modules = list(self.lora_target_modules)
+        self.validate()
+
+    def validate(self) -> None:
+        """`ValueError` naming the first field out of range."""
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise ValueError("`dataset` must name a local text file or a Hub data set.")
+        for name in ("max_tokens", "sequence_length", "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "lora_rank", "logging_steps", "head_chunk_size"):
+            _check_positive_int(name, getattr(self, name))
+        for name in ("warmup_steps", "save_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+        if self.sequence_length < 2:
+            raise ValueError("`sequence_length` must be at least 2 (one next-token prediction).")
+        if self.method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}.")
+        if self.lr_scheduler_type not in LR_SCHEDULERS:
+            raise ValueError(f"`lr_scheduler_type` must be one of {LR_SCHEDULERS}, got {self.lr_scheduler_type!r}.")
+        _check_number("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        _check_number("weight_decay", self.weight_decay, low=0.0)
+        _check_number("max_grad_norm", self.max_grad_norm, low=0.0)
+        _check_number("distillation_weight", self.distillation_weight, low=0.0, high=1.0)
+        _check_number("temperature", self.temperature, low=0.0, low_open=True)
+        _check_number("lora_alpha", self.lora_alpha, low=0.0, low_open=True)
+        _check_number("lora_dropout", self.lora_dropout, low=0.0, high=1.0)
+        targets = self.lora_target_modules
+        if not (isinstance(targets, str) and targets) and not (
+            isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)
+        ):
+            raise ValueError("`lora_target_modules` must be `\"all-linear\"` or a non-empty list of module names.")
+        if not isinstance(self.training_args, dict):
+            raise ValueError(f"`training_args` must be a dict of TrainingArguments fields, got {self.training_args!r}.")
+
+    @property
+    def length_free_schedule(self) -> bool:
+        """Whether the learning-rate schedule is the same whatever the run's length (so a run can be extended)."""
+        return self.lr_scheduler_type in LENGTH_FREE_SCHEDULERS
+
+    def resume_differences(self, saved: "RecoveryConfig") -> list[str]:
+        """Fields that differ from an interrupted run's config and may not change on resume."""
+        mine, theirs = self.to_dict(), saved.to_dict()
+        differing = [key for key in mine if mine[key] != theirs.get(key) and key not in RESUMABLE_CHANGES]
+        if self.max_tokens != saved.max_tokens and not self.length_free_schedule:
+            differing.append("max_tokens (the schedule depends on the run's length)")
+        return differing
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RecoveryConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"A recovery config must be a JSON object, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown RecoveryConfig fields {unknown}.")
+        return cls(**data)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> str:
+        """Write `recovery_config.json` into `save_directory` (atomically) and return its path."""
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, RECOVERY_CONFIG_NAME)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, os.PathLike]) -> "RecoveryConfig":
+        """Read a `recovery_config.json` file, or the one inside a folder."""
+        if os.path.isdir(path):
+            path = os.path.join(path, RECOVERY_CONFIG_NAME)
+        return cls.from_dict(read_json(path))
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def _check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    """`ValueError` unless `value` is a real number in `[low, high]` (`(low, high]` with `low_open`)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        upper = "inf)" if high == math.inf else f"{high}]"
+        raise ValueError(f"`{name}` must be a number in {bracket}{low}, {upper}, got {value!r}.")

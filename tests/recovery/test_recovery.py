@@ -1,0 +1,304 @@
+"""Recovery by distillation on tiny models: the loss is wired (held-out KL drops), LoRA merges into the pruned shapes,
+the result reloads and exports, an interrupted run resumes to the same bytes, and bad input is refused before any
+training step."""
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from testing_utils import make_model, make_text, run_optimum_cli
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+import optimum_multipruner  # noqa: F401  (registers the pruned model types)
+from optimum_multipruner import MultiPruner, get_adapter
+from optimum_multipruner.modeling import to_pruned_model
+from optimum_multipruner.nll import token_kl
+from optimum_multipruner.record import RECORD_NAME, PruningRecord
+from optimum_multipruner.recovery import RECOVERY_CONFIG_NAME, RecoveryConfig, last_complete_checkpoint, recover
+from optimum_multipruner.structure import PrunedStructure
+from optimum_multipruner.surgery import apply_structure, dense_parameter_count
+
+# layer 0 without attention, layer 1 without MLP, uneven KV heads and MLP widths
+STRUCTURE = PrunedStructure(
+    num_attention_heads=[0, 2, 4, 2], num_key_value_heads=[0, 1, 2, 1], intermediate_size=[128, 0, 256, 64]
+)
+SEQUENCE_LENGTH = 32
+
+
+def pruned_copy(teacher, structure=STRUCTURE):
+    """The teacher's weights, physically pruned to `structure`, with its pruning record."""
+    student = copy.deepcopy(teacher)
+    adapter = get_adapter(student)
+    apply_structure(student, adapter, structure)
+    student = to_pruned_model(student, adapter, structure)
+    record = PruningRecord(model_type=adapter.model_type, num_hidden_layers=student.config.num_hidden_layers,
+                           dense_parameters=dense_parameter_count(student.config, adapter), structure=structure,
+                           weight_reorder=False, source="tests/recovery")
+    return student, record
+
+
+def config(training_file, **overrides):
+    values = dict(dataset=training_file, max_tokens=40 * SEQUENCE_LENGTH, sequence_length=SEQUENCE_LENGTH,
+                  learning_rate=2e-3, warmup_steps=2, per_device_train_batch_size=2, save_steps=0, logging_steps=2)
+    values.update(overrides)
+    return RecoveryConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def training_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recovery") / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in make_text(600, seed=5)), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def held_out(tokenizer):
+    ids = tokenizer("\n\n".join(make_text(80, seed=11)), return_tensors="pt").input_ids[0]
+    return ids[: len(ids) // 64 * 64].view(-1, 64)  # text the recovery never sees
+
+
+@pytest.fixture
+def teacher(trained_model):
+    return trained_model("llama")
+
+
+def mean_kl(student, teacher, sequences) -> float:
+    with torch.no_grad():
+        return token_kl(student(input_ids=sequences).logits, teacher(input_ids=sequences).logits).mean().item()
+
+
+def test_recovery_lowers_the_kl_to_the_teacher_on_held_out_text(teacher, tokenizer, training_file, held_out):
+    student, _ = pruned_copy(teacher)
+    before = mean_kl(student, teacher, held_out)
+    report = recover(student, config(training_file), teacher, tokenizer)
+    after = mean_kl(student, teacher, held_out)
+    assert after < 0.6 * before, (before, after)  # measured: about 0.25x; a loss that is not wired leaves it as is
+    assert report["tokens_seen"] == 40 * SEQUENCE_LENGTH
+    assert report["steps"] == 20
+    assert [point["step"] for point in report["loss_curve"]] == list(range(2, 21, 2))
+    assert report["loss_curve"][-1]["loss"] < report["loss_curve"][0]["loss"]
+    assert not student.training
+
+
+def test_cross_entropy_only_trains_without_the_teacher_logits(teacher, tokenizer, training_file, held_out):
+    student, _ = pruned_copy(teacher)
+    start = {name: tensor.clone() for name, tensor in student.state_dict().items()}
+    recover(student, config(training_file, distillation_weight=0.0, max_tokens=4 * SEQUENCE_LENGTH), teacher,
+            tokenizer)
+    assert any(not torch.equal(start[name], tensor) for name, tensor in student.state_dict().items())
+
+
+def test_lora_recovery_merges_into_the_pruned_shapes(teacher, tokenizer, training_file, held_out):
+    student, _ = pruned_copy(teacher)
+    shapes = {name: tensor.shape for name, tensor in student.state_dict().items()}
+    before = mean_kl(student, teacher, held_out)
+    recover(student, config(training_file, method="lora", lora_rank=8, learning_rate=5e-3), teacher, tokenizer)
+    assert type(student).__name__ == "MultiPrunedLlamaForCausalLM"
+    assert {name: tensor.shape for name, tensor in student.state_dict().items()} == shapes  # no adapter left
+    assert mean_kl(student, teacher, held_out) < 0.8 * before
+
+
+def test_lora_merge_gives_the_peft_models_logits(teacher, held_out):
+    from peft import LoraConfig, get_peft_model
+
+    student, _ = pruned_copy(teacher)
+    peft_model = get_peft_model(student, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    with torch.no_grad():
+        expected = peft_model(input_ids=held_out).logits
+        with peft_model.disable_adapter():
+            assert not torch.allclose(peft_model(input_ids=held_out).logits, expected, atol=1e-3)  # adapters matter
+        merged = peft_model.merge_and_unload()
+        actual = merged(input_ids=held_out).logits
+    assert merged is student
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_recovered_checkpoint_reloads_exports_and_records_the_run(teacher, tokenizer, training_file, held_out,
+                                                                  tmp_path):
+    from optimum.intel import OVModelForCausalLM
+
+    from optimum_multipruner.exporters import export_openvino
+
+    student, record = pruned_copy(teacher)
+    pruner = MultiPruner(student, tokenizer)
+    pruner.record = record
+    pruner.recover(config(training_file, max_tokens=8 * SEQUENCE_LENGTH), teacher=teacher)
+    pruner.save_pretrained(tmp_path / "recovered")
+
+    saved = PruningRecord.load(tmp_path / "recovered")
+    assert saved.recovery["tokens_seen"] == 8 * SEQUENCE_LENGTH and len(saved.recovery["data_sha256"]) == 64
+    assert RecoveryConfig.from_pretrained(tmp_path / "recovered") == pruner.recovery_config
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "recovered", attn_implementation="eager")
+    with torch.no_grad():
+        expected = student(input_ids=held_out[:2]).logits
+        torch.testing.assert_close(reloaded(input_ids=held_out[:2]).logits, expected, atol=0, rtol=0)
+
+    export_openvino(str(tmp_path / "recovered"), tmp_path / "ir", weight_format="fp32", convert_tokenizer=False)
+    with open(tmp_path / "ir" / RECORD_NAME, encoding="utf-8") as handle:
+        assert json.load(handle)["recovery"] == saved.recovery  # the IR says how it was made
+    ir = OVModelForCausalLM.from_pretrained(tmp_path / "ir", ov_config={"INFERENCE_PRECISION_HINT": "f32"})
+    ov_logits = torch.as_tensor(ir(input_ids=held_out[:2], attention_mask=torch.ones_like(held_out[:2])).logits)
+    torch.testing.assert_close(ov_logits, expected, atol=1e-4, rtol=0)
+
+
+class _KillAt(TrainerCallback):
+    """Raises at the start of optimizer step `step` + 1, as a kill between two steps would stop the run."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("killed")
+
+
+def test_resume_reaches_the_uninterrupted_weights(teacher, tokenizer, training_file, tmp_path):
+    settings = dict(max_tokens=12 * SEQUENCE_LENGTH, save_steps=2, learning_rate=1e-3,
+                    lr_scheduler_type="linear", training_args={"use_cpu": True})
+    whole, _ = pruned_copy(teacher)
+    recover(whole, config(training_file, **settings), teacher, tokenizer, checkpoint_dir=tmp_path / "whole")
+
+    interrupted, _ = pruned_copy(teacher)
+    with pytest.raises(KeyboardInterrupt):
+        recover(interrupted, config(training_file, **settings), teacher, tokenizer, checkpoint_dir=tmp_path / "run",
+                callbacks=[_KillAt(3)])
+    assert last_complete_checkpoint(tmp_path / "run").endswith("checkpoint-2")
+    os.makedirs(tmp_path / "run" / "checkpoint-4")  # a checkpoint the kill left half-written is not used
+    with pytest.raises(FileExistsError, match="already holds a recovery run"):
+        recover(pruned_copy(teacher)[0], config(training_file, **settings), teacher, tokenizer,
+                checkpoint_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"differs from the interrupted run's in \['learning_rate'\]"):
+        recover(pruned_copy(teacher)[0], config(training_file, **{**settings, "learning_rate": 2e-3}), teacher,
+                tokenizer, checkpoint_dir=tmp_path / "run", resume=True)
+
+    resumed, _ = pruned_copy(teacher)
+    report = recover(resumed, config(training_file, **settings), teacher, tokenizer, checkpoint_dir=tmp_path / "run",
+                     resume=True)
+    assert report["steps"] == 6
+    for name, tensor in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+
+
+def test_a_length_free_schedule_extends_to_a_larger_budget(teacher, tokenizer, training_file, tmp_path):
+    settings = dict(save_steps=2, learning_rate=1e-3, training_args={"use_cpu": True})
+    whole, _ = pruned_copy(teacher)
+    recover(whole, config(training_file, max_tokens=8 * SEQUENCE_LENGTH, **settings), teacher, tokenizer)
+    short, _ = pruned_copy(teacher)
+    recover(short, config(training_file, max_tokens=4 * SEQUENCE_LENGTH, **settings), teacher, tokenizer,
+            checkpoint_dir=tmp_path / "run")
+    extended, _ = pruned_copy(teacher)
+    recover(extended, config(training_file, max_tokens=8 * SEQUENCE_LENGTH, **settings), teacher, tokenizer,
+            checkpoint_dir=tmp_path / "run", resume=True)
+    for name, tensor in whole.state_dict().items():
+        assert torch.equal(extended.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="a resumed run can only keep or extend it"):
+        recover(pruned_copy(teacher)[0], config(training_file, max_tokens=4 * SEQUENCE_LENGTH, **settings), teacher,
+                tokenizer, checkpoint_dir=tmp_path / "run", resume=True)
+
+
+# ----------------------------------------------------------------------------------------------------- bad input
+class _NoTrainingStep(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        raise AssertionError("a training step ran")
+
+
+@pytest.mark.parametrize("case, error, match", [
+    ("vocabulary", ValueError, r"vocabulary \(300 tokens\) differs from the student's \(320\)"),
+    ("family", ValueError, "The teacher is a qwen2 model, but the student is a pruned llama model"),
+    ("not smaller", ValueError, "not a pruned copy of this teacher"),
+    ("empty data", ValueError, "is empty"),
+    ("short data", ValueError, "fewer than the 1280 the run needs"),
+    ("lora targets", ValueError, r"LoRA target modules \['qkv_proj'\] match no linear layer"),
+    ("no teacher", ValueError, "Recovery needs a teacher"),
+])
+def test_bad_input_is_refused_before_training(case, error, match, teacher, tokenizer, training_file, tmp_path):
+    student, _ = pruned_copy(teacher)
+    settings, other_teacher = {}, teacher
+    if case == "vocabulary":
+        other_teacher = make_model("llama", vocab_size=300)
+    elif case == "family":
+        other_teacher = make_model("qwen2")
+    elif case == "not smaller":
+        other_teacher = make_model("llama", num_hidden_layers=2)
+    elif case in ("empty data", "short data"):
+        path = tmp_path / "train.txt"
+        path.write_text("" if case == "empty data" else "\n".join(make_text(5)), encoding="utf-8")
+        settings["dataset"] = str(path)
+    elif case == "lora targets":
+        settings.update(method="lora", lora_target_modules=["q_proj", "qkv_proj"])
+    elif case == "no teacher":
+        other_teacher = None
+    start = copy.deepcopy(student.state_dict())
+    with pytest.raises(error, match=match):
+        recover(student, config(training_file, **settings), other_teacher, tokenizer, callbacks=[_NoTrainingStep()])
+    for name, tensor in student.state_dict().items():
+        assert torch.equal(start[name], tensor)
+
+
+def test_a_student_as_large_as_the_teacher_is_refused(teacher, tokenizer, training_file):
+    with pytest.raises(ValueError, match="not smaller than the teacher"):
+        recover(copy.deepcopy(teacher), config(training_file), teacher, tokenizer)
+    with pytest.raises(ValueError, match="this one is dense"):
+        MultiPruner(copy.deepcopy(teacher), tokenizer).recover(config(training_file), teacher=teacher)
+
+
+def test_cli_recover_refuses_an_existing_output_and_writes_a_recovered_checkpoint(teacher, tokenizer, training_file,
+                                                                                    tmp_path, capsys):
+    student, record = pruned_copy(teacher)
+    student.save_pretrained(tmp_path / "pruned")
+    tokenizer.save_pretrained(tmp_path / "pruned")
+    record.save(tmp_path / "pruned")
+    teacher.save_pretrained(tmp_path / "dense")
+    tokenizer.save_pretrained(tmp_path / "dense")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep me", encoding="utf-8")
+    options = ["multipruner", "recover", "-m", str(tmp_path / "pruned"), "--teacher", str(tmp_path / "dense"),
+               "--dataset", training_file, "--max-tokens", str(4 * SEQUENCE_LENGTH), "--sequence-length",
+               str(SEQUENCE_LENGTH), str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        run_optimum_cli(*options)
+    assert exit_info.value.code == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "out" / "mine.txt").read_text(encoding="utf-8") == "keep me"
+
+    run_optimum_cli(*options, "--overwrite", "--method", "lora", "--lora-target-modules", "q_proj,v_proj")
+    assert "Recovered" in capsys.readouterr().out
+    saved = RecoveryConfig.from_pretrained(tmp_path / "out" / RECOVERY_CONFIG_NAME)
+    assert saved.method == "lora" and saved.lora_target_modules == ["q_proj", "v_proj"]
+    run_optimum_cli("multipruner", "info", str(tmp_path / "out"))
+    assert "recovered: lora distillation from" in capsys.readouterr().out
+
+
+def test_torchrun_two_processes_give_the_single_process_result(teacher, tokenizer, training_file, tmp_path):
+    """`torchrun --nproc-per-node 2 ... optimum-cli multipruner recover` (gloo, one sequence per rank) against one
+    process with two sequences per step: the same global batches, so the same weights up to the order of float sums
+    (DDP averages the ranks' gradients where one process sums two sequences': measured differences ~1e-7)."""
+    import subprocess
+    import sys
+
+    student, record = pruned_copy(teacher)
+    for folder, model in (("pruned", student), ("dense", teacher)):
+        model.save_pretrained(tmp_path / folder)
+        tokenizer.save_pretrained(tmp_path / folder)
+    record.save(tmp_path / "pruned")
+    cli = os.path.join(os.path.dirname(sys.executable), "optimum-cli")
+    options = ["-m", str(tmp_path / "pruned"), "--teacher", str(tmp_path / "dense"), "--dataset", training_file,
+               "--max-tokens", str(8 * SEQUENCE_LENGTH), "--sequence-length", str(SEQUENCE_LENGTH),
+               "--learning-rate", "1e-3", "--training-args", '{"use_cpu": true}']
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python", cli,
+         "multipruner", "recover", *options, "--per-device-train-batch-size", "1", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Recovered ") == 1  # only rank 0 reports and writes
+    run_optimum_cli("multipruner", "recover", *options, "--per-device-train-batch-size", "2", str(tmp_path / "one"))
+    one = AutoModelForCausalLM.from_pretrained(tmp_path / "one").state_dict()
+    two = AutoModelForCausalLM.from_pretrained(tmp_path / "two").state_dict()
+    assert PruningRecord.load(tmp_path / "two").recovery["tokens_seen"] == 8 * SEQUENCE_LENGTH
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+    start = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").state_dict()
+    assert any(not torch.allclose(start[name], tensor) for name, tensor in one.items())
