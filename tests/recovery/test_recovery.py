@@ -302,3 +302,16 @@ def test_torchrun_two_processes_give_the_single_process_result(teacher, tokenize
         torch.testing.assert_close(two[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
     start = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").state_dict()
     assert any(not torch.allclose(start[name], tensor) for name, tensor in one.items())
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(teacher, tokenizer, tmp_path):
+    from testing_utils import make_tokenizer
+
+    from optimum_multipruner.recovery import check_teacher
+
+    student, _ = pruned_copy(teacher)
+    make_tokenizer(vocab_size=300).save_pretrained(tmp_path / "dense")
+    with pytest.raises(ValueError, match="differs from the student's: teacher and student must share one tokenizer"):
+        check_teacher(student, teacher, tokenizer, str(tmp_path / "dense"))
+    tokenizer.save_pretrained(tmp_path / "same")
+    check_teacher(student, teacher, tokenizer, str(tmp_path / "same"))

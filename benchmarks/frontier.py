@@ -1,0 +1,306 @@
+"""Where pruning pays: quality, speed and size of dense, pruned and recovered SmolLM2-135M as int8 and int4 IRs.
+
+    python benchmarks/frontier.py --workdir frontier-work --max-tokens 200000
+
+One command, resumable: every stage skips what its output folder or result file already holds, and a recovery run
+continues from its last checkpoint. Stages, in order (`--stages` runs a subset):
+
+* `models`: the dense model (examples/smollm2.py) and the results table's MultiPruner 44:52:4 records at 10% and 20%
+  applied to it (benchmarks/results/smollm2/multipruner_44_52_4_{10,20}/pruning_record.json).
+* `recover`: each pruned model distilled from the dense one (`MultiPruner.recover`, full fine-tuning, KL to the
+  teacher) on the local C4 sample (../shared/assets/c4-redpajama-sample: C4 train documents, never evaluation text),
+  `--max-tokens` tokens in sequences of 512.
+* `export`: every model to int8 (per-channel) and int4 (group size 64 for every model: 64 divides the hidden size 576
+  and every pruned width, so no layer falls back to another group size) IRs, and to fp32 IRs (the PyTorch-precision
+  perplexity of the recovery goals; the test suite checks fp32 IR logits against PyTorch's).
+* `evaluate`: per IR, WikiText-2 perplexity on the first 40 test windows of 2048 tokens, and for int8/int4 IRs the
+  5-task zero-shot mean (PIQA, WinoGrande, HellaSwag, ARC-e, ARC-c; first 200 items each; standard errors).
+* `speed`: openvino-genai TTFT, TPOT and throughput of every int8/int4 IR, all compiled at once and run interleaved
+  (order reversed every round), prompt 128, 32 new tokens, `--repetitions` runs after one warm-up.
+* `report`: benchmarks/results/frontier.json, frontier.md (the table) and frontier.png (quality against time per
+  output token, one point per IR, size as label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from optimum_multipruner import MultiPruner
+from optimum_multipruner.benchmark import measure_interleaved
+from optimum_multipruner.recovery import RecoveryConfig
+from optimum_multipruner.utils import atomic_write_text, get_logger, read_json
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from smollm2 import ASSETS, DEFAULT_WIKITEXT, load_smollm2, prepare_smollm2  # noqa: E402
+
+logger = get_logger("frontier")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RECORDS = {ratio: os.path.join(HERE, "results", "smollm2", f"multipruner_44_52_4_{ratio}", "pruning_record.json")
+           for ratio in (10, 20)}
+C4_FILES = [os.path.join(ASSETS, "c4-redpajama-sample", f"sample_c4-rp{i}.jsonl") for i in (1, 2)]
+STAGES = ("models", "recover", "export", "evaluate", "speed", "report")
+FORMATS = ("int8", "int4", "fp32")
+INT4_GROUP_SIZE = 64
+WIKITEXT_WINDOWS = 40
+ZERO_SHOT_LIMIT = 200
+
+
+def recovery_config(max_tokens: int, teacher: str, dataset: str) -> RecoveryConfig:
+    """The frontier's recovery: full fine-tuning on KL to the dense model, AdamW 1e-4 after 10 warm-up steps, then
+    constant (so a later run can extend the budget), 2 sequences of 512 tokens per step."""
+    return RecoveryConfig(teacher=teacher, dataset=dataset, max_tokens=max_tokens, sequence_length=512,
+                          learning_rate=1e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=10,
+                          per_device_train_batch_size=2, save_steps=10, logging_steps=5)
+
+
+def model_names() -> list[str]:
+    return ["dense", *(f"pruned{ratio}{suffix}" for ratio in RECORDS for suffix in ("", "_recovered"))]
+
+
+class Frontier:
+    """The stages, over one work folder."""
+
+    def __init__(self, workdir: str, max_tokens: int, repetitions: int) -> None:
+        self.workdir = os.path.abspath(workdir)
+        self.max_tokens = max_tokens
+        self.repetitions = repetitions
+        os.makedirs(os.path.join(self.workdir, "results"), exist_ok=True)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.workdir, *parts)
+
+    def model_dir(self, name: str) -> str:
+        return str(prepare_smollm2()) if name == "dense" else self.path("models", name)
+
+    # ------------------------------------------------------------------ stages
+    def models(self) -> None:
+        for ratio, record in RECORDS.items():
+            if not os.path.isdir(self.model_dir(f"pruned{ratio}")):
+                model, tokenizer = load_smollm2()
+                pruner = MultiPruner(model, tokenizer)
+                pruner.apply(record)
+                pruner.save_pretrained(self.model_dir(f"pruned{ratio}"))
+
+    def training_text(self) -> str:
+        """The two local C4 sample files as one JSON-lines file (written once)."""
+        path = self.path("c4_train.jsonl")
+        if not os.path.isfile(path):
+            rows = [line for name in C4_FILES for line in open(name, encoding="utf-8") if line.strip()]
+            atomic_write_text(path, "".join(rows))
+        return path
+
+    def recover(self) -> None:
+        for ratio in RECORDS:
+            output = self.model_dir(f"pruned{ratio}_recovered")
+            if os.path.isdir(output) and read_json(os.path.join(output, "pruning_record.json"))["recovery"][
+                    "tokens_seen"] >= self.max_tokens:
+                continue  # done; a larger --max-tokens extends the run from its last checkpoint
+            checkpoints = self.path("recovery-checkpoints", f"pruned{ratio}")
+            config = recovery_config(self.max_tokens, self.model_dir("dense"), self.training_text())
+            pruner = MultiPruner.from_pretrained(self.model_dir(f"pruned{ratio}"))
+            start = time.perf_counter()
+            pruner.recover(config, checkpoint_dir=checkpoints, resume=os.path.isdir(checkpoints))
+            pruner.record.recovery["seconds_this_run"] = time.perf_counter() - start
+            pruner.save_pretrained(output, overwrite=True)
+
+    def ir_dir(self, name: str, weight_format: str) -> str:
+        return self.path("ir", f"{name}_{weight_format}")
+
+    def export(self) -> None:
+        from optimum.intel import OVWeightQuantizationConfig
+
+        from optimum_multipruner.exporters import export_openvino
+
+        int4 = OVWeightQuantizationConfig(bits=4, sym=False, group_size=INT4_GROUP_SIZE, ratio=1.0)
+        for name in model_names():
+            for weight_format in FORMATS:
+                output = self.ir_dir(name, weight_format)
+                if os.path.isdir(self.model_dir(name)) and (not os.path.isdir(output) or self.stale(name, output)):
+                    export_openvino(self.model_dir(name), output, weight_format=weight_format,
+                                    quantization_config=int4 if weight_format == "int4" else None, overwrite=True)
+                    for result in (f"{name}_{weight_format}.json", "speed.json"):
+                        if os.path.isfile(self.path("results", result)):
+                            os.remove(self.path("results", result))
+
+    def stale(self, name: str, ir: str) -> bool:
+        """Whether the IR was exported from an earlier state of the model (a recovery extended since)."""
+        records = [os.path.join(folder, "pruning_record.json") for folder in (self.model_dir(name), ir)]
+        if not all(os.path.isfile(path) for path in records):
+            return False
+        return read_json(records[0]) != read_json(records[1])
+
+    def evaluate(self) -> None:
+        from optimum.intel import OVModelForCausalLM
+        from transformers import AutoTokenizer
+
+        from optimum_multipruner.evaluation import evaluate_perplexity, evaluate_zero_shot
+
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir("dense"))
+        for name in model_names():
+            for weight_format in FORMATS:
+                ir, result_file = self.ir_dir(name, weight_format), self.path("results", f"{name}_{weight_format}.json")
+                if os.path.isfile(result_file) or not os.path.isdir(ir):
+                    continue
+                logger.warning("Evaluating %s", ir)
+                model = OVModelForCausalLM.from_pretrained(ir, ov_config={"INFERENCE_PRECISION_HINT": "f32"})
+                result = {"wikitext2": evaluate_perplexity(model, tokenizer, DEFAULT_WIKITEXT, 2048,
+                                                           WIKITEXT_WINDOWS, progress=False)}
+                if weight_format != "fp32":
+                    result["zero_shot"] = evaluate_zero_shot(model, tokenizer, limit=ZERO_SHOT_LIMIT, data_dir=ASSETS)
+                atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
+
+    def speed(self) -> None:
+        result_file = self.path("results", "speed.json")
+        if os.path.isfile(result_file):
+            return
+        irs = {f"{name}_{fmt}": self.ir_dir(name, fmt) for name in model_names() for fmt in ("int8", "int4")}
+        models, runs = measure_interleaved(irs, prompt_length=128, new_tokens=32, repetitions=self.repetitions,
+                                           warmup=1, engine="genai")
+        atomic_write_text(result_file, json.dumps({"models": models, "runs": runs}, indent=2) + "\n")
+
+    def report(self) -> None:
+        rows = frontier_rows(self)
+        results = {"int4_group_size": INT4_GROUP_SIZE, "wikitext_windows": WIKITEXT_WINDOWS,
+                   "zero_shot_limit": ZERO_SHOT_LIMIT, "repetitions": self.repetitions,
+                   "recovery": recovery_summaries(self), "rows": rows, "goals": goals(rows)}
+        atomic_write_text(os.path.join(HERE, "results", "frontier.json"), json.dumps(results, indent=2) + "\n")
+        atomic_write_text(os.path.join(HERE, "results", "frontier.md"), format_table(results) + "\n")
+        plot(rows, os.path.join(HERE, "results", "frontier.png"))
+        print(format_table(results))
+
+
+def recovery_summaries(frontier: Frontier) -> dict[str, Any]:
+    """Per recovered model: tokens, data hash, last logged loss, training text."""
+    summaries = {}
+    for ratio in RECORDS:
+        record_file = os.path.join(frontier.model_dir(f"pruned{ratio}_recovered"), "pruning_record.json")
+        if os.path.isfile(record_file):
+            recovery = read_json(record_file)["recovery"]
+            summaries[f"pruned{ratio}"] = {key: recovery[key] for key in ("tokens_seen", "steps", "data_sha256")}
+            summaries[f"pruned{ratio}"]["dataset"] = "local C4 sample (sample_c4-rp1 + rp2, train documents)"
+            summaries[f"pruned{ratio}"]["final_loss"] = recovery["loss_curve"][-1]["loss"]
+    return summaries
+
+
+def frontier_rows(frontier: Frontier) -> list[dict[str, Any]]:
+    speed = read_json(frontier.path("results", "speed.json"))["models"] if os.path.isfile(
+        frontier.path("results", "speed.json")) else {}
+    rows = []
+    for name in model_names():
+        for weight_format in FORMATS:
+            result_file = frontier.path("results", f"{name}_{weight_format}.json")
+            if not os.path.isfile(result_file):
+                continue
+            result = read_json(result_file)
+            row = {"model": name, "format": weight_format, "wikitext2": result["wikitext2"]["perplexity"]}
+            if "zero_shot" in result:
+                row["zero_shot_mean"] = result["zero_shot"]["mean"]
+                row["zero_shot_stderr"] = result["zero_shot"]["mean_stderr"]
+            timing = speed.get(f"{name}_{weight_format}")
+            if timing:
+                row.update({key: timing[key] for key in ("ttft_s", "tpot_s", "throughput_tokens_per_s",
+                                                         "size_bytes")})
+            rows.append(row)
+    baseline = next((row for row in rows if row["model"] == "dense" and row["format"] == "int4"), None)
+    for row in rows:
+        if baseline and "tpot_s" in row and "tpot_s" in baseline:
+            row["tpot_vs_dense_int4"] = row["tpot_s"] / baseline["tpot_s"]
+            row["ppl_vs_dense_int4"] = row["wikitext2"] / baseline["wikitext2"]
+    return rows
+
+
+def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's goals: share of the PyTorch-precision (fp32) WikiText-2 gap recovery closes; int4 quality and
+    TPOT against dense int4."""
+    ppl = {(row["model"], row["format"]): row for row in rows}
+    result = {}
+    for ratio, target in ((10, 0.75), (20, 0.60)):
+        keys = [("dense", "fp32"), (f"pruned{ratio}", "fp32"), (f"pruned{ratio}_recovered", "fp32")]
+        if all(key in ppl for key in keys):
+            dense, pruned, recovered = (ppl[key]["wikitext2"] for key in keys)
+            closed = (pruned - recovered) / (pruned - dense)
+            result[f"gap_closed_{ratio}"] = {"value": closed, "goal": target, "met": closed >= target}
+    for ratio, max_ppl, max_tpot in ((10, 1.15, 0.87), (20, 1.30, 0.75)):
+        row = ppl.get((f"pruned{ratio}_recovered", "int4"))
+        if row and "tpot_vs_dense_int4" in row:
+            result[f"int4_{ratio}"] = {"ppl_ratio": row["ppl_vs_dense_int4"], "tpot_ratio": row["tpot_vs_dense_int4"],
+                                       "goal": [max_ppl, max_tpot],
+                                       "met": row["ppl_vs_dense_int4"] <= max_ppl and row["tpot_vs_dense_int4"] <= max_tpot}
+    return result
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = ["| model | IR | WikiText-2 PPL | zero-shot mean (± se) | TTFT ms | TPOT ms | tokens/s | size MB | "
+             "PPL / dense int4 | TPOT / dense int4 |", "|" + "---|" * 10]
+    for row in results["rows"]:
+        def cell(key, scale=1.0, digits=2):
+            return f"{row[key] * scale:.{digits}f}" if key in row else "-"
+        zero_shot = (f"{100 * row['zero_shot_mean']:.1f} ± {100 * row['zero_shot_stderr']:.1f}"
+                     if "zero_shot_mean" in row else "-")
+        lines.append(f"| {row['model']} | {row['format']} | {row['wikitext2']:.2f} | {zero_shot} | "
+                     f"{cell('ttft_s', 1000, 1)} | {cell('tpot_s', 1000, 2)} | {cell('throughput_tokens_per_s', 1, 1)} | "
+                     f"{cell('size_bytes', 1e-6, 1)} | {cell('ppl_vs_dense_int4', 1, 3)} | "
+                     f"{cell('tpot_vs_dense_int4', 1, 3)} |")
+    lines.append("")
+    lines.append("Goals: " + json.dumps(results["goals"]))
+    lines.append("Recovery: " + json.dumps(results["recovery"]))
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: str) -> None:
+    """WikiText-2 perplexity against time per output token, one point per int8/int4 IR, labelled with its size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 6))
+    colours = {"dense": "black", "pruned10": "tab:orange", "pruned10_recovered": "tab:red",
+               "pruned20": "tab:cyan", "pruned20_recovered": "tab:blue"}
+    for row in rows:
+        if "tpot_s" not in row:
+            continue
+        marker = "o" if row["format"] == "int8" else "s"
+        axis.scatter(row["tpot_s"] * 1000, row["wikitext2"], color=colours[row["model"]], marker=marker,
+                     label=f"{row['model']} {row['format']}")
+        axis.annotate(f"{row['size_bytes'] / 1e6:.0f} MB", (row["tpot_s"] * 1000, row["wikitext2"]),
+                      textcoords="offset points", xytext=(5, 4), fontsize=8)
+    axis.set_xlabel("time per output token (ms, openvino-genai, CPU)")
+    axis.set_ylabel(f"WikiText-2 perplexity (first {WIKITEXT_WINDOWS} windows of 2048)")
+    axis.set_yscale("log")
+    axis.set_title("SmolLM2-135M: dense vs MultiPruner 10% / 20%, with and without recovery (o int8, s int4)")
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
+    figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="frontier-work", help="folder of models, IRs, checkpoints, results")
+    parser.add_argument("--max-tokens", type=int, default=200_000, help="recovery budget per model (tokens)")
+    parser.add_argument("--repetitions", type=int, default=8, help="timed genai runs per IR (after one warm-up)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    args = parser.parse_args()
+    stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        parser.error(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
+    frontier = Frontier(args.workdir, args.max_tokens, args.repetitions)
+    for stage in STAGES:
+        if stage in stages:
+            start = time.perf_counter()
+            getattr(frontier, stage)()
+            print(f"stage {stage}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
