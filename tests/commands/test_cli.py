@@ -16,7 +16,7 @@ from testing_utils import run_optimum_cli, save_checkpoint
 from optimum.commands.multipruner.common import load_model_and_tokenizer
 from optimum.commands.multipruner.prune import NONE, PruneCommand, _option_type, config_options, config_values
 from optimum_multipruner import MultiPrunerConfig
-from optimum_multipruner.compat import prepare_openvino_export_args
+from optimum_multipruner.exporters.openvino_command import prepare_openvino_export_args
 
 SEARCH_OPTIONS = (
     "--target-ratio", "0.3", "--mlp-channel-group-size", "64", "--width-alignment", "32",
