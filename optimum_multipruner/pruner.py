@@ -150,10 +150,8 @@ class MultiPruner:
                     self.model, self.adapter, calibration[set_name], config.batch_size, ignore_index,
                     config.accelerated_search, progress, cache_device=config.cache_device,
                     importance_metric=config.importance_metric, reference=references.get(set_name),
-                    search_mode=config.search_mode, fast_search_first_sequences=config.fast_search_first_sequences,
-                    fast_search_keep=config.fast_search_keep, fast_search_screen=config.fast_search_screen,
-                    fast_search_screen_radius=config.fast_search_screen_radius,
-                    fast_search_tie_z=config.fast_search_tie_z, head_chunk_size=config.head_chunk_size,
+                    fast_search=config.fast_search if config.search_mode == "fast" else None,
+                    head_chunk_size=config.head_chunk_size,
                 )
                 scorer.restore_damage([s for s in record.steps if calibration_set(s.stage) == set_name])
                 scorer_set = set_name

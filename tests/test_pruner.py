@@ -263,7 +263,7 @@ def test_max_steps_reached_in_one_stage_runs_nothing_of_the_next(tokenizer, cali
 
 
 # Fast mode with a tight screen: of the candidates scored before, only the one that did least damage races.
-MODES = {"exact": {}, "fast, screened": dict(search_mode="fast", fast_search_screen=0.1,
+MODES = {"exact": {}, "fast, screened": dict(search_mode="fast", fast_search=dict(screen=0.1),
                                            pruning_distribution=(100, 0, 0))}
 
 

@@ -8,7 +8,7 @@ again on their calibration set rebuilt from their configuration. The tiny recipe
     model, tokenizer = load_smollm2()  # examples/smollm2.py
     config = MultiPrunerConfig(0.05, (44, 52, 4), mlp_channel_group_size=256, calibration_dataset=LOCAL_ALPACA,
                                num_calibration_samples_block=8, num_calibration_samples_width=8, sequence_length=256,
-                               batch_size=1, search_mode="fast", fast_search_screen=None, fast_search_tie_z=None)
+                               batch_size=1, search_mode="fast", fast_search=FastSearchConfig(screen=None, tie_z=None))
     pruner = MultiPruner(model, tokenizer)
     pruner.prune(config)
     pruner.record.save("benchmarks/results/smollm2_tiny/multipruner_44_52_4_5")
