@@ -245,6 +245,7 @@ class CandidateScorer:
         self.base_total, self.base_nll_total = self._sum(base.objective), self._sum(base.nll)
         self._base_objective = base.objective  # [num_sequences]: the current model's per-sequence objective
         self._winner_tally: dict[Candidate, _Tally] = {}  # the last step's choice, until `committed`
+        self._stages_started = 0
         self.stats.seconds += time.perf_counter() - start
 
     # ------------------------------------------------------------------ public API
@@ -255,6 +256,23 @@ class CandidateScorer:
 
     def to_perplexity(self, total: float) -> float:
         return math.exp(total / self.num_sequences)
+
+    def start_stage(self, saved_stats: Optional[dict] = None) -> None:
+        """Start counting a stage's work: anew, except for the first stage of this scorer (which counts the capture
+        of the cache), on from `saved_stats` (`SearchStats.to_dict`) when a resumed stage did some already."""
+        if self._stages_started:
+            self.stats.reset_counters()
+        self._stages_started += 1
+        self.stats.continue_from(saved_stats)
+
+    def step(self, candidates: Sequence[Candidate], trial: TrialFactory, apply: Callable[[Candidate], None],
+             description: str = "candidates") -> tuple[Candidate, float]:
+        """One greedy step: [`select`] the best candidate, `apply` it to the model for good, and take the model it
+        gives as the current one ([`committed`]). Returns `(candidate, its objective total)`."""
+        best, total = self.select(candidates, trial, description)
+        apply(best)
+        self.committed(best)
+        return best, total
 
     @torch.no_grad()
     def select(self, candidates: Sequence[Candidate], trial: TrialFactory, description: str = "candidates"):
