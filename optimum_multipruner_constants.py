@@ -8,3 +8,4 @@ PRUNED_MODEL_TYPE_PREFIX = "multipruner_"  # `model_type` of a pruned checkpoint
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")  # OpenVINO export weight formats (the API's `None` = automatic)
 OPENVINO_MODEL_FILES = ("openvino_model.xml", "openvino_model.bin")  # an IR folder's model: topology, weights
 BENCHMARK_ENGINES = ("openvino", "genai")  # raw OpenVINO runtime (the default), openvino_genai.LLMPipeline
+DEVICE_NAME_PATTERN = r"(cpu|mps|(cuda|xpu|npu|hpu|mlu|musa)(:\d+)?)"  # a torch device name, e.g. cpu, cuda:1

@@ -5,7 +5,7 @@ early abandon: the plain reference search's choices) and once with `search_mode=
 Each search is resumable under `--work-dir/<mode>` (rerun the same command after an interruption; the exact one may
 take more than one session on a 2-core CPU). `--max-steps` compares the first steps only (a larger one later extends
 both searches); `--fast-keep`, `--fast-screen`, `--fast-screen-radius` and `--fast-tie-z` set the fast search's
-`fast_search_keep`, `fast_search_screen`, `fast_search_screen_radius` and `fast_search_tie_z` (it searches into
+`fast_search.keep`, `fast_search.screen`, `fast_search.screen_radius` and `fast_search.tie_z` (it searches into
 `fast`, plus `_keep<k>` for another keep than 0.5, `_screen<m>` unless the screen is off, `_radius<r>` for another
 radius than 1 and `_tie<z>` unless the tie rule is off: the folders of several settings sit beside the same exact
 search). The report compares:
@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from calibration_overfit import calibration_perplexities  # noqa: E402
 from smollm2 import calibration_options, calibration_text, load_smollm2  # noqa: E402
 
-from optimum_multipruner import MultiPruner, MultiPrunerConfig, PruningRecord  # noqa: E402
+from optimum_multipruner import FastSearchConfig, MultiPruner, MultiPrunerConfig, PruningRecord  # noqa: E402
 from optimum_multipruner.progress import PROGRESS_NAME, has_progress  # noqa: E402
 from optimum_multipruner.record import RECORD_NAME  # noqa: E402
 from optimum_multipruner.utils import atomic_write_text, read_json  # noqa: E402
@@ -52,9 +52,9 @@ def optional_float(text: str) -> Optional[float]:
 def search_config(args: argparse.Namespace, mode: str) -> MultiPrunerConfig:
     return MultiPrunerConfig(target_ratio=args.ratio, pruning_distribution=tuple(args.distribution),
                              mlp_channel_group_size=args.mlp_group_size, search_mode=mode, max_steps=args.max_steps,
-                             **({"fast_search_keep": args.fast_keep, "fast_search_screen": args.fast_screen,
-                                 "fast_search_screen_radius": args.fast_screen_radius,
-                                 "fast_search_tie_z": args.fast_tie_z} if mode == "fast" else {}),
+                             **({"fast_search": FastSearchConfig(keep=args.fast_keep, screen=args.fast_screen,
+                                                                 screen_radius=args.fast_screen_radius,
+                                                                 tie_z=args.fast_tie_z)} if mode == "fast" else {}),
                              **calibration_options(args.rows, args.sequence_length))
 
 
@@ -149,13 +149,14 @@ def main() -> None:
     parser.add_argument("--distribution", type=float, nargs=3, default=(44, 52, 4))
     parser.add_argument("--mlp-group-size", type=int, default=256)
     parser.add_argument("--max-steps", type=int, help="compare the first steps only (both searches stop there)")
-    parser.add_argument("--fast-keep", type=float, default=0.5, help="`fast_search_keep` of the fast search")
-    parser.add_argument("--fast-screen", type=optional_float, default=MultiPrunerConfig.fast_search_screen,
-                        help="`fast_search_screen` of the fast search, or 'none' (default: the config's)")
-    parser.add_argument("--fast-screen-radius", type=int, default=MultiPrunerConfig.fast_search_screen_radius,
-                        help="`fast_search_screen_radius` of the fast search (default: the config's)")
-    parser.add_argument("--fast-tie-z", type=optional_float, default=MultiPrunerConfig.fast_search_tie_z,
-                        help="`fast_search_tie_z` of the fast search, or 'none' (default: the config's)")
+    defaults = FastSearchConfig()
+    parser.add_argument("--fast-keep", type=float, default=defaults.keep, help="`fast_search.keep` of the fast search")
+    parser.add_argument("--fast-screen", type=optional_float, default=defaults.screen,
+                        help="`fast_search.screen` of the fast search, or 'none' (default: the config's)")
+    parser.add_argument("--fast-screen-radius", type=int, default=defaults.screen_radius,
+                        help="`fast_search.screen_radius` of the fast search (default: the config's)")
+    parser.add_argument("--fast-tie-z", type=optional_float, default=defaults.tie_z,
+                        help="`fast_search.tie_z` of the fast search, or 'none' (default: the config's)")
     parser.add_argument("--threads", type=int, help="torch threads (records are identical only at equal counts)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--output", help="write the report as JSON here")

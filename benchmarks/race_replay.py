@@ -27,24 +27,23 @@ import json
 import os
 import runpy
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 from smollm2 import load_smollm2  # noqa: E402
 
-from optimum_multipruner import MultiPrunerConfig, get_adapter  # noqa: E402
+from optimum_multipruner import FastSearchConfig, get_adapter  # noqa: E402
 from optimum_multipruner.candidates import Candidate  # noqa: E402
 from optimum_multipruner.scoring import CandidateScorer, SearchStats, _rank_key  # noqa: E402
 from optimum_multipruner.utils import atomic_write_text  # noqa: E402
 
-RULES = {  # label: CandidateScorer options
-    "exact": dict(search_mode="exact"),
-    "fast, no screen": dict(search_mode="fast"),
-    "fast, no screen, tie z 1": dict(search_mode="fast", fast_search_tie_z=1.0),
-    **{f"fast, screen {screen}{f', tie z {z:g}' if z is not None else ''}":
-       dict(search_mode="fast", fast_search_screen=screen, fast_search_tie_z=z)
+RULES = {  # label: the fast mode's settings (None: the exact search)
+    "exact": None,
+    "fast, no screen": FastSearchConfig(screen=None, tie_z=None),
+    "fast, no screen, tie z 1": FastSearchConfig(screen=None, tie_z=1.0),
+    **{f"fast, screen {screen}{f', tie z {z:g}' if z is not None else ''}": FastSearchConfig(screen=screen, tie_z=z)
        for screen in (0.2, 0.25, 0.3) for z in (None, 0.5, 1.0, 1.5, 2.0)},
 }
 
@@ -71,15 +70,10 @@ class ReplayScorer(CandidateScorer):
     """A `CandidateScorer` scoring candidates from logged per-sequence losses instead of running the model. It sets the
     scorer's state itself (no model to capture), so a change to that state shows in `tests/benchmarks/`."""
 
-    def __init__(self, stats: SearchStats, **options: Any) -> None:  # nothing to capture: no model
+    def __init__(self, stats: SearchStats, fast_search: Optional[FastSearchConfig]) -> None:  # no model to capture
         self.accelerated, self.progress, self.reference, self.model = True, False, None, None
-        self.search_mode = options.get("search_mode", "exact")
-        self.fast_search_first_sequences = MultiPrunerConfig.fast_search_first_sequences
-        self.fast_search_keep = MultiPrunerConfig.fast_search_keep
-        self.fast_search_screen = options.get("fast_search_screen")
-        self.fast_search_screen_radius = MultiPrunerConfig.fast_search_screen_radius
-        self.fast_search_tie_z = options.get("fast_search_tie_z")
-        self.screens = self.search_mode == "fast" and self.fast_search_screen is not None
+        self.fast_search = fast_search
+        self.screens = fast_search is not None and fast_search.screen is not None
         self.num_sequences, self._batch_size = stats.num_sequences, 1
         self.batches = [torch.zeros(1, 1)] * stats.num_sequences  # batch 1: totals summed per sequence
         self._batch_starts = list(range(stats.num_sequences))
@@ -111,8 +105,8 @@ def calibration_set_of(candidate: Candidate) -> str:
     return "block" if candidate.action.startswith("remove_") else "width"
 
 
-def replay(steps: list[dict], options: dict, weights: dict) -> dict:
-    """Replay `steps` (log lines) with one rule; returns its agreement, cost and work."""
+def replay(steps: list[dict], fast_search: Optional[FastSearchConfig], weights: dict) -> dict:
+    """Replay `steps` (log lines) with one rule (`RULES`); returns its agreement, cost and work."""
     scorer, scorer_set, same, cost, plain = None, None, 0, 0.0, 0
     stats = SearchStats(num_sequences=len(steps[0]["base"]), **weights)
     for step in steps:
@@ -120,7 +114,7 @@ def replay(steps: list[dict], options: dict, weights: dict) -> dict:
         full = {name: sum(losses) for name, losses in step["candidates"].items() if len(losses) == stats.num_sequences}
         exact = Candidate.from_string(min(full, key=full.get))
         if calibration_set_of(exact) != scorer_set:  # the search's scorer of each calibration set
-            scorer, scorer_set = ReplayScorer(stats, **options), calibration_set_of(exact)
+            scorer, scorer_set = ReplayScorer(stats, fast_search), calibration_set_of(exact)
         scorer.losses = step["candidates"]
         scorer._base_objective = torch.tensor(step["base"], dtype=torch.float64)
         chosen, _ = scorer.select(candidates, lambda candidate: contextlib.nullcontext())
@@ -154,7 +148,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     steps = [json.loads(line) for line in open(args.log)]
     weights = model_weights()
     report = {"log": args.log, "steps": len(steps),
-              "rules": {label: replay(steps, options, weights) for label, options in RULES.items()}}
+              "rules": {label: replay(steps, rule, weights) for label, rule in RULES.items()}}
     for label, result in report["rules"].items():
         print(f"{label:32s} same {result['same_choice']:3d}/{result['steps']}  cost {result['cost_of_other_choices']:.4f}"
               f"  FFE {result['ffe']:7.1f}  {result['fewer_than_plain']:5.1f}x fewer than plain")

@@ -56,6 +56,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from optimum_multipruner import (  # noqa: E402
+    FastSearchConfig,
     MultiPruner,
     MultiPrunerConfig,
     PrunedStructure,
@@ -216,7 +217,7 @@ def search_config(run: Run, args: argparse.Namespace) -> MultiPrunerConfig:
     options = calibration_options(args.calibration_rows, args.sequence_length, args.seed)
     options["search_mode"] = "exact" if args.exact_search else "fast"
     # the results table's fast mode: every candidate races, no tie rule (the screen trades quality for work)
-    options.update(fast_search_screen=None, fast_search_tie_z=None)
+    options["fast_search"] = FastSearchConfig(screen=None, tie_z=None)
     if run.method == "blockpruner":
         return MultiPrunerConfig.blockpruner(run.ratio, **options)
     return MultiPrunerConfig(run.ratio, run.distribution, mlp_channel_group_size=args.mlp_group_size,

@@ -5,7 +5,7 @@ so `AutoModelForCausalLM.from_pretrained(pruned_dir)` works.
 """
 
 from .architectures import ADAPTERS, get_adapter
-from .configuration import MultiPrunerConfig
+from .configuration import FastSearchConfig, MultiPrunerConfig
 from .exporters import enable_lazy_openvino_registration, export_openvino
 from .modeling import register_pruned_models
 from .pruner import MultiPruner
@@ -21,6 +21,7 @@ enable_lazy_openvino_registration()  # OpenVINO export configs register when opt
 SUPPORTED_MODEL_TYPES = tuple(sorted(ADAPTERS))
 
 __all__ = [
+    "FastSearchConfig",
     "MultiPruner",
     "MultiPrunerConfig",
     "PrunedStructure",

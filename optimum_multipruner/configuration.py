@@ -1,4 +1,10 @@
-"""`MultiPrunerConfig`: every setting of a MultiPruner (or BlockPruner) search, validated on construction."""
+"""`MultiPrunerConfig`: every setting of a MultiPruner (or BlockPruner) search, validated on construction; the fast
+search mode's settings nested in it as a `FastSearchConfig`.
+
+This module imports only the standard library at module level: `optimum-cli multipruner prune` builds its options
+from these dataclasses' fields (type, `help`, `choices`, `advanced` in each field's metadata) at every start-up, when
+torch must not be imported, by loading this one file on its own.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +12,107 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-import torch
-
-from .utils import atomic_write_text, read_json
+from optimum_multipruner_constants import DEVICE_NAME_PATTERN
 
 CONFIG_NAME = "multipruner_config.json"
 
 STAGES = ("block", "mlp", "attention")
 IMPORTANCE_METRICS = ("ppl", "kl")
 SEARCH_MODES = ("exact", "fast")
+# The flat keys the fast mode's settings had before `FastSearchConfig` (configs, records and progress files written
+# then): `fast_search_<name>` is `fast_search.<name>`. `upgrade_config_dict` maps them.
+LEGACY_FAST_SEARCH_PREFIX = "fast_search_"
+_DEVICE_NAME = re.compile(DEVICE_NAME_PATTERN)
 
 
 def calibration_set(stage: str) -> str:
     """The calibration set a stage scores on: `"block"` (block stage) or `"width"` (MLP and attention stages)."""
     return "block" if stage == "block" else "width"
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", advanced: bool = False,
+           choices: Optional[tuple[Any, ...]] = None, **kwargs: Any) -> Any:
+    """A config field with what the command line shows of it: `help` (one line), `choices`, and `advanced` for
+    implementation knobs a user never needs (settable, but listed apart in `prune --help`)."""
+    return field(default=default, metadata={"help": help, "advanced": advanced, "choices": choices}, **kwargs)
+
+
+@dataclass
+class FastSearchConfig:
+    """Settings of the fast search mode (`MultiPrunerConfig.search_mode="fast"`), unused by the exact search.
+
+    The fast mode races the candidates over growing prefixes of the calibration sequences (successive halving) and
+    chooses, on all sequences, among those still in the race (see `scoring.py`).
+
+    Args:
+        first_sequences (`int`): sequences of the first round, on which every candidate is scored; each later round
+            doubles the prefix, the last one covers all sequences.
+        keep (`float`): share of a round's candidates (rounded up) that go on to the next round, those with the lowest
+            totals on the round's prefix; in (0, 1].
+        screen (`float`, *optional*): share of a step's candidates that race, those that did least damage when last
+            scored (their mean objective increase per calibration sequence over that step's model); candidates whose
+            damage is not known (never scored, or near a unit removed or shrunk since: see `screen_radius`) race too,
+            the others sit the step out; in (0, 1]. `None` races every candidate at every step (the fast mode of
+            searches saved before this field existed). The screen trades quality for work: on SmolLM2 at 4,608
+            calibration tokens (with the tie rule) it cut the fast mode's work 1.8x, to 5.7x less than the exact
+            search, and ended 3.7% above the exact search's perplexity (`benchmarks/RESULTS.md`).
+        screen_radius (`int`): with a screen, a removed or shrunk unit makes the damage of the candidates of its layer
+            and of this many layers on each side unknown, so they race at the next step (a removal changes its
+            neighbours most). 0 forgets only the changed layer's own candidate (the first screen).
+        tie_z (`float`, *optional*): a candidate the halving would drop stays in the race while the round's leader is
+            not clearly ahead of it: the mean of its per-sequence objective differences from the leader's, over the
+            round's sequences (from 2 on), is at most this many standard errors (a paired test); such near ties go on
+            to be decided on more sequences. `None` keeps the halving alone (searches saved before this field
+            existed). On SmolLM2 it made 5 more of 32 exact choices behind the screen for 11% more work.
+    """
+
+    first_sequences: int = option(1, "sequences of the first round; each later round doubles them")
+    keep: float = option(0.5, "share of a round's candidates that go on to the next round, in (0, 1]")
+    screen: Optional[float] = option(
+        0.25, "share of a step's candidates that race, those that did least damage when last scored (none: all)"
+    )
+    screen_radius: int = option(1, "layers on each side of a removal whose candidates' damage is forgotten")
+    tie_z: Optional[float] = option(
+        1.0, "keep candidates the round's leader is not ahead of by more than this many standard errors (none: off)"
+    )
+
+    def __post_init__(self) -> None:
+        _check_positive_int("fast_search.first_sequences", self.first_sequences)
+        keep = self.keep
+        if not _is_number(keep) or not 0 < keep <= 1:
+            raise ValueError(f"`fast_search.keep` must be a share in (0, 1], got {keep!r}.")
+        screen = self.screen
+        if screen is not None and (not _is_number(screen) or not 0 < screen <= 1):
+            raise ValueError(f"`fast_search.screen` must be a share in (0, 1], or None, got {screen!r}.")
+        radius = self.screen_radius
+        if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+            raise ValueError(f"`fast_search.screen_radius` must be a number of layers >= 0, got {radius!r}.")
+        tie_z = self.tie_z
+        if tie_z is not None and (not _is_number(tie_z) or tie_z < 0):
+            raise ValueError(f"`fast_search.tie_z` must be a number of standard errors >= 0, or None, got {tie_z!r}.")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "FastSearchConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"`fast_search` must be a FastSearchConfig or a JSON object, got {type(data).__name__}.")
+        _check_known_fields(cls, data, "FastSearchConfig")
+        return cls(**data)
+
+
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A `MultiPrunerConfig.to_dict()` as this version writes it, from one of any version: the flat
+    `fast_search_<name>` keys of configs, records and progress files written before `FastSearchConfig` become
+    `fast_search: {<name>: ...}` (the one place that maps them). Other keys are kept as they are."""
+    legacy = {key for key in data if key.startswith(LEGACY_FAST_SEARCH_PREFIX)}
+    if not legacy:
+        return data
+    nested = dict(data.get("fast_search") or {})
+    nested.update((key[len(LEGACY_FAST_SEARCH_PREFIX):], data[key]) for key in sorted(legacy))
+    return {**{key: value for key, value in data.items() if key not in legacy}, "fast_search": nested}
 
 
 @dataclass
@@ -64,27 +154,8 @@ class MultiPrunerConfig:
             provably cannot win) and makes the plain search's choices; `"fast"` races the candidates over growing
             prefixes of the calibration sequences (successive halving) and chooses, on all sequences, among those still
             in the race. Needs `accelerated_search`.
-        fast_search_first_sequences (`int`): fast mode: sequences of the first round, on which every candidate is
-            scored; each later round doubles the prefix, the last one covers all sequences.
-        fast_search_keep (`float`): fast mode: share of a round's candidates (rounded up) that go on to the next round,
-            those with the lowest totals on the round's prefix; in (0, 1].
-        fast_search_screen (`float`, *optional*): fast mode: share of a step's candidates that race, those that did
-            least damage when last scored (their mean objective increase per calibration sequence over that step's
-            model); candidates whose damage is not known (never scored, or near a unit removed or shrunk since: see
-            `fast_search_screen_radius`) race too, the others sit the step out; in (0, 1]. `None` races every
-            candidate at every step (the fast mode of searches saved before this field existed). The screen trades
-            quality for work: on SmolLM2 at 4,608 calibration tokens (with the tie rule) it cut the fast mode's work
-            1.8x, to 5.7x less than the exact search, and ended 3.7% above the exact search's perplexity
-            (`benchmarks/RESULTS.md`).
-        fast_search_screen_radius (`int`): fast mode with a screen: a removed or shrunk unit makes the damage of the
-            candidates of its layer and of this many layers on each side unknown, so they race at the next step (a
-            removal changes its neighbours most). 0 forgets only the changed layer's own candidate (the first screen).
-        fast_search_tie_z (`float`, *optional*): fast mode: a candidate the halving would drop stays in the race while
-            the round's leader is not clearly ahead of it: the mean of its per-sequence objective differences from the
-            leader's, over the round's sequences (from 2 on), is at most this many standard errors (a paired test);
-            such near ties go on to be decided on more sequences. `None` keeps the halving alone (searches saved
-            before this field existed). On SmolLM2 it made 5 more of 32 exact choices behind the screen for 11% more
-            work.
+        fast_search (`FastSearchConfig` or `dict`): the fast mode's settings (first round, share kept, screen, tie
+            rule); see [`FastSearchConfig`].
         head_chunk_size (`int`): positions per chunk of the final norm + `lm_head` + loss, which bounds the logits'
             memory (`nll.head_chunk_bytes`); the per-sequence losses are the unchunked ones.
         max_steps (`int`, *optional*): stop after this many greedy steps even below the target ratio (BlockPruner's
@@ -95,42 +166,59 @@ class MultiPrunerConfig:
             does not fit next to the weights, e.g. 70B on GPUs). It never changes the search's choices.
     """
 
-    target_ratio: float = 0.20
-    pruning_distribution: tuple[float, float, float] = (44.0, 52.0, 4.0)
-    mlp_channel_group_size: int = 1024
-    attn_channel_group_size: Optional[int] = None
-    width_alignment: int = 128
-    weight_reorder: bool = True
-    calibration_dataset: str = "alpaca"
-    calibration_text_column: str = "text"
-    num_calibration_samples_block: int = 256
-    num_calibration_samples_width: int = 128
-    sequence_length: int = 2048
-    batch_size: int = 2
-    seed: int = 42
-    block_types: tuple[str, ...] = ("attention", "mlp")
-    accelerated_search: bool = True
-    importance_metric: str = "ppl"
-    search_mode: str = "exact"
-    fast_search_first_sequences: int = 1
-    fast_search_keep: float = 0.5
-    fast_search_screen: Optional[float] = 0.25
-    fast_search_screen_radius: int = 1
-    fast_search_tie_z: Optional[float] = 1.0
-    head_chunk_size: int = 512
-    max_steps: Optional[int] = None
-    cache_device: Optional[str] = None
+    target_ratio: float = option(0.20, "share of all model parameters to remove, in (0, 1)")
+    pruning_distribution: tuple[float, float, float] = option(
+        (44.0, 52.0, 4.0), "relative budget of the block, MLP-channel and attention-head stages"
+    )
+    mlp_channel_group_size: int = option(1024, "intermediate channels removed per MLP step")
+    attn_channel_group_size: Optional[int] = option(
+        None, "query channels removed per attention step, a multiple of one KV group (default: one KV group)"
+    )
+    width_alignment: int = option(128, "MLP group sizes must be multiples of it", advanced=True)
+    weight_reorder: bool = option(
+        True, "reorder channels and heads once by L1 weight magnitude before the width stages", advanced=True
+    )
+    calibration_dataset: str = option(
+        "alpaca", "alpaca, wikitext2, ptb, c4, a Hub dataset name, or a local .txt/.json/.jsonl/.parquet file"
+    )
+    calibration_text_column: str = option("text", "column holding the text for table-like datasets")
+    num_calibration_samples_block: int = option(256, "calibration rows for the block stage")
+    num_calibration_samples_width: int = option(128, "calibration rows for the width stages")
+    sequence_length: int = option(2048, "tokens per calibration sequence")
+    batch_size: int = option(2, "sequences per forward pass")
+    seed: int = option(42, "seed of the calibration row sampling")
+    block_types: tuple[str, ...] = option(
+        ("attention", "mlp"), "which sub-blocks the block stage may remove: attention, mlp or both"
+    )
+    accelerated_search: bool = option(
+        True, "reuse cached hidden states and stop losing candidates early (same choices as the plain search)",
+        advanced=True,
+    )
+    importance_metric: str = option("ppl", "what a candidate is scored by, summed over the calibration sequences",
+                                    choices=IMPORTANCE_METRICS)
+    search_mode: str = option(
+        "exact", "exact makes the reference's choices; fast races the candidates over growing prefixes",
+        choices=SEARCH_MODES,
+    )
+    fast_search: FastSearchConfig = option(help="the fast mode's settings", default_factory=FastSearchConfig)
+    head_chunk_size: int = option(512, "positions per chunk of the final norm + lm_head + loss", advanced=True)
+    max_steps: Optional[int] = option(None, "stop after this many greedy steps even below the target ratio")
+    cache_device: Optional[str] = option(
+        None, "where the accelerated search keeps its cached hidden states (default: each layer's device)"
+    )
 
     def __post_init__(self) -> None:
         self.pruning_distribution = tuple(float(x) for x in self.pruning_distribution)
         self.block_types = tuple(self.block_types)
+        if not isinstance(self.fast_search, FastSearchConfig):
+            self.fast_search = FastSearchConfig.from_dict(self.fast_search)
         self.validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise `ValueError` with an actionable message on any inconsistent setting."""
         ratio = self.target_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0 < ratio < 1:
+        if not _is_number(ratio) or not 0 < ratio < 1:
             raise ValueError(f"`target_ratio` must be a number in (0, 1) (a share of all parameters), got {ratio!r}.")
         dist = self.pruning_distribution
         if len(dist) != 3:
@@ -146,7 +234,6 @@ class MultiPrunerConfig:
             "num_calibration_samples_width",
             "sequence_length",
             "batch_size",
-            "fast_search_first_sequences",
             "head_chunk_size",
         ):
             _check_positive_int(name, getattr(self, name))
@@ -168,20 +255,6 @@ class MultiPrunerConfig:
         if self.search_mode == "fast" and not self.accelerated_search:
             raise ValueError("`search_mode='fast'` races candidates over cached hidden states: it needs "
                              "`accelerated_search=True`.")
-        keep = self.fast_search_keep
-        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or math.isnan(keep) or not 0 < keep <= 1:
-            raise ValueError(f"`fast_search_keep` must be a share in (0, 1], got {keep!r}.")
-        screen = self.fast_search_screen
-        if screen is not None and (isinstance(screen, bool) or not isinstance(screen, (int, float))
-                                   or math.isnan(screen) or not 0 < screen <= 1):
-            raise ValueError(f"`fast_search_screen` must be a share in (0, 1], or None, got {screen!r}.")
-        radius = self.fast_search_screen_radius
-        if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-            raise ValueError(f"`fast_search_screen_radius` must be a number of layers >= 0, got {radius!r}.")
-        tie_z = self.fast_search_tie_z
-        if tie_z is not None and (isinstance(tie_z, bool) or not isinstance(tie_z, (int, float)) or math.isnan(tie_z)
-                                  or tie_z < 0):
-            raise ValueError(f"`fast_search_tie_z` must be a number of standard errors >= 0, or None, got {tie_z!r}.")
         if self.cache_device is not None:
             _check_device_name("cache_device", self.cache_device)
         if not isinstance(self.calibration_dataset, str) or not self.calibration_dataset:
@@ -214,19 +287,19 @@ class MultiPrunerConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = dataclasses.asdict(self)  # `fast_search` as a nested dict
         data["pruning_distribution"] = list(self.pruning_distribution)
         data["block_types"] = list(self.block_types)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MultiPrunerConfig":
+        """From `to_dict()` of this or an earlier version (flat `fast_search_<name>` keys, see
+        [`upgrade_config_dict`])."""
         if not isinstance(data, dict):
             raise ValueError(f"A MultiPrunerConfig must be a JSON object, got {type(data).__name__}.")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"Unknown MultiPrunerConfig field(s) {unknown}; known fields: {sorted(names)}.")
+        data = upgrade_config_dict(data)
+        _check_known_fields(cls, data, "MultiPrunerConfig")
         try:
             return cls(**data)
         except TypeError as error:  # wrong value types from a hand-edited file
@@ -239,6 +312,8 @@ class MultiPrunerConfig:
         """Write `multipruner_config.json` into `save_directory` (atomically) and return its path."""
         if os.path.isfile(save_directory):
             raise ValueError(f"`save_directory` ({save_directory}) is a file, not a directory.")
+        from .utils import atomic_write_text  # here: this module imports only the standard library at module level
+
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, CONFIG_NAME)
         atomic_write_text(path, self.to_json_string())
@@ -247,6 +322,8 @@ class MultiPrunerConfig:
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike]) -> "MultiPrunerConfig":
         """Load from a directory holding `multipruner_config.json`, or from a JSON file."""
+        from .utils import read_json  # here: this module imports only the standard library at module level
+
         file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
         if not os.path.isfile(file):
             raise FileNotFoundError(f"No MultiPruner configuration found at {file}.")
@@ -254,15 +331,23 @@ class MultiPrunerConfig:
 
 
 def _check_device_name(name: str, value: Any) -> None:
-    """A torch device name such as `"cpu"`, `"cuda"` or `"cuda:1"` (whether it exists is checked when it is used)."""
-    try:
-        valid = isinstance(value, str) and torch.device(value).type != "meta"
-    except RuntimeError:
-        valid = False
-    if not valid:
+    """A device name such as `"cpu"`, `"cuda"` or `"cuda:1"` (whether it exists is checked when it is used)."""
+    if not isinstance(value, str) or not _DEVICE_NAME.fullmatch(value):
         raise ValueError(f"`{name}` must be a device name such as 'cpu', 'cuda' or 'cuda:1', got {value!r}.")
 
 
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def _is_number(value: Any) -> bool:
+    """A real number, not a bool nor NaN."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
+
+
+def _check_known_fields(cls: type, data: dict[str, Any], what: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"Unknown {what} field(s) {unknown}; known fields: {sorted(names)}.")

@@ -18,7 +18,7 @@ from torch import nn
 
 from .architectures import ArchitectureAdapter
 from .candidates import STAGE_ACTIONS
-from .configuration import MultiPrunerConfig, calibration_set
+from .configuration import MultiPrunerConfig, calibration_set, upgrade_config_dict
 from .record import PruningRecord
 from .utils import atomic_write_text, read_json
 
@@ -29,13 +29,18 @@ PROGRESS_FORMAT = "optimum-multipruner-progress"
 PLACEMENT_FIELDS = frozenset({"cache_device"})
 STOPPING_FIELDS = frozenset({"max_steps"})  # where a search stops, not what it computes: may grow on resume
 # Fields added since progress files were first written whose default is not what the search did before they existed:
-# a progress file without them resumes with these values.
-FORMER_VALUES = {"fast_search_screen": None, "fast_search_screen_radius": 0, "fast_search_tie_z": None}
-FAST_MODE_FIELDS = frozenset(  # unused by the exact search
-    {"fast_search_first_sequences", "fast_search_keep", "fast_search_screen", "fast_search_screen_radius",
-     "fast_search_tie_z"}
-)
-SCREEN_FIELDS = frozenset({"fast_search_screen_radius"})  # unused without a screen
+# a progress file without them resumes with these values (dotted: fields of `fast_search`).
+FORMER_VALUES = {"fast_search.screen": None, "fast_search.screen_radius": 0, "fast_search.tie_z": None}
+FAST_MODE_PREFIX = "fast_search."  # the fields the exact search does not use
+SCREEN_FIELDS = frozenset({"fast_search.screen_radius"})  # unused without a screen
+
+
+def comparable_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """A `MultiPrunerConfig.to_dict()` of any version as one flat dict: the fields of `fast_search` as
+    `fast_search.<name>`."""
+    flat = dict(upgrade_config_dict(config))
+    fast_search = flat.pop("fast_search", None) or {}
+    return {**flat, **{f"fast_search.{name}": value for name, value in fast_search.items()}}
 
 
 def _update_with_tensor(digest: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
@@ -204,15 +209,18 @@ def check_resumable(saved: SearchProgress, current: SearchProgress) -> None:
 
     A configuration field added after the progress was written counts with the value that gives the behaviour of the
     version that wrote it: its default (e.g. `search_mode="exact"`, `importance_metric="ppl"`) or its `FORMER_VALUES`
-    entry (`fast_search_screen=None`). The fast mode's settings do not matter between two exact searches, nor the
-    screen's between two searches without one. `max_steps` may differ: it says where a search stops, not what it
+    entry (`fast_search.screen=None`); the flat `fast_search_<name>` keys of older files are read as `fast_search`'s.
+    The fast mode's settings do not matter between two exact searches, nor the screen's between two searches without
+    one. `max_steps` may differ: it says where a search stops, not what it
     chooses (a resume checks it allows the steps already made).
     """
-    config, saved_config = current.config, {**MultiPrunerConfig().to_dict(), **FORMER_VALUES, **saved.config}
-    ignored = PLACEMENT_FIELDS | STOPPING_FIELDS
+    config = comparable_fields(current.config)
+    saved_config = {**comparable_fields(MultiPrunerConfig().to_dict()), **FORMER_VALUES,
+                    **comparable_fields(saved.config)}
+    ignored = set(PLACEMENT_FIELDS | STOPPING_FIELDS)
     if config.get("search_mode") == saved_config.get("search_mode") == "exact":
-        ignored |= FAST_MODE_FIELDS
-    if config.get("fast_search_screen") is None and saved_config.get("fast_search_screen") is None:
+        ignored |= {k for k in set(config) | set(saved_config) if k.startswith(FAST_MODE_PREFIX)}
+    if config.get("fast_search.screen") is None and saved_config.get("fast_search.screen") is None:
         ignored |= SCREEN_FIELDS
     changed = sorted(k for k in (set(config) | set(saved_config)) - ignored if config.get(k) != saved_config.get(k))
     if changed:

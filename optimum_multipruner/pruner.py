@@ -119,6 +119,7 @@ class MultiPruner:
             self.record = resumed
             self._replay(resumed, units, resume_from or shared_from, check_structure=shared_from is None)
         self.record.weight_order = None if orders is None else encode_weight_order(orders)
+        self._refresh_structure()
         self._save_progress(writer)
         self._search(config, calibration, references, units, writer, progress)
         self._save_progress(writer)
@@ -145,7 +146,8 @@ class MultiPruner:
         for stage, target in config.stage_targets.items():
             if stage not in config.active_stages or ratio >= target:
                 continue
-            if self._reached_max_steps(config):
+            if self._max_steps_reached(config):
+                record.target_reached = False
                 break  # before the stage's calibration forward: it would take no step
             set_name = calibration_set(stage)
             if set_name != scorer_set:
@@ -154,20 +156,17 @@ class MultiPruner:
                     self.model, self.adapter, calibration[set_name], config.batch_size, ignore_index,
                     config.accelerated_search, progress, cache_device=config.cache_device,
                     importance_metric=config.importance_metric, reference=references.get(set_name),
-                    search_mode=config.search_mode, fast_search_first_sequences=config.fast_search_first_sequences,
-                    fast_search_keep=config.fast_search_keep, fast_search_screen=config.fast_search_screen,
-                    fast_search_screen_radius=config.fast_search_screen_radius,
-                    fast_search_tie_z=config.fast_search_tie_z, head_chunk_size=config.head_chunk_size,
+                    fast_search=config.fast_search if config.search_mode == "fast" else None,
+                    head_chunk_size=config.head_chunk_size,
                 )
                 scorer.restore_damage([s for s in record.steps if calibration_set(s.stage) == set_name])
                 scorer_set = set_name
                 record.start_perplexity.setdefault(set_name, scorer.base_perplexity)  # kept on resume
-            else:
-                scorer.stats.reset_counters()  # per-stage statistics
-            scorer.stats.continue_from(record.search_stats.get(stage))  # a resumed stage's work before it stopped
+            scorer.start_stage(record.search_stats.get(stage))  # a resumed stage counts on from its saved work
             bar = tqdm(total=round(target * 100, 2), desc=f"{stage} stage (% removed)", disable=not progress)
             while ratio < target:
-                if self._reached_max_steps(config):
+                if self._max_steps_reached(config):
+                    record.target_reached = False
                     break
                 candidates = candidates_for(stage, layers, self.adapter, self._layout, units)
                 if not candidates:
@@ -187,11 +186,12 @@ class MultiPruner:
     def _step(self, stage: str, candidates: list[Candidate], scorer: CandidateScorer, units: PruningUnits) -> PruningStep:
         """Score the candidates, apply the best one for good and record it."""
         layers, adapter, layout = self.adapter.decoder_layers(self.model), self.adapter, self._layout
-        best, total = scorer.select(
-            candidates, lambda c: trial(layers[c.layer], c, adapter, layout, units), f"step {len(self.record.steps) + 1}"
+        best, total = scorer.step(
+            candidates,
+            trial=lambda c: trial(layers[c.layer], c, adapter, layout, units),
+            apply=lambda c: apply_candidate(layers[c.layer], c, adapter, layout, units),
+            description=f"step {len(self.record.steps) + 1}",
         )
-        apply_candidate(layers[best.layer], best, adapter, layout, units)
-        scorer.committed(best)
         step = PruningStep(
             step=len(self.record.steps) + 1,
             stage=stage,
@@ -204,18 +204,16 @@ class MultiPruner:
             candidate_damage=scorer.step_damage,
         )
         self.record.steps.append(step)
+        self._refresh_structure()
         if distributed.is_main_process():
             kl = f", mean KL {total / scorer.num_sequences:.5f}" if scorer.importance_metric == "kl" else ""
             logger.info("Step %d: %s -> calibration perplexity %.4f%s, %.2f%% removed",
                         step.step, best, step.perplexity, kl, 100 * step.ratio)
         return step
 
-    def _reached_max_steps(self, config: MultiPrunerConfig) -> bool:
-        """Whether `config.max_steps` stops the search now (its target is then not reached)."""
-        if config.max_steps is None or len(self.record.steps) < config.max_steps:
-            return False
-        self.record.target_reached = False
-        return True
+    def _max_steps_reached(self, config: MultiPrunerConfig) -> bool:
+        """Whether `config.max_steps` stops the search now."""
+        return config.max_steps is not None and len(self.record.steps) >= config.max_steps
 
     def _check_can_prune(self, config: MultiPrunerConfig) -> None:
         if not isinstance(config, MultiPrunerConfig):
@@ -253,9 +251,12 @@ class MultiPruner:
             raise ValueError(f"Cannot resume: re-applying the steps of {source} does not give the structure "
                              "it recorded; the progress file is corrupted.")
 
-    def _save_progress(self, writer: Optional[SearchProgress]) -> None:
-        """Bring the record's structure up to date and, when the search keeps progress on disk, write it."""
+    def _refresh_structure(self) -> None:
+        """Bring `record.structure` up to date with the model: the one place it is set during a search."""
         self.record.structure = read_structure(self.model, self.adapter)
+
+    def _save_progress(self, writer: Optional[SearchProgress]) -> None:
+        """Write the record so far, when the search keeps progress on disk."""
         if writer is not None:
             writer.save(self.record)
 

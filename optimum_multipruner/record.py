@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .architectures import ArchitectureAdapter, get_adapter
+from .configuration import upgrade_config_dict
 from .structure import PrunedStructure
 from .surgery import LayerOrder, dense_parameter_count
 from .utils import atomic_write_text, read_json
@@ -34,7 +35,7 @@ class PruningStep:
     ratio: Optional[float]  # share of all dense parameters removed so far (None in imported records)
     num_parameters: Optional[int]  # parameters left (None in imported records)
     kept: int  # after the step: KV heads (attention actions) or MLP width (MLP actions); 0 = removed
-    # Fast mode with `fast_search_screen`: the damage of each candidate the step scored (`str(candidate)` -> its mean
+    # Fast mode with `fast_search.screen`: the damage of each candidate the step scored (`str(candidate)` -> its mean
     # calibration-loss increase per sequence, on the prefix of the last round it was kept through); a resumed search
     # screens by it. Written only when set.
     candidate_damage: Optional[dict[str, float]] = None
@@ -128,7 +129,7 @@ class PruningRecord:
                 structure=PrunedStructure.from_dict(data["structure"]),
                 weight_reorder=bool(data["weight_reorder"]),
                 steps=[PruningStep(**step) for step in data["steps"]],
-                config=data.get("config"),
+                config=None if data.get("config") is None else upgrade_config_dict(data["config"]),
                 start_perplexity=data.get("start_perplexity", {}),
                 search_stats=data.get("search_stats", {}),
                 shared_steps=data.get("shared_steps", 0),

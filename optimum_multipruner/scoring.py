@@ -13,14 +13,14 @@ non-negative, and totals are summed per batch of `batch_size` sequences, then ov
 sums them); (3) tries the candidates that got furthest and scored best in the previous step first, so the bound
 tightens early. Ties go to the candidate that comes first in the reference order, as the reference's strict `<` does.
 
-`search_mode="exact"` (default) makes exactly the plain search's choices. `search_mode="fast"` races the candidates
-over growing prefixes of the calibration sequences (successive halving): round 1 scores every candidate on the first
-`fast_search_first_sequences` sequences; each later round doubles the prefix (capped at all sequences) and scores only
-the `ceil(fast_search_keep * n)` candidates with the lowest totals on the previous round's prefix (ties to the earlier
+The exact search (default) makes exactly the plain search's choices. The fast search (a `FastSearchConfig`) races the
+candidates over growing prefixes of the calibration sequences (successive halving): round 1 scores every candidate on
+the first `first_sequences` sequences; each later round doubles the prefix (capped at all sequences) and scores only
+the `ceil(keep * n)` candidates with the lowest totals on the previous round's prefix (ties to the earlier
 candidate; `n` = candidates in that round); a candidate continues from the sequences it was already scored on, and
 within a round stops as soon as it can no longer be among the candidates the round keeps. The round on all sequences
 is the final one: its lowest total (exact early stopping, same tie rule) is the step's choice, so the choice is
-always made on the whole calibration set, among the candidates still in the race. With `fast_search_tie_z` (z), a
+always made on the whole calibration set, among the candidates still in the race. With `tie_z` (z), a
 round also keeps every candidate that completed its prefix and that the round's leader is not clearly ahead of: the
 mean of its per-sequence objective differences from the leader's is at most z standard errors (a paired test over the
 prefix, from 2 sequences on). Halving a field of strong candidates cuts into the pack of near ties, whose order on a
@@ -28,13 +28,13 @@ few sequences is chance; the tie rule sends them on to more sequences. A round t
 on its whole prefix (no early stopping), so the ties it finds depend neither on the scoring order nor on the
 number of processes.
 
-With `fast_search_screen` (a share s; 0.25 by default in the fast mode), a step first screens the candidates by what
+With `screen` (a share s; 0.25 by default in the fast mode), a step first screens the candidates by what
 earlier steps learnt about them: a candidate's damage is its mean objective increase per calibration sequence over the
 model of the step that last scored it, on the prefix of the last round it was kept through in that step's race (its
 first sequence if none): where early stopping left it does not count, so the damage does not depend on the order of
 scoring nor on the number of processes. Of the n candidates of the step, the ceil(s * n) with the lowest last damage
 race (ties to the earlier candidate), and so does every candidate with no damage known: never scored before (a
-stage's first step), or of a layer within `fast_search_screen_radius` (1) layers of a unit removed or shrunk since it
+stage's first step), or of a layer within `screen_radius` (1) layers of a unit removed or shrunk since it
 was last scored, since a removal changes its neighbours most (removing attention `i` can make removing MLP `i` or
 `i - 1` much less harmful); the others sit the step out. Farther removals seldom make a unit much less harmful, and the
 damage of the candidates that race is measured anew (it mostly grows as the model shrinks) while that of those
@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .architectures import ArchitectureAdapter
 from .candidates import Candidate
+from .configuration import FastSearchConfig
 from .devices import DeviceLike, as_device, decoder_layer_devices, execution_device, move_to_device
 from .nll import DEFAULT_HEAD_CHUNK_SIZE, SequenceLosses, head_losses
 
@@ -183,6 +184,7 @@ TrialFactory = Callable[[Candidate], AbstractContextManager]
 class CandidateScorer:
     """Finds the candidate whose removal gives the lowest calibration loss (NLL or KL total) on the current model.
 
+    `fast_search`: the fast mode's settings (`None`: the exact search; the plain scorer always searches exactly).
     `reference`: for `importance_metric="kl"`, the original model's hidden states entering the final norm,
     `[num_sequences, seq_len, hidden]` (see [`final_hidden_states`]). `head_chunk_size`: positions per chunk of the
     final norm + `lm_head` + loss (see `nll.head_losses`).
@@ -200,12 +202,7 @@ class CandidateScorer:
         cache_device: Optional[DeviceLike] = None,
         importance_metric: str = "ppl",
         reference: Optional[torch.Tensor] = None,
-        search_mode: str = "exact",
-        fast_search_first_sequences: int = 1,
-        fast_search_keep: float = 0.5,
-        fast_search_screen: Optional[float] = None,
-        fast_search_screen_radius: int = 1,
-        fast_search_tie_z: Optional[float] = None,
+        fast_search: Optional[FastSearchConfig] = None,
         head_chunk_size: int = DEFAULT_HEAD_CHUNK_SIZE,
     ) -> None:
         if (importance_metric == "kl") != (reference is not None):
@@ -218,13 +215,8 @@ class CandidateScorer:
         self.progress = progress
         self.importance_metric = importance_metric
         self.reference = reference
-        self.search_mode = search_mode
-        self.fast_search_first_sequences = fast_search_first_sequences
-        self.fast_search_keep = fast_search_keep
-        self.screens = search_mode == "fast" and accelerated and fast_search_screen is not None
-        self.fast_search_screen = fast_search_screen
-        self.fast_search_screen_radius = fast_search_screen_radius
-        self.fast_search_tie_z = fast_search_tie_z
+        self.fast_search = fast_search if accelerated else None
+        self.screens = self.fast_search is not None and self.fast_search.screen is not None
         self.head_chunk_size = head_chunk_size
         device = execution_device(model.get_input_embeddings())
         self.batches = [batch.to(device) for batch in sequences.split(batch_size)]  # each [batch, seq_len]
@@ -253,6 +245,7 @@ class CandidateScorer:
         self.base_total, self.base_nll_total = self._sum(base.objective), self._sum(base.nll)
         self._base_objective = base.objective  # [num_sequences]: the current model's per-sequence objective
         self._winner_tally: dict[Candidate, _Tally] = {}  # the last step's choice, until `committed`
+        self._stages_started = 0
         self.stats.seconds += time.perf_counter() - start
 
     # ------------------------------------------------------------------ public API
@@ -263,6 +256,23 @@ class CandidateScorer:
 
     def to_perplexity(self, total: float) -> float:
         return math.exp(total / self.num_sequences)
+
+    def start_stage(self, saved_stats: Optional[dict] = None) -> None:
+        """Start counting a stage's work: anew, except for the first stage of this scorer (which counts the capture
+        of the cache), on from `saved_stats` (`SearchStats.to_dict`) when a resumed stage did some already."""
+        if self._stages_started:
+            self.stats.reset_counters()
+        self._stages_started += 1
+        self.stats.continue_from(saved_stats)
+
+    def step(self, candidates: Sequence[Candidate], trial: TrialFactory, apply: Callable[[Candidate], None],
+             description: str = "candidates") -> tuple[Candidate, float]:
+        """One greedy step: [`select`] the best candidate, `apply` it to the model for good, and take the model it
+        gives as the current one ([`committed`]). Returns `(candidate, its objective total)`."""
+        best, total = self.select(candidates, trial, description)
+        apply(best)
+        self.committed(best)
+        return best, total
 
     @torch.no_grad()
     def select(self, candidates: Sequence[Candidate], trial: TrialFactory, description: str = "candidates"):
@@ -277,7 +287,7 @@ class CandidateScorer:
         stops = self._round_stops()
         kept = [len(survivors)]  # candidates of each round
         for _ in stops[1:]:
-            kept.append(math.ceil(self.fast_search_keep * kept[-1]))
+            kept.append(math.ceil(self.fast_search.keep * kept[-1]))
         tallies: dict[int, _Tally] = {}
         completed: dict[int, int] = {}  # sequences every candidate was scored on, whatever the order and processes
         with tqdm(total=sum(kept), desc=description, disable=not self.progress, leave=False) as bar:
@@ -285,7 +295,7 @@ class CandidateScorer:
                 completed.update((k, stops[r - 1] if r else 1) for k in survivors)  # the rounds it was kept through
                 final = r + 1 == len(stops)
                 keep = 1 if final else kept[r + 1]
-                keeps_ties = not final and self.fast_search_tie_z is not None and stop >= 2
+                keeps_ties = not final and self.fast_search.tie_z is not None and stop >= 2
                 # such a round scores every candidate on its whole prefix, so the ties it keeps depend neither on the
                 # scoring order nor on the processes
                 totals = self._shared_round(candidates, survivors, trial, stop, None if keeps_ties else keep, tallies,
@@ -412,30 +422,32 @@ class CandidateScorer:
     # ------------------------------------------------------------------ screening (fast mode)
     def _screened(self, candidates: Sequence[Candidate]) -> set[int]:
         """Indices of the candidates that sit this step out: those scored before whose last damage is not among the
-        `ceil(fast_search_screen * len(candidates))` lowest (ties to the earlier candidate; NaN ranks last)."""
+        `ceil(fast_search.screen * len(candidates))` lowest (ties to the earlier candidate; NaN ranks last)."""
         if not self.screens:
             return set()
         known = sorted(_rank_key(self._damage[c], k) for k, c in enumerate(candidates) if c in self._damage)
-        return {k for _, k in known[math.ceil(self.fast_search_screen * len(candidates)):]}
+        return {k for _, k in known[math.ceil(self.fast_search.screen * len(candidates)):]}
 
     def _tied_with_leader(self, ranked: Sequence[int], keep: int, tallies: dict[int, _Tally], stop: int) -> list[int]:
         """Fast mode: of the candidates ranked after the `keep` best of a round on the first `stop` (>= 2) sequences,
         those the round's leader is not clearly ahead of: the mean of their per-sequence objective differences from
-        the leader's is at most `fast_search_tie_z` standard errors (paired, over the `stop` sequences)."""
+        the leader's is at most `fast_search.tie_z` standard errors (paired, over the `stop` sequences)."""
         if not ranked:
             return []
         leader = tallies[ranked[0]].objective[:stop]  # [stop]
         tied = []
         for k in ranked[keep:]:
             difference = tallies[k].objective[:stop] - leader  # [stop]
-            if difference.mean().item() <= self.fast_search_tie_z * difference.std().item() / math.sqrt(stop):
+            if difference.mean().item() <= self.fast_search.tie_z * difference.std().item() / math.sqrt(stop):
                 tied.append(k)
         return tied
 
     def _forget_damage_near(self, changed: Candidate) -> None:
-        """Forget the damage of the candidates within `fast_search_screen_radius` layers of `changed` (its own
+        """Forget the damage of the candidates within `fast_search.screen_radius` layers of `changed` (its own
         included: gone, or another group of a shrunk layer), so they race at the next step."""
-        radius = self.fast_search_screen_radius
+        if not self.screens:
+            return
+        radius = self.fast_search.screen_radius
         for candidate in [c for c in self._damage if abs(c.layer - changed.layer) <= radius]:
             del self._damage[candidate]
 
@@ -464,8 +476,10 @@ class CandidateScorer:
 
     def _round_stops(self) -> list[int]:
         """Sequences each round scores up to: all of them (exact), or doubling from the first round's (fast)."""
-        stops, stop = [], self.fast_search_first_sequences
-        while self.search_mode == "fast" and self.accelerated and stop < self.num_sequences:
+        if self.fast_search is None:
+            return [self.num_sequences]
+        stops, stop = [], self.fast_search.first_sequences
+        while stop < self.num_sequences:
             stops.append(stop)
             stop *= 2
         return stops + [self.num_sequences]

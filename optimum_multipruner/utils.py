@@ -1,14 +1,16 @@
-"""Small shared helpers: the library logger and atomic file writes."""
+"""Small shared helpers: the library logger, atomic file writes and a callback run when a module is imported."""
 
 from __future__ import annotations
 
+import importlib.abc
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
 _LIBRARY_LOGGER = "optimum_multipruner"
 
@@ -106,3 +108,50 @@ def atomic_directory(path: Union[str, os.PathLike], overwrite: bool = False) -> 
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+class _CallAfterExec(importlib.abc.Loader):
+    """Runs the real loader of a module, then the callbacks."""
+
+    def __init__(self, loader: importlib.abc.Loader, callbacks: list[Callable[[], None]]) -> None:
+        self.loader, self.callbacks = loader, callbacks
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        for callback in self.callbacks:
+            callback()
+
+
+class _ImportWatcher(importlib.abc.MetaPathFinder):
+    """One-shot `sys.meta_path` finder: wraps the loader of module `name`, then removes itself."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.callbacks = name, []
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _CallAfterExec(spec.loader, self.callbacks)
+                return spec
+        return None
+
+
+def call_after_import(name: str, callback: Callable[[], None]) -> None:
+    """Call `callback` once module `name` has been imported: now if it already is, else right after its import
+    (at no import cost before that)."""
+    if name in sys.modules:
+        callback()
+        return
+    watcher = next((f for f in sys.meta_path if isinstance(f, _ImportWatcher) and f.name == name), None)
+    if watcher is None:
+        watcher = _ImportWatcher(name)
+        sys.meta_path.insert(0, watcher)
+    watcher.callbacks.append(callback)

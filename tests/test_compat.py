@@ -3,7 +3,6 @@ and the attributes our overrides read: an upgrade of transformers, optimum, opti
 fails here, loudly."""
 
 import inspect
-import sys
 from argparse import ArgumentParser
 
 import pytest
@@ -63,19 +62,3 @@ def test_openvino_export_command_parses_the_arguments_the_hook_reads():
 
 def test_lm_eval_task_manager_lists_subtasks():
     assert isinstance(inspect.getattr_static(compat.LM_EVAL_TASK_MANAGER.load(), "all_subtasks"), property)
-
-
-def test_call_after_import_runs_once_the_module_is_imported(tmp_path, monkeypatch):
-    (tmp_path / "multipruner_probe_module.py").write_text("VALUE = 1\n", encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    calls = []
-    compat.call_after_import("multipruner_probe_module", lambda: calls.append(sys.modules["multipruner_probe_module"]))
-    compat.call_after_import("multipruner_probe_module", lambda: calls.append("second"))
-    assert calls == []
-    import multipruner_probe_module
-
-    assert calls == [multipruner_probe_module, "second"] and multipruner_probe_module.VALUE == 1
-    assert not any(isinstance(finder, compat._ImportWatcher) for finder in sys.meta_path)
-    compat.call_after_import("multipruner_probe_module", lambda: calls.append("already imported"))
-    assert calls[-1] == "already imported"
-    monkeypatch.delitem(sys.modules, "multipruner_probe_module")

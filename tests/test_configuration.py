@@ -1,10 +1,14 @@
 """`MultiPrunerConfig`: defaults, derived targets, (de)serialisation, validation."""
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from optimum_multipruner import MultiPrunerConfig
+from optimum_multipruner import FastSearchConfig, MultiPrunerConfig, configuration
 
 
 def test_defaults_follow_the_reference():
@@ -63,19 +67,57 @@ def test_bad_files_give_clear_errors(tmp_path, text, message):
         ("batch_size", True),
         ("max_steps", 0),
         ("block_types", ("attention", "norm")),
-        ("fast_search_keep", 0.0),
-        ("fast_search_screen", 0.0),
-        ("fast_search_screen", 1.5),
-        ("fast_search_screen", float("nan")),
-        ("fast_search_screen", float("inf")),
-        ("fast_search_screen_radius", -1),
-        ("fast_search_screen_radius", 1.5),
-        ("fast_search_screen_radius", True),
-        ("fast_search_tie_z", -1.0),
-        ("fast_search_tie_z", float("nan")),
-        ("fast_search_tie_z", True),
     ],
 )
 def test_invalid_fields(field, value):
     with pytest.raises(ValueError, match=field):
         MultiPrunerConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"first_sequences": 0}, "fast_search.first_sequences"),
+        ({"keep": 0.0}, "fast_search.keep"),
+        ({"screen": 0.0}, "fast_search.screen"),
+        ({"screen": 1.5}, "fast_search.screen"),
+        ({"screen": float("nan")}, "fast_search.screen"),
+        ({"screen": float("inf")}, "fast_search.screen"),
+        ({"screen_radius": -1}, "fast_search.screen_radius"),
+        ({"screen_radius": 1.5}, "fast_search.screen_radius"),
+        ({"screen_radius": True}, "fast_search.screen_radius"),
+        ({"tie_z": -1.0}, "fast_search.tie_z"),
+        ({"tie_z": float("nan")}, "fast_search.tie_z"),
+        ({"tie_z": True}, "fast_search.tie_z"),
+        ({"colour": "red"}, "Unknown FastSearchConfig field(s) ['colour']"),
+    ],
+)
+def test_invalid_fast_search_fields(values, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MultiPrunerConfig(search_mode="fast", fast_search=values)
+
+
+def test_fast_search_nests_and_old_flat_keys_still_load(tmp_path):
+    """`fast_search` takes a `FastSearchConfig` or a dict and is saved nested; a file written before it existed
+    (flat `fast_search_<name>` keys) loads to the same configuration."""
+    config = MultiPrunerConfig(search_mode="fast", fast_search={"screen": None, "keep": 0.25})
+    assert config.fast_search == FastSearchConfig(screen=None, keep=0.25) and config.fast_search.tie_z == 1.0
+    assert config.to_dict()["fast_search"] == {"first_sequences": 1, "keep": 0.25, "screen": None,
+                                               "screen_radius": 1, "tie_z": 1.0}
+    old = {key: value for key, value in config.to_dict().items() if key != "fast_search"}
+    old.update(fast_search_first_sequences=1, fast_search_keep=0.25, fast_search_screen=None,
+               fast_search_screen_radius=1, fast_search_tie_z=1.0)
+    (tmp_path / "multipruner_config.json").write_text(json.dumps(old))
+    assert MultiPrunerConfig.from_pretrained(tmp_path) == config
+    assert MultiPrunerConfig.from_dict({"search_mode": "fast", "fast_search_keep": 0.25}).fast_search.keep == 0.25
+    with pytest.raises(ValueError, match=r"Unknown FastSearchConfig field\(s\) \['colour'\]"):
+        MultiPrunerConfig.from_dict({"fast_search_colour": 1})
+
+
+def test_the_configuration_module_imports_no_torch():
+    """`optimum-cli multipruner prune` loads it on its own to build its options, at every start-up."""
+    script = ("import runpy, sys\n"
+              f"runpy.run_path({str(Path(configuration.__file__))!r}, run_name='standalone')\n"
+              "assert 'torch' not in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -177,8 +177,8 @@ def dense_checkpoint(tmp_path_factory, tokenizer):
 
 SEARCHES = {  # the exact accelerated search; the fast mode (rounds re-shared; a screen that sits many out), with KL
     "exact": dict(SMALL_SEARCH),
-    "fast": dict(SMALL_SEARCH, search_mode="fast", fast_search_first_sequences=2, fast_search_screen=0.1),
-    "fast-kl": dict(SMALL_SEARCH, search_mode="fast", fast_search_first_sequences=2, importance_metric="kl"),
+    "fast": dict(SMALL_SEARCH, search_mode="fast", fast_search=dict(first_sequences=2, screen=0.1)),
+    "fast-kl": dict(SMALL_SEARCH, search_mode="fast", fast_search=dict(first_sequences=2), importance_metric="kl"),
 }
 
 

@@ -9,6 +9,7 @@ from transformers import LlamaConfig
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, get_adapter
 from optimum_multipruner import memory
 from optimum_multipruner.candidates import Candidate, PruningUnits, trial
+from optimum_multipruner.data import build_calibration_sets
 from optimum_multipruner.memory import SearchMemoryError, estimate_search_memory
 from optimum_multipruner.scoring import CandidateScorer
 
@@ -90,10 +91,19 @@ def test_search_that_does_not_fit_is_refused_before_any_weight_changes(tokenizer
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_a_search_that_fits_passes_the_check(tokenizer, calibration_file):
+def test_a_search_that_fits_exactly_passes_the_check_and_one_byte_less_does_not(tokenizer, calibration_file,
+                                                                                 monkeypatch):
     model = make_model("llama")
+    config = search_config(calibration_file, max_steps=1)
+    calibration = build_calibration_sets(config, tokenizer, model.get_input_embeddings().num_embeddings)
+    needed = estimate_search_memory(model.config, config, {name: len(s) for name, s in calibration.items()},
+                                    dtype=torch.float32, layer_devices=["cpu"] * 4).per_device["cpu"]
+    monkeypatch.setattr(memory, "free_memory", lambda device: needed - 1)
+    with pytest.raises(SearchMemoryError):
+        MultiPruner(model, tokenizer).prune(config, progress=False)
+    monkeypatch.setattr(memory, "free_memory", lambda device: needed)
     pruner = MultiPruner(model, tokenizer)
-    pruner.prune(search_config(calibration_file, max_steps=1), progress=False)
+    pruner.prune(config, progress=False)
     assert len(pruner.record.steps) == 1
 
 

@@ -8,7 +8,7 @@ again on their calibration set rebuilt from their configuration. The tiny recipe
     model, tokenizer = load_smollm2()  # examples/smollm2.py
     config = MultiPrunerConfig(0.05, (44, 52, 4), mlp_channel_group_size=256, calibration_dataset=LOCAL_ALPACA,
                                num_calibration_samples_block=8, num_calibration_samples_width=8, sequence_length=256,
-                               batch_size=1, search_mode="fast", fast_search_screen=None, fast_search_tie_z=None)
+                               batch_size=1, search_mode="fast", fast_search=FastSearchConfig(screen=None, tie_z=None))
     pruner = MultiPruner(model, tokenizer)
     pruner.prune(config)
     pruner.record.save("benchmarks/results/smollm2_tiny/multipruner_44_52_4_5")
@@ -60,8 +60,12 @@ def calibration_file(path: str) -> str:
     return require_asset(os.path.join(ASSETS, os.path.basename(os.path.dirname(path)), os.path.basename(path)))
 
 
-def test_tiny_and_table_recipes_are_committed():
+def test_tiny_and_table_recipes_are_committed_with_the_settings_they_were_made_with():
     assert TINY_RECIPE in RECIPES and TABLE_RECIPE in RECIPES
+    tiny, table = (MultiPrunerConfig.from_dict(PruningRecord.load(path).config) for path in (TINY_RECIPE, TABLE_RECIPE))
+    assert (tiny.target_ratio, tiny.mlp_channel_group_size, tiny.sequence_length, tiny.batch_size) == (0.05, 256, 256, 1)
+    assert (tiny.num_calibration_samples_block, tiny.num_calibration_samples_width, tiny.search_mode) == (8, 8, "fast")
+    assert (table.target_ratio, table.pruning_distribution, table.sequence_length) == (0.2, (44.0, 52.0, 4.0), 512)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[f"{path.parent.parent.name}/{path.parent.name}" for path in RECIPES])

@@ -10,7 +10,7 @@ from testing_utils import make_model, search_config
 
 from optimum_multipruner import MultiPruner, PruningRecord, get_adapter
 from optimum_multipruner.record import PruningStep, encode_weight_order, from_multipruner_config
-from optimum_multipruner.surgery import weight_magnitude_orders
+from optimum_multipruner.surgery import read_structure, weight_magnitude_orders
 
 
 def state(model):
@@ -131,10 +131,16 @@ def test_order_encoding_round_trips():
 
 def test_official_imports_have_no_order_and_sort_the_weights_again():
     model = make_model("llama", seed=1)
+    adapter = get_adapter(model)
+    heaviest = weight_magnitude_orders(model, adapter)[2][1][:128]  # layer 2's MLP channels by weight magnitude
+    gate = model.model.layers[2].mlp.gate_proj.weight.clone()
     record = from_multipruner_config({"pruned_attn_idx": [0], "pruned_mlp_idx": [], "pruned_mlp_width": {"2": 128}},
                                      model.config)
     assert record.weight_order is None and record.weight_reorder
-    MultiPruner(model).apply(record)
+    applied = MultiPruner(model).apply(record)
+    assert read_structure(applied, adapter) == record.structure
+    assert torch.equal(applied.model.layers[2].mlp.gate_proj.weight, gate[heaviest])  # not the first 128 channels
+    assert not torch.equal(heaviest.sort().values, torch.arange(128))
 
 
 def test_a_step_writes_candidate_damage_only_when_it_screened():

@@ -18,7 +18,14 @@ from testing_utils import make_model, make_text, make_tokenizer, run_optimum_cli
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from optimum_multipruner import MultiPruner, MultiPrunerConfig, PrunedStructure, PruningRecord, count_parameters
+from optimum_multipruner import (
+    FastSearchConfig,
+    MultiPruner,
+    MultiPrunerConfig,
+    PrunedStructure,
+    PruningRecord,
+    count_parameters,
+)
 from optimum_multipruner.progress import PROGRESS_NAME, state_dict_hash
 from optimum_multipruner.configuration import CONFIG_NAME
 from optimum_multipruner.utils import check_output_dir
@@ -192,27 +199,35 @@ def test_progress_written_before_a_config_field_existed_resumes_with_its_default
     assert resumed.record.steps[: len(saved_steps)] == saved_steps and resumed.record.target_reached
 
 
+def flat_fast_search_keys(config):
+    """A configuration as versions before `FastSearchConfig` wrote it: flat `fast_search_<name>` keys."""
+    flat = {key: value for key, value in config.items() if key != "fast_search"}
+    return {**flat, **{f"fast_search_{name}": value for name, value in config["fast_search"].items()}}
+
+
 @pytest.mark.parametrize(
     "missing, refused, former",
     [  # before the screen; the first screen (the radius is not compared between searches without a screen); before
         # the tie rule
         (("fast_search_screen", "fast_search_screen_radius", "fast_search_tie_z"),
-         ["fast_search_screen", "fast_search_screen_radius", "fast_search_tie_z"],
-         dict(fast_search_screen=None, fast_search_tie_z=None)),
-        (("fast_search_screen_radius", "fast_search_tie_z"), ["fast_search_screen_radius", "fast_search_tie_z"],
-         dict(fast_search_screen_radius=0, fast_search_tie_z=None)),
-        (("fast_search_tie_z",), ["fast_search_tie_z"], dict(fast_search_tie_z=None)),
+         ["fast_search.screen", "fast_search.screen_radius", "fast_search.tie_z"], dict(screen=None, tie_z=None)),
+        (("fast_search_screen_radius", "fast_search_tie_z"), ["fast_search.screen_radius", "fast_search.tie_z"],
+         dict(screen_radius=0, tie_z=None)),
+        (("fast_search_tie_z",), ["fast_search.tie_z"], dict(tie_z=None)),
     ],
 )
 def test_fast_progress_written_before_a_fast_mode_field_existed_resumes_as_it_began(missing, refused, former, runs,
                                                                                     inputs, tokenizer,
                                                                                     calibration_file, tmp_path):
-    """Fast progress without a fast-mode field resumes with the value that field's behaviour had before it existed
-    (`progress.FORMER_VALUES`) and is refused under the new defaults. Between exact searches it does not matter."""
+    """Fast progress of an older version (flat `fast_search_<name>` keys) without a fast-mode field resumes with the
+    value that field's behaviour had before it existed (`progress.FORMER_VALUES`) and is refused under the new
+    defaults. Between exact searches it does not matter."""
     root, _ = runs
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(root / "killed-progress", checkpoint)
     progress = json.loads((checkpoint / PROGRESS_NAME).read_text())
+    progress["config"] = flat_fast_search_keys(progress["config"])
+    progress["record"]["config"] = flat_fast_search_keys(progress["record"]["config"])
     for name in missing:
         del progress["config"][name]
     progress["config"]["search_mode"] = "fast"  # as if the killed search had been a fast one
@@ -220,12 +235,15 @@ def test_fast_progress_written_before_a_fast_mode_field_existed_resumes_as_it_be
     with pytest.raises(ValueError, match=r"configuration differs .*" + re.escape(str(refused))):
         MultiPruner(_dense(inputs), tokenizer).prune(search_config(calibration_file, search_mode="fast"),
                                                      progress=False, resume_from=checkpoint)
-    MultiPruner(_dense(inputs), tokenizer).prune(search_config(calibration_file, search_mode="fast", **former),
-                                                 progress=False, resume_from=checkpoint)
+    resumed = MultiPruner(_dense(inputs), tokenizer)
+    resumed.prune(search_config(calibration_file, search_mode="fast", fast_search=former), progress=False,
+                  resume_from=checkpoint)
+    assert not [key for key in resumed.record.config if key.startswith("fast_search_")]  # read in today's format
+    assert MultiPrunerConfig.from_dict(resumed.record.config).fast_search == FastSearchConfig()
     exact = tmp_path / "exact"
     shutil.copytree(root / "killed-progress", exact)
     resumed = MultiPruner(_dense(inputs), tokenizer)
-    resumed.prune(search_config(calibration_file, fast_search_screen=None, fast_search_keep=0.25), progress=False,
+    resumed.prune(search_config(calibration_file, fast_search=dict(screen=None, keep=0.25)), progress=False,
                   resume_from=exact)
     assert resumed.record.target_reached
 

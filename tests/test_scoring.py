@@ -7,7 +7,7 @@ import pytest
 import torch
 from testing_utils import make_model
 
-from optimum_multipruner import MultiPruner, MultiPrunerConfig, get_adapter
+from optimum_multipruner import FastSearchConfig, MultiPruner, MultiPrunerConfig, get_adapter
 from optimum_multipruner.candidates import Candidate
 from optimum_multipruner.data import build_sequences, load_text_rows
 from optimum_multipruner.nll import head_chunk_bytes, head_losses, sequence_nll
@@ -105,7 +105,8 @@ def test_fast_search_drops_candidates_and_chooses_by_the_full_set_total(trained_
     exact = CandidateScorer(model, adapter, sequences, 4, progress=False)
     best, total = exact.select(candidates, trial)
     for keep in (1.0, 0.5):
-        fast = CandidateScorer(model, adapter, sequences, 4, search_mode="fast", fast_search_keep=keep, progress=False)
+        fast = CandidateScorer(model, adapter, sequences, 4, progress=False,
+                               fast_search=FastSearchConfig(keep=keep, screen=None, tie_z=None))
         assert fast.select(candidates, trial) == (best, total)
         assert fast.stats.candidates_dropped == (0 if keep == 1.0 else 3)  # 4 -> 2 -> 1 -> 1 candidates in 4 rounds
     assert best == candidates[1]
@@ -114,7 +115,7 @@ def test_fast_search_drops_candidates_and_chooses_by_the_full_set_total(trained_
 
 
 def test_tie_rule_keeps_candidates_the_leader_is_not_clearly_ahead_of(trained_model, sequences):
-    """`fast_search_tie_z`: a candidate the halving drops stays in the race while the mean of its per-sequence
+    """`fast_search.tie_z`: a candidate the halving drops stays in the race while the mean of its per-sequence
     differences from the round leader's is at most z standard errors; a huge z races every candidate to the whole set,
     and the choice and its total are the exact search's either way."""
     model = trained_model("llama")
@@ -123,12 +124,13 @@ def test_tie_rule_keeps_candidates_the_leader_is_not_clearly_ahead_of(trained_mo
     trial = scaled_head(model, dict(zip(candidates, (1.0, 1.05, 0.95, 1.1))))  # close calls
     best_and_total = CandidateScorer(model, adapter, sequences, 4, progress=False).select(candidates, trial)
     for tie_z, dropped in ((None, 3), (1e9, 0)):  # first round on 2 sequences: 4 -> 2 -> 1 by halving alone
-        fast = CandidateScorer(model, adapter, sequences, 4, search_mode="fast", fast_search_first_sequences=2,
-                               fast_search_tie_z=tie_z, progress=False)
+        fast = CandidateScorer(model, adapter, sequences, 4, progress=False,
+                               fast_search=FastSearchConfig(first_sequences=2, screen=None, tie_z=tie_z))
         assert fast.select(candidates, trial) == best_and_total
         assert fast.stats.candidates_dropped == dropped and fast.stats.candidates_stopped_early == 0
 
-    scorer = CandidateScorer(model, adapter, sequences, 4, search_mode="fast", fast_search_tie_z=1.0, progress=False)
+    scorer = CandidateScorer(model, adapter, sequences, 4, progress=False,
+                             fast_search=FastSearchConfig(screen=None, tie_z=1.0))
     tallies = {}
     for k, objective in enumerate(([2.0, 2.0, 2.0], [2.1, 1.95, 2.0], [2.1, 2.12, 2.0], [2.5, 2.6, 2.0])):
         tallies[k] = _Tally(3, kl=False)
@@ -150,8 +152,8 @@ def test_screen_sits_out_candidates_far_behind_and_a_restored_scorer_screens_ali
     trial = scaled_head(model, {harmless: 1.0, near: 64.0, mild: 1.5, ruinous: 64.0, unseen: 64.0})
 
     def fast_scorer(radius=1):
-        return CandidateScorer(model, adapter, sequences, 4, search_mode="fast", fast_search_screen=0.25,
-                               fast_search_screen_radius=radius, progress=False)
+        return CandidateScorer(model, adapter, sequences, 4, progress=False,
+                               fast_search=FastSearchConfig(screen=0.25, screen_radius=radius, tie_z=None))
 
     scorer = fast_scorer()
     assert scorer.select([harmless, near, mild, ruinous], trial) == (harmless, scorer.base_total)

@@ -103,6 +103,16 @@ class ArchitectureAdapter:
     Subclasses set `model_type`, `display_name`, `stem`, `config_class`, `causal_lm_class` and `layer_layout`, and
     register with `@register_adapter`; families with fused projections override the projection methods. Every method
     that changes a module keeps whole KV groups.
+
+    The contract with the search: a candidate changes one decoder layer, and only through `replace_attention`,
+    `replace_mlp`, `select_kv_groups` and `select_mlp_channels`. These may replace child modules of the layer, of its
+    attention and of its MLP (new modules holding new tensors, see [`select_linear`]), set plain attributes of those
+    three modules (e.g. a head count) and change their `__class__` (Phi-3 swaps in its pruned attention class). They
+    must not write into an existing tensor, assign a parameter or buffer directly, nor touch any other module:
+    `candidates.trial` scores a candidate and then restores exactly the layer, its attention and its MLP (their
+    `__class__`, `__dict__` and `_modules`), so any other change would leak into every candidate scored after it.
+    `tests/architectures/test_base.py` checks that a trial of every candidate kind leaves every family's weights,
+    module classes and logits as they were.
     """
 
     model_type: ClassVar[str]

@@ -18,8 +18,8 @@ from typing import Any, Optional, Union
 from optimum_multipruner_constants import PRUNED_MODEL_TYPE_PREFIX, WEIGHT_FORMATS
 
 from ..architectures import ADAPTERS
-from ..compat import OPENVINO_EXPORTERS_MODULE, call_after_import
-from ..utils import atomic_write_text, get_logger
+from ..compat import OPENVINO_EXPORTERS_MODULE
+from ..utils import atomic_write_text, call_after_import, get_logger
 
 logger = get_logger(__name__)
 

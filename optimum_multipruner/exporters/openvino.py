@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from huggingface_hub.constants import HUGGINGFACE_HUB_CACHE
@@ -84,12 +84,33 @@ def _add_past_key_values(self, inputs_or_outputs: dict[str, dict[int, str]], dir
         inputs_or_outputs[f"{name}.{slot}.value"] = {0: "batch_size", 2: sequence}
 
 
+def with_past_key_values(stock: type, generator: type, add_past_key_values: Callable, name: str, doc: str,
+                         module: str) -> type:
+    """Subclass of the OpenVINO export config `stock` whose dummy past key/values come from `generator` (in place of
+    the stock one in `DUMMY_INPUT_GENERATOR_CLASSES` too) and whose `add_past_key_values` is the given one."""
+    stock_generator = stock.DUMMY_PKV_GENERATOR_CLASS
+    return type(
+        name,
+        (stock,),
+        {
+            "__module__": module,
+            "__doc__": doc,
+            "DUMMY_INPUT_GENERATOR_CLASSES": tuple(
+                generator if stock_class is stock_generator else stock_class
+                for stock_class in stock.DUMMY_INPUT_GENERATOR_CLASSES
+            ),
+            "DUMMY_PKV_GENERATOR_CLASS": generator,
+            "add_past_key_values": add_past_key_values,
+        },
+    )
+
+
 def _make_export_config(base_type: str) -> type:
     """Subclass of the family's stock OpenVINO export config with per-kept-layer past key/values."""
     stock = TasksManager.get_exporter_config_constructor(
         "openvino", model_type=base_type, task=TASKS[-1], library_name="transformers"
     ).func
-    return compat.with_past_key_values(
+    return with_past_key_values(
         stock,
         PrunedPastKeyValuesGenerator,
         _add_past_key_values,

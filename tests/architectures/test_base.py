@@ -5,7 +5,7 @@ import pkgutil
 
 import pytest
 import torch
-from testing_utils import CONFIGS, make_model, search_config
+from testing_utils import CONFIGS, FAMILIES, make_model, search_config
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Olmo2Config, Olmo2ForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -18,6 +18,14 @@ from optimum_multipruner.architectures import (
     DecoderLayerLayout,
     get_adapter,
     register_adapter,
+)
+from optimum_multipruner.candidates import (
+    STAGE_ACTIONS,
+    Candidate,
+    PruningUnits,
+    apply_candidate,
+    candidates_for,
+    trial,
 )
 from optimum_multipruner.modeling import PRUNED_CONFIG_CLASSES, PRUNED_MODEL_CLASSES, register_pruned_models
 from optimum_multipruner.structure import PrunedStructure
@@ -110,10 +118,14 @@ def toy_family():
             registry.pop("toyfamily", None)
 
 
-def test_one_registered_adapter_is_all_a_family_needs_to_be_pruned_saved_and_loaded(toy_family, tmp_path):
+def make_toy_model():
     torch.manual_seed(0)
     values = {k: v for k, v in CONFIGS["llama"]().to_dict().items() if k not in ("model_type", "architectures")}
-    model = ToyForCausalLM(ToyConfig(**values)).eval()
+    return ToyForCausalLM(ToyConfig(**values)).eval()
+
+
+def test_one_registered_adapter_is_all_a_family_needs_to_be_pruned_saved_and_loaded(toy_family, tmp_path):
+    model = make_toy_model()
     record = PruningRecord("toyfamily", 4, count_parameters(model), REMOVES_ATTENTION, weight_reorder=True)
     pruned = MultiPruner(model).apply(record)
     assert type(pruned).__name__ == "MultiPrunedToyForCausalLM"
@@ -123,6 +135,60 @@ def test_one_registered_adapter_is_all_a_family_needs_to_be_pruned_saved_and_loa
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, pruned(ids).logits)
     assert read_structure(reloaded, get_adapter(reloaded)) == REMOVES_ATTENTION
+
+
+# --------------------------------------------------------------------------- the adapter contract
+IDS = torch.randint(4, 320, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def snapshot(model):
+    """Everything a trial must leave as it found it: weights, which module sits where and its class, the logits."""
+    with torch.no_grad():
+        logits = model(IDS).logits
+    return state(model), [(name, module, type(module)) for name, module in model.named_modules()], logits
+
+
+def trial_traces(model, adapter):
+    """Every candidate of every stage, tried on `model` (its layer 0 already shrunk for good): the candidates whose
+    trial changed nothing while it ran, and those that left a trace afterwards."""
+    layers, layout = adapter.decoder_layers(model), adapter.attention_layout(model.config)
+    units = PruningUnits(mlp_group=64, attention_group=layout.group_width)
+    for action in (*STAGE_ACTIONS["mlp"], *STAGE_ACTIONS["attention"]):  # a pruned layer's trials are checked too
+        apply_candidate(layers[0], Candidate(action, 0), adapter, layout, units)
+    inert, leaking = [], []
+    for stage in STAGE_ACTIONS:
+        for candidate in candidates_for(stage, layers, adapter, layout, units):
+            weights, modules, logits = snapshot(model)
+            with trial(layers[candidate.layer], candidate, adapter, layout, units):
+                with torch.no_grad():
+                    inert += [candidate] if torch.equal(model(IDS).logits, logits) else []
+            after_weights, after_modules, after_logits = snapshot(model)
+            same_weights = after_weights.keys() == weights.keys() and all(
+                torch.equal(after_weights[k], weights[k]) for k in weights)
+            if not (same_weights and after_modules == modules and torch.equal(after_logits, logits)):
+                leaking.append(candidate)
+    return inert, leaking
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "toyfamily"])
+def test_a_trial_of_every_candidate_kind_leaves_the_model_as_it_was(family, request):
+    if family == "toyfamily":
+        request.getfixturevalue("toy_family")
+    model = make_toy_model() if family == "toyfamily" else make_model(family)
+    inert, leaking = trial_traces(model, get_adapter(model))
+    assert inert == [] and leaking == []
+
+
+def test_an_adapter_that_edits_a_weight_in_place_is_caught(toy_family):
+    class InPlaceAdapter(type(toy_family)):
+        def select_mlp_channels(self, mlp, channels):
+            with torch.no_grad():
+                mlp.down_proj.weight.mul_(0.5)  # breaks the contract: the trial cannot undo it
+            super().select_mlp_channels(mlp, channels)
+
+    model = make_toy_model()
+    _, leaking = trial_traces(model, InPlaceAdapter())
+    assert {candidate.action for candidate in leaking} == {"shrink_mlp"}
 
 
 # --------------------------------------------------------------------------- layer layouts

@@ -7,7 +7,9 @@ Granite has, on the tiny config of `testing_utils` whose multipliers are far fro
 import pytest
 import torch
 from testing_utils import GRANITE_MULTIPLIERS, make_model, make_pruned_model, search_config
+from transformers import AutoModelForCausalLM
 
+import optimum_multipruner  # noqa: F401  (registers the pruned model types)
 from optimum_multipruner import MultiPruner
 from optimum_multipruner.architectures import get_adapter
 from optimum_multipruner.data import build_sequences, load_text_rows
@@ -17,11 +19,16 @@ from optimum_multipruner.structure import PrunedStructure
 INPUT = torch.randint(4, 320, (2, 16), generator=torch.Generator().manual_seed(0))
 
 
-def test_the_test_config_has_non_trivial_multipliers():
-    config = make_model("granite").config
+def test_a_saved_pruned_model_keeps_the_multipliers(tmp_path):
+    """The pruned config class carries Granite's multipliers through `save_pretrained` / `from_pretrained` (a config
+    that fell back to its defaults, 1.0 and `head_dim ** -0.5`, would give other logits)."""
+    model = make_pruned_model("granite", PrunedStructure([2, 4, 4, 4], [1, 2, 2, 2], [128, 256, 256, 256]))
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     for name, value in GRANITE_MULTIPLIERS.items():
-        assert getattr(config, name) == value != 1.0
-    assert config.attention_multiplier != (config.hidden_size // config.num_attention_heads) ** -0.5
+        assert getattr(reloaded.config, name) == value, name
+    with torch.no_grad():
+        assert torch.equal(reloaded(INPUT).logits, model(INPUT).logits)
 
 
 def test_a_model_without_blocks_still_scales_embeddings_and_logits():

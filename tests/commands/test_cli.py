@@ -1,6 +1,5 @@
 """`optimum-cli multipruner ...` and the optimum-cli plugin, through optimum-cli's own entry point."""
 
-import ast
 import dataclasses
 import json
 import os
@@ -8,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from argparse import ArgumentParser, Namespace
+from typing import Optional, Union
 
 import pytest
 import torch
@@ -15,8 +15,8 @@ from testing_utils import run_optimum_cli, save_checkpoint
 
 from optimum.commands.multipruner.common import load_model_and_tokenizer
 from optimum.commands.multipruner.prune import NONE, PruneCommand, _option_type, config_options, config_values
-from optimum_multipruner import MultiPrunerConfig
-from optimum_multipruner.compat import prepare_openvino_export_args
+from optimum_multipruner import FastSearchConfig, MultiPrunerConfig
+from optimum_multipruner.exporters.openvino_command import prepare_openvino_export_args
 
 SEARCH_OPTIONS = (
     "--target-ratio", "0.3", "--mlp-channel-group-size", "64", "--width-alignment", "32",
@@ -112,55 +112,67 @@ def test_export_openvino_hook_only_touches_pruned_checkpoints(pruned_dir, dense_
 # --------------------------------------------------------------------------- prune options from MultiPrunerConfig
 def test_prune_options_cover_every_config_field():
     options = config_options()
-    fields = dataclasses.fields(MultiPrunerConfig)
-    assert [option.name for option in options] == [field.name for field in fields]
     defaults = MultiPrunerConfig()
-    for option, field in zip(options, fields):
-        assert option.help, f"{field.name} has no entry in the MultiPrunerConfig docstring"
-        default = getattr(defaults, field.name)
+    paths = [(field.name,) for field in dataclasses.fields(MultiPrunerConfig) if field.name != "fast_search"]
+    paths[paths.index(("search_mode",)) + 1:] = [
+        *(("fast_search", field.name) for field in dataclasses.fields(FastSearchConfig)),
+        *paths[paths.index(("search_mode",)) + 1:],
+    ]
+    assert [option.path for option in options] == paths
+    for option in options:
+        assert option.help, f"{option.name} has no help in its field's metadata"
+        default = defaults
+        for name in option.path:
+            default = getattr(default, name)
         if default is None:
             continue
         typed = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
-        assert option.parse(typed) == default, field.name  # the default, typed on the command line, parses back
+        assert option.parse(typed) == default, option.name  # the default, typed on the command line, parses back
+    advanced = {option.name for option in options if option.advanced}
+    assert advanced == {"accelerated_search", "weight_reorder", "width_alignment", "head_chunk_size"}
+    choices = {option.name: option.choices for option in options if option.choices}
+    assert choices == {"importance_metric": ("ppl", "kl"), "search_mode": ("exact", "fast")}
 
 
 @pytest.mark.parametrize(
-    "annotation, text, expected",
+    "hint, text, expected",
     [
-        ("Optional[str]", "cpu", "cpu"),
-        ("str | None", "cuda:1", "cuda:1"),
-        ("Union[int, None]", "7", 7),
-        ("Optional[float]", "0.5", 0.5),
-        ("Optional[float]", "None", NONE),  # an optional field can be set to None
-        ("bool", "off", False),
-        ("tuple[str, ...]", "attention, mlp", ("attention", "mlp")),
-        ("tuple[float, float, float]", "1,2,3", (1.0, 2.0, 3.0)),
-        ("Optional[tuple[int, ...]]", "4,8", (4, 8)),
-        ("dict[str, int]", "{}", "{}"),  # other types pass through as text, for validate() to check
+        (Optional[str], "cpu", "cpu"),
+        (Union[str, None], "cuda:1", "cuda:1"),
+        (int | None, "7", 7),
+        (Optional[float], "0.5", 0.5),
+        (Optional[float], "None", NONE),  # an optional field can be set to None
+        (bool, "off", False),
+        (tuple[str, ...], "attention, mlp", ("attention", "mlp")),
+        (tuple[float, float, float], "1,2,3", (1.0, 2.0, 3.0)),
+        (Optional[tuple[int, ...]], "4,8", (4, 8)),
+        (dict[str, int], "{}", "{}"),  # other types pass through as text, for validate() to check
     ],
 )
-def test_option_types_follow_the_annotations(annotation, text, expected):
-    parse, _, choices = _option_type(ast.parse(annotation, mode="eval").body)
-    assert parse(text) == expected and choices is None
+def test_option_types_follow_the_type_hints(hint, text, expected):
+    parse, _ = _option_type(hint)
+    assert parse(text) == expected
 
 
-def test_literal_fields_become_choices():
-    parse, _, choices = _option_type(ast.parse('Optional[Literal["exact", "fast"]]', mode="eval").body)
-    assert choices == ("exact", "fast", NONE) and parse("fast") == "fast"
-    parse, _, choices = _option_type(ast.parse('Literal["exact", "fast"]', mode="eval").body)
-    assert choices == ("exact", "fast")
+def test_help_lists_the_implementation_knobs_apart():
+    parser = ArgumentParser()
+    PruneCommand.parse_args(parser)
+    text = parser.format_help()
+    main, advanced = text.split("search settings (MultiPrunerConfig fields):")[1].split("advanced search settings:")
+    assert "--fast-search-screen" in main and "{exact,fast}" in main and "--width-alignment" not in main
+    assert "--width-alignment" in advanced and "--head-chunk-size" in advanced
 
 
 def test_none_on_the_command_line_sets_an_optional_field_over_the_config_file(tmp_path):
-    config_file = tmp_path / "search.json"
-    config_file.write_text(json.dumps({"fast_search_screen": 0.5, "target_ratio": 0.3}))
+    config_file = tmp_path / "search.json"  # as versions before `FastSearchConfig` wrote it: a flat key
+    config_file.write_text(json.dumps({"fast_search_screen": 0.5, "fast_search_keep": 0.25, "target_ratio": 0.3}))
     parser = ArgumentParser()
     PruneCommand.parse_args(parser)  # the parser `optimum-cli multipruner prune` builds
     args = parser.parse_args(["-m", "dense", "out", "--config", str(config_file), "--fast-search-screen", "none",
                               "--max-steps", "3"])
     values = config_values(args, config_options())
-    assert values == {"fast_search_screen": None, "target_ratio": 0.3, "max_steps": 3}
-    assert MultiPrunerConfig(**values).fast_search_screen is None
+    assert values == {"fast_search": {"screen": None, "keep": 0.25}, "target_ratio": 0.3, "max_steps": 3}
+    assert MultiPrunerConfig(**values).fast_search == FastSearchConfig(screen=None, keep=0.25)
 
 
 # --------------------------------------------------------------------------- commands

@@ -16,6 +16,8 @@ from typing import Any, Optional, Union
 
 from optimum.commands.base import BaseOptimumCLICommand
 
+from optimum_multipruner_constants import DEVICE_NAME_PATTERN
+
 DEBUG_ENV = "MULTIPRUNER_DEBUG"
 USER_ERROR_EXIT_CODE = 2  # argparse's status for a usage error
 # What a user can fix: a bad value (ValueError), a missing/existing/unreadable file or an unreachable Hub (OSError),
@@ -24,7 +26,7 @@ USER_ERRORS = (ValueError, OSError, ImportError)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
-_DEVICE = re.compile(r"(cpu|mps|(cuda|xpu|npu|hpu|mlu|musa)(:\d+)?)")
+_DEVICE = re.compile(DEVICE_NAME_PATTERN)
 _MEMORY_SIZE = re.compile(r"\d+(\.\d+)?\s*([KMG]i?B)", re.IGNORECASE)  # the units accelerate accepts
 _MEMORY_KEYS = ("cpu", "disk", "mps")
 

@@ -1,16 +1,19 @@
 """`optimum-cli multipruner prune`: search a pruned structure and save the pruned checkpoint.
 
-Every `MultiPrunerConfig` field is an option (`--field-name`), built from the dataclass's source: optimum-cli builds the
-parsers at every start-up, when the library (torch) must not be imported, so the fields, their types, defaults and the
-first sentence of their docstring entries are read with `ast` from `optimum_multipruner/configuration.py`.
+Every `MultiPrunerConfig` field is an option (`--field-name`; the fields of `fast_search` are `--fast-search-name`),
+built from the dataclass fields: their type hints, and the `help`, `choices` and `advanced` of their metadata.
+optimum-cli builds the parsers at every start-up, when the library (torch) must not be imported, so `configuration.py`
+(standard library only) is loaded on its own, without the package.
 """
 
 from __future__ import annotations
 
-import ast
+import dataclasses
 import importlib.util
 import os
-import re
+import sys
+import types
+import typing
 from argparse import ArgumentParser
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -25,24 +28,28 @@ from .common import (
     parse_list,
 )
 
-CONFIG_MODULE, CONFIG_CLASS = "configuration.py", "MultiPrunerConfig"
-_SCALARS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "int": (int, "N"), "float": (float, "X"), "str": (str, "TEXT"), "bool": (parse_bool, "BOOL")
+CONFIG_FILE = "configuration.py"
+_STANDALONE_CONFIG_MODULE = "_multipruner_cli_configuration"  # the name it is loaded under, apart from the package
+_SCALARS: dict[type, tuple[Callable[[str], Any], str]] = {
+    int: (int, "N"), float: (float, "X"), str: (str, "TEXT"), bool: (parse_bool, "BOOL")
 }
-_DOC_ENTRY = re.compile(r"(\w+) \(.*?\):\s*(.*)")
-_SENTENCE_END = re.compile(r"\.\s+(?=[A-Z\"'(])")  # not after "e.g." or "i.e." (lower case follows)
 NONE = "none"  # typed for an optional field: set it to None (an option left out keeps the default or --config value)
 
 
 @dataclass(frozen=True)
 class ConfigOption:
-    """A `MultiPrunerConfig` field as an option of `prune`."""
+    """A `MultiPrunerConfig` field (`path`: its name, or `("fast_search", name)`) as an option of `prune`."""
 
-    name: str
+    path: tuple[str, ...]
     parse: Callable[[str], Any]
     metavar: Optional[str]
     help: str
     choices: Optional[tuple[Any, ...]] = None
+    advanced: bool = False  # an implementation knob: listed in the "advanced" group of --help
+
+    @property
+    def name(self) -> str:
+        return "_".join(self.path)
 
     @property
     def flag(self) -> str:
@@ -60,18 +67,6 @@ class _CommaSeparated:
         return tuple(self.item(part) for part in parse_list(text))
 
 
-def _without_none(node: ast.expr) -> ast.expr:
-    """`X` of `Optional[X]`, `Union[X, None]` and `X | None`."""
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        parts = [node.left, node.right]
-    elif isinstance(node, ast.Subscript) and ast.unparse(node.value).split(".")[-1] in ("Optional", "Union"):
-        parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-    else:
-        return node
-    parts = [part for part in parts if not (isinstance(part, ast.Constant) and part.value is None)]
-    return parts[0] if len(parts) == 1 else node
-
-
 class _OrNone:
     """Parser of an optional field: `none` (returned as `NONE`, which `config_values` turns into None) or an item."""
 
@@ -83,96 +78,84 @@ class _OrNone:
         return NONE if text.strip().lower() == NONE else self.item(text)
 
 
-def _option_type(annotation: ast.expr) -> tuple[Callable[[str], Any], Optional[str], Optional[tuple[Any, ...]]]:
-    """Parser, metavar and choices for a field annotation: `int`/`float`/`str`/`bool`, optional (`none` sets None)
-    or not; `tuple[X, ...]` / `tuple[X, X]` (comma-separated); `Literal[...]` (choices). Other types are passed on as
-    text, for `MultiPrunerConfig.validate` to check."""
-    node = _without_none(annotation)
-    if node is not annotation:
-        parse, metavar, choices = _option_type(node)
-        return _OrNone(parse), f"{metavar}|{NONE}" if metavar else metavar, choices and choices + (NONE,)
-    if isinstance(node, ast.Name) and node.id in _SCALARS:
-        return (*_SCALARS[node.id], None)
-    if isinstance(node, ast.Subscript):
-        base = ast.unparse(node.value).split(".")[-1]
-        items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-        if base == "Literal":
-            choices = tuple(ast.literal_eval(item) for item in items)
-            return type(choices[0]), None, choices
-        if base in ("tuple", "Tuple"):
-            parse, metavar, _ = _option_type(items[0])
-            return _CommaSeparated(parse), f"{metavar},...", None
-    return str, "VALUE", None
+def _option_type(hint: Any) -> tuple[Callable[[str], Any], Optional[str]]:
+    """Parser and metavar for a field's type hint: `int`/`float`/`str`/`bool`, optional (`none` sets None) or not;
+    `tuple[X, ...]` / `tuple[X, X]` (comma-separated). Other types are passed on as text, for
+    `MultiPrunerConfig.validate` to check."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in arguments:
+        inner = [argument for argument in arguments if argument is not type(None)]
+        if len(inner) == 1:
+            parse, metavar = _option_type(inner[0])
+            return _OrNone(parse), f"{metavar}|{NONE}"
+    if hint in _SCALARS:
+        return _SCALARS[hint]
+    if origin is tuple and arguments:
+        parse, metavar = _option_type(arguments[0])
+        return _CommaSeparated(parse), f"{metavar},..."
+    return str, "VALUE"
 
 
-def _field_docs(docstring: str) -> dict[str, str]:
-    """First sentence of each `name (type): text` entry of a Google-style `Args:` section."""
-    docs: dict[str, list[str]] = {}
-    entry_indent, current = None, None
-    lines = docstring.splitlines()
-    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Args:"), len(lines))
-    for line in lines[start:]:
-        if not line.strip():
-            continue
-        indent = len(line) - len(line.lstrip())
-        entry_indent = indent if entry_indent is None else entry_indent
-        match = _DOC_ENTRY.fullmatch(line.strip())
-        if indent < entry_indent:
-            break
-        if indent == entry_indent and match:
-            current = match.group(1)
-            docs[current] = [match.group(2)]
-        elif current is not None:
-            docs[current].append(line.strip())
-    texts = {name: " ".join(parts).replace("`", "").replace("**", "") for name, parts in docs.items()}
-    return {name: _SENTENCE_END.split(text, maxsplit=1)[0].rstrip(".") for name, text in texts.items()}
-
-
-def _default_text(value: Optional[ast.expr]) -> Optional[str]:
-    """The field's default as it is typed on the command line, or None (no default, None, or not a literal)."""
-    if isinstance(value, ast.Call):  # dataclasses.field(default=...)
-        value = next((keyword.value for keyword in value.keywords if keyword.arg == "default"), None)
-    try:
-        default = ast.literal_eval(value) if value is not None else None
-    except ValueError:
-        return None
-    if default is None:
-        return None
-    if isinstance(default, bool):
-        return str(default).lower()
-    if isinstance(default, (tuple, list)):
-        return ",".join(str(item) for item in default)
-    return str(default)
-
-
-def config_options() -> tuple[ConfigOption, ...]:
-    """One option per `MultiPrunerConfig` field, in field order, read from the source without importing it."""
+def configuration_module() -> types.ModuleType:
+    """`optimum_multipruner/configuration.py`, loaded on its own: the package itself imports torch."""
+    module = sys.modules.get(_STANDALONE_CONFIG_MODULE)
+    if module is not None:
+        return module
     spec = importlib.util.find_spec("optimum_multipruner")  # locates the package; imports nothing
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("optimum_multipruner is not installed.")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), CONFIG_MODULE)
-    with open(path, encoding="utf-8") as handle:
-        tree = ast.parse(handle.read(), path)
-    config_class = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == CONFIG_CLASS)
-    docs = _field_docs(ast.get_docstring(config_class) or "")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), CONFIG_FILE)
+    module_spec = importlib.util.spec_from_file_location(_STANDALONE_CONFIG_MODULE, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[_STANDALONE_CONFIG_MODULE] = module  # the dataclasses resolve their type hints through it
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _default_text(value: Any) -> Optional[str]:
+    """A default as it is typed on the command line, or None (no default shown for None)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _field_options(config: Any, prefix: tuple[str, ...] = ()) -> list[ConfigOption]:
+    """One option per field of the dataclass instance `config` (its values are the defaults shown), nested dataclass
+    fields flattened under their field's name."""
+    hints = typing.get_type_hints(type(config))
     options = []
-    for node in config_class.body:
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+    for field in dataclasses.fields(config):
+        default = getattr(config, field.name)
+        if dataclasses.is_dataclass(default):
+            options += _field_options(default, prefix + (field.name,))
             continue
-        if "ClassVar" in ast.unparse(node.annotation):
-            continue
-        parse, metavar, choices = _option_type(node.annotation)
-        default = _default_text(node.value)
-        text = docs.get(node.target.id, "")
+        parse, metavar = _option_type(hints[field.name])
+        choices = field.metadata.get("choices")
+        if choices is not None:
+            metavar = None
+            choices = tuple(choices) + ((NONE,) if isinstance(parse, _OrNone) else ())
+        text, default_text = field.metadata.get("help", ""), _default_text(default)
         options.append(ConfigOption(
-            name=node.target.id, parse=parse, metavar=metavar, choices=choices,
-            help=f"{text} (default {default})" if default is not None else text,
+            path=prefix + (field.name,), parse=parse, metavar=metavar, choices=choices,
+            help=f"{text} (default {default_text})" if default_text is not None else text,
+            advanced=field.metadata.get("advanced", False),
         ))
-    return tuple(options)
+    return options
+
+
+def config_options() -> tuple[ConfigOption, ...]:
+    """One option per `MultiPrunerConfig` field (and per field of its `fast_search`), in field order."""
+    return tuple(_field_options(configuration_module().MultiPrunerConfig()))
 
 
 def config_values(args, options: tuple[ConfigOption, ...]) -> dict[str, Any]:
-    """The `MultiPrunerConfig` fields of `--config` with those given as options over them."""
+    """The `MultiPrunerConfig` fields of `--config` (any version's keys) with those given as options over them."""
+    from optimum_multipruner.configuration import upgrade_config_dict
+
     values: dict[str, Any] = {}
     if args.config:
         from optimum_multipruner.utils import read_json
@@ -180,10 +163,17 @@ def config_values(args, options: tuple[ConfigOption, ...]) -> dict[str, Any]:
         values = read_json(args.config)
         if not isinstance(values, dict):
             raise ValueError(f"--config {args.config} must hold a JSON object of MultiPrunerConfig fields.")
+        values = upgrade_config_dict(values)
     for option in options:
         value = getattr(args, option.name)
-        if value is not None:
-            values[option.name] = None if value == NONE else value
+        if value is None:
+            continue
+        *parents, name = option.path
+        target = values
+        for parent in parents:
+            target[parent] = dict(target.get(parent) or {})
+            target = target[parent]
+        target[name] = None if value == NONE else value
     return values
 
 
@@ -200,9 +190,14 @@ class PruneCommand(MultiPrunerSubcommand):
             help="BlockPruner: remove whole attention/MLP sub-blocks only (128 block calibration rows by default)",
         )
         group = parser.add_argument_group("search settings (MultiPrunerConfig fields)")
+        advanced = parser.add_argument_group(
+            "advanced search settings", "implementation knobs a search seldom needs to change"
+        )
         for option in config_options():
-            group.add_argument(option.flag, dest=option.name, type=option.parse, metavar=option.metavar,
-                               choices=option.choices, help=option.help)
+            (advanced if option.advanced else group).add_argument(
+                option.flag, dest=option.name, type=option.parse, metavar=option.metavar, choices=option.choices,
+                help=option.help,
+            )
         add_model_loading_args(parser)
         parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
         parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -4,8 +4,8 @@
   (`optimum.commands.multipruner`; its modules import the library only inside their `execute()`).
 * The `optimum-cli export openvino` hook: its `run` is wrapped so that a pruned checkpoint
   (`model_type: multipruner_<family>`, read from config.json) exports with no `--task`; what that takes lives in
-  `optimum_multipruner.compat.run_openvino_export_command`, imported only for such an export. Other models run the
-  stock command unchanged.
+  `optimum_multipruner.exporters.openvino_command.run_openvino_export_command`, imported only for such an export.
+  Other models run the stock command unchanged.
 """
 
 import functools
@@ -42,7 +42,7 @@ def _with_pruned_checkpoints(run):
             pruned = False
         if not pruned:
             return run(self)
-        from optimum_multipruner.compat import run_openvino_export_command
+        from optimum_multipruner.exporters.openvino_command import run_openvino_export_command
 
         return run_openvino_export_command(run, self)
 
