@@ -45,7 +45,7 @@ RECORDS = {ratio: os.path.join(HERE, "results", "smollm2", f"multipruner_44_52_4
            for ratio in (10, 20)}
 C4_FILES = [os.path.join(ASSETS, "c4-redpajama-sample", f"sample_c4-rp{i}.jsonl") for i in (1, 2)]
 STAGES = ("models", "recover", "export", "evaluate", "speed", "report")
-FORMATS = ("int8", "int4", "fp32")
+FORMATS = ("int4", "int8", "fp32")
 INT4_GROUP_SIZE = 64
 WIKITEXT_WINDOWS = 40
 ZERO_SHOT_LIMIT = 200
@@ -142,8 +142,8 @@ class Frontier:
         from optimum_multipruner.evaluation import evaluate_perplexity, evaluate_zero_shot
 
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir("dense"))
-        for name in model_names():
-            for weight_format in FORMATS:
+        for weight_format in FORMATS:  # int4 first: the comparison that matters most
+            for name in model_names():
                 ir, result_file = self.ir_dir(name, weight_format), self.path("results", f"{name}_{weight_format}.json")
                 if os.path.isfile(result_file) or not os.path.isdir(ir):
                     continue

@@ -55,7 +55,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mlp-group-size", type=int, default=512, help="MLP channels per step (multiple of 128)")
     parser.add_argument("--record", help="apply this pruning_record.json instead of searching")
     parser.add_argument("--eval-windows", type=int, default=4, help="WikiText-2 test windows of 1024 tokens")
-    parser.add_argument("--recovery-tokens", type=int, default=3072,
+    parser.add_argument("--recovery-tokens", type=int, default=6144,
                         help="distillation budget in tokens (0: no recovery)")
     args = parser.parse_args()
     try:
