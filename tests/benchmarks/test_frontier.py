@@ -1,4 +1,4 @@
-"""`benchmarks/frontier.py`'s goals: the share of the fp32 WikiText-2 gap recovery closes, and the recovered int4
+"""`benchmarks/frontier.py`'s goals: the share of the PyTorch WikiText-2 gap recovery closes, and the recovered int4
 IRs' perplexity and time per output token against dense int4, each met or not."""
 
 import os
@@ -18,8 +18,8 @@ def row(model, weight_format, ppl, tpot=None):
 
 
 def test_goals_are_computed_from_the_rows():
-    rows = [row("dense", "fp32", 20.0), row("pruned10", "fp32", 40.0), row("pruned10_recovered", "fp32", 24.0),
-            row("pruned20", "fp32", 80.0), row("pruned20_recovered", "fp32", 50.0),
+    rows = [row("dense", "pytorch", 20.0), row("pruned10", "pytorch", 40.0), row("pruned10_recovered", "pytorch", 24.0),
+            row("pruned20", "pytorch", 80.0), row("pruned20_recovered", "pytorch", 50.0),
             row("pruned10_recovered", "int4", 33.0, tpot=0.0086), row("pruned20_recovered", "int4", 40.0, tpot=0.0070)]
     result = goals(rows)
     assert result["gap_closed_10"]["value"] == pytest.approx(0.8) and result["gap_closed_10"]["met"]
