@@ -133,7 +133,7 @@ class Frontier:
             return False
         result = read_json(result_file)
         return (result.get("model_record") == self.record_of(self.model_dir(name))
-                and result["wikitext2"]["windows"] == self.pytorch_windows)
+                and result["wikitext2"]["num_windows"] == self.pytorch_windows)
 
     @staticmethod
     def record_of(folder: str) -> Any:
