@@ -72,7 +72,7 @@ def mode_folder(args: argparse.Namespace, mode: str) -> str:
     return os.path.join(args.work_dir, mode + suffix)
 
 
-def run_search(args: argparse.Namespace, mode: str) -> PruningRecord:
+def run_search(args: argparse.Namespace, mode: str, pruner_class: type[MultiPruner] = MultiPruner) -> PruningRecord:
     """The finished record of `mode`, searching (or resuming the search) first when there is none."""
     folder = mode_folder(args, mode)
     record_file = os.path.join(folder, RECORD_NAME)
@@ -81,7 +81,7 @@ def run_search(args: argparse.Namespace, mode: str) -> PruningRecord:
         if (record.config or {}).get("max_steps") == args.max_steps:
             return record  # else a larger --max-steps extends the saved search
     model, tokenizer = load_smollm2()
-    pruner = MultiPruner(model, tokenizer)
+    pruner = pruner_class(model, tokenizer)
     pruner.prune(search_config(args, mode), progress=args.progress, checkpoint_dir=folder,
                  resume_from=folder if has_progress(folder) else None)
     pruner.record.save(record_file)
@@ -138,7 +138,8 @@ def saved_record(args: argparse.Namespace, mode: str) -> Optional[tuple[PruningR
     return None
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None, pruner_class: type[MultiPruner] = MultiPruner) -> None:
+    """`pruner_class`: what searches (`race_replay.py record` passes one whose evaluator logs its rounds)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", required=True, help="each mode's search progress and record (resumable)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES, help="searches to run (default both)")
@@ -160,12 +161,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (records are identical only at equal counts)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--output", help="write the report as JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.report_only:
         for mode in args.modes:
-            run_search(args, mode)
+            run_search(args, mode, pruner_class)
     records = {mode: saved for mode in MODES if (saved := saved_record(args, mode)) is not None}
     report: dict[str, Any] = {
         "settings": {key: value for key, value in vars(args).items() if key not in ("progress", "output", "report_only")},

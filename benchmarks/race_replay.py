@@ -8,7 +8,7 @@ search scored it (early abandon stops a candidate once its partial total exceeds
     python benchmarks/race_replay.py record /root/runs/exact_tallies.jsonl -- --work-dir /root/runs/agreement_4608_whole \
         --rows 40 --threads 2 --modes exact
 
-`replay` runs the library's own `CandidateScorer.select` (screen, halving, tie rule, early stopping) on the logged
+`replay` runs the library's own `CandidateSelector.select` (screen, halving, tie rule, early stopping) on the logged
 losses instead of the model, step by step; every step starts from the exact search's model (the exact choice is
 committed, whatever the rule chose). A candidate the exact search stopped early can not win: a rule that needs more of
 its sequences drops it there. Reported per rule: the steps on which it makes the exact choice, the calibration-loss
@@ -25,18 +25,25 @@ import argparse
 import contextlib
 import json
 import os
-import runpy
 import sys
 from typing import Optional
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+import fast_search_agreement  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 
-from optimum_multipruner import FastSearchConfig, get_adapter  # noqa: E402
+from optimum_multipruner import FastSearchConfig, MultiPruner, get_adapter  # noqa: E402
 from optimum_multipruner.candidates import Candidate  # noqa: E402
-from optimum_multipruner.scoring import CandidateScorer, SearchStats, _rank_key  # noqa: E402
+from optimum_multipruner.scoring import (  # noqa: E402
+    CandidateEvaluator,
+    CandidateSelector,
+    ModelEvaluator,
+    SearchStats,
+    Tally,
+    rank_key,
+)
 from optimum_multipruner.utils import atomic_write_text  # noqa: E402
 
 RULES = {  # label: the fast mode's settings (None: the exact search)
@@ -49,39 +56,38 @@ RULES = {  # label: the fast mode's settings (None: the exact search)
 
 
 def record(log_path: str, agreement_args: list[str]) -> None:
-    """Run `fast_search_agreement.py` with every scoring round of the scorer logged to `log_path`."""
-    score_round = CandidateScorer.score_round
+    """Run `fast_search_agreement.py` with every scoring round of the search's evaluator logged to `log_path`."""
 
-    def logged(self, candidates, indices, trial, stop, keep, tallies, bar=None):
-        totals = score_round(self, candidates, indices, trial, stop, keep, tallies, bar)
-        line = {"base": self._base_objective.tolist(),
-                "candidates": {str(candidates[k]): tallies[k].objective[: tallies[k].done].tolist() for k in indices}}
-        with open(log_path, "a") as log:
-            log.write(json.dumps(line) + "\n")
-        return totals
+    class LoggedModelEvaluator(ModelEvaluator):
+        def score_round(self, candidates, indices, trial, stop, keep, tallies, bar=None):
+            totals = super().score_round(candidates, indices, trial, stop, keep, tallies, bar)
+            line = {"base": self.base_objective.tolist(),
+                    "candidates": {str(candidates[k]): tallies[k].objective[: tallies[k].done].tolist()
+                                   for k in indices}}
+            with open(log_path, "a") as log:
+                log.write(json.dumps(line) + "\n")
+            return totals
 
-    CandidateScorer.score_round = logged
-    sys.argv = ["fast_search_agreement.py", *agreement_args]
-    runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fast_search_agreement.py"),
-                   run_name="__main__")
+    class LoggingPruner(MultiPruner):
+        evaluator_class = LoggedModelEvaluator
+
+    fast_search_agreement.main(agreement_args, pruner_class=LoggingPruner)
 
 
-class ReplayScorer(CandidateScorer):
-    """A `CandidateScorer` scoring candidates from logged per-sequence losses instead of running the model. It sets the
-    scorer's state itself (no model to capture), so a change to that state shows in `tests/benchmarks/`."""
+class LoggedLosses(CandidateEvaluator):
+    """An evaluator that scores candidates from the exact search's logged per-sequence losses of one step at a time
+    ([`load`]) instead of running the model; totals are summed sequence by sequence (batch 1)."""
 
-    def __init__(self, stats: SearchStats, fast_search: Optional[FastSearchConfig]) -> None:  # no model to capture
-        self.accelerated, self.progress, self.reference, self.model = True, False, None, None
-        self.fast_search = fast_search
-        self.screens = fast_search is not None and fast_search.screen is not None
-        self.num_sequences, self._batch_size = stats.num_sequences, 1
-        self.batches = [torch.zeros(1, 1)] * stats.num_sequences  # batch 1: totals summed per sequence
-        self._batch_starts = list(range(stats.num_sequences))
-        self.stats = stats
-        self._previous_ranks, self._damage, self.step_damage, self._winner_tally = {}, {}, None, {}
+    def __init__(self, stats: SearchStats) -> None:
+        super().__init__(stats.num_sequences, range(stats.num_sequences), stats)
         self.losses: dict[str, list[float]] = {}
 
-    def _score(self, candidate: Candidate, index: int, tally, stop: int, bound) -> bool:
+    def load(self, step: dict) -> None:
+        """The step's logged losses: every candidate's and the current model's."""
+        self.losses = step["candidates"]
+        self.base_objective = torch.tensor(step["base"], dtype=torch.float64)
+
+    def score(self, candidate: Candidate, index: int, tally: Tally, stop: int, bound) -> bool:
         losses = self.losses[str(candidate)]
         while tally.done < stop:
             if tally.done == len(losses):
@@ -90,15 +96,9 @@ class ReplayScorer(CandidateScorer):
             self.stats.head_passes += 1
             tally.objective[tally.done] = losses[tally.done]
             tally.done += 1
-            if bound is not None and tally.done < stop and _rank_key(self._sum(tally.objective), index) > bound:
+            if bound is not None and tally.done < stop and rank_key(self.total(tally.objective), index) > bound:
                 return False
         return True
-
-    def follow(self, exact_choice: Candidate) -> None:
-        """Commit the exact search's choice, whatever this scorer chose (the next step's losses come from the log)."""
-        self._previous_ranks.pop(exact_choice, None)
-        self._forget_damage_near(exact_choice)
-        self._winner_tally = {}
 
 
 def calibration_set_of(candidate: Candidate) -> str:
@@ -107,21 +107,21 @@ def calibration_set_of(candidate: Candidate) -> str:
 
 def replay(steps: list[dict], fast_search: Optional[FastSearchConfig], weights: dict) -> dict:
     """Replay `steps` (log lines) with one rule (`RULES`); returns its agreement, cost and work."""
-    scorer, scorer_set, same, cost, plain = None, None, 0, 0.0, 0
+    selector, scorer_set, same, cost, plain = None, None, 0, 0.0, 0
     stats = SearchStats(num_sequences=len(steps[0]["base"]), **weights)
     for step in steps:
         candidates = [Candidate.from_string(name) for name in step["candidates"]]
         full = {name: sum(losses) for name, losses in step["candidates"].items() if len(losses) == stats.num_sequences}
         exact = Candidate.from_string(min(full, key=full.get))
-        if calibration_set_of(exact) != scorer_set:  # the search's scorer of each calibration set
-            scorer, scorer_set = ReplayScorer(stats, fast_search), calibration_set_of(exact)
-        scorer.losses = step["candidates"]
-        scorer._base_objective = torch.tensor(step["base"], dtype=torch.float64)
-        chosen, _ = scorer.select(candidates, lambda candidate: contextlib.nullcontext())
+        if calibration_set_of(exact) != scorer_set:  # the search's selector of each calibration set
+            selector = CandidateSelector(LoggedLosses(stats), fast_search, progress=False)
+            scorer_set = calibration_set_of(exact)
+        selector.evaluator.load(step)
+        chosen, _ = selector.select(candidates, lambda candidate: contextlib.nullcontext())
         same += chosen == exact
         cost += (full[str(chosen)] - full[str(exact)]) / stats.num_sequences
         plain += len(candidates)
-        scorer.follow(exact)
+        selector.follow(exact)  # the exact search's choice, whatever this rule chose
     return {"steps": len(steps), "same_choice": same, "cost_of_other_choices": cost,
             "ffe": stats.full_forward_equivalents, "plain_reference_ffe": plain,
             "fewer_than_plain": plain / stats.full_forward_equivalents}

@@ -23,7 +23,7 @@ from .memory import check_search_memory
 from .nll import reference_ignore_index
 from .progress import SearchProgress, start_progress, tensors_hash
 from .record import RECORD_NAME, PruningRecord, PruningStep, encode_weight_order
-from .scoring import CandidateScorer, original_final_hidden_states
+from .scoring import CandidateSelector, ModelEvaluator, original_final_hidden_states
 from .structure import PrunedStructure
 from .surgery import (
     apply_structure,
@@ -50,7 +50,11 @@ class MultiPruner:
     pruned = pruner.prune(MultiPrunerConfig(target_ratio=0.2))   # the same model object, physically smaller
     pruner.save_pretrained("out")                                # model, tokenizer and pruning record
     ```
+
+    The search scores candidates with `evaluator_class` (a [`ModelEvaluator`]); a subclass may observe its rounds.
     """
+
+    evaluator_class: type[ModelEvaluator] = ModelEvaluator
 
     def __init__(self, model: nn.Module, tokenizer=None) -> None:
         self.adapter: ArchitectureAdapter = get_adapter(model)
@@ -151,14 +155,15 @@ class MultiPruner:
                 break  # before the stage's calibration forward: it would take no step
             set_name = calibration_set(stage)
             if set_name != scorer_set:
-                scorer = None  # free the previous set's cached hidden states first
-                scorer = CandidateScorer(
+                scorer = evaluator = None  # free the previous set's cached hidden states first
+                evaluator = self.evaluator_class(
                     self.model, self.adapter, calibration[set_name], config.batch_size, ignore_index,
-                    config.accelerated_search, progress, cache_device=config.cache_device,
+                    config.accelerated_search, cache_device=config.cache_device,
                     importance_metric=config.importance_metric, reference=references.get(set_name),
-                    fast_search=config.fast_search if config.search_mode == "fast" else None,
                     head_chunk_size=config.head_chunk_size,
                 )
+                fast_search = config.fast_search if config.search_mode == "fast" else None
+                scorer = CandidateSelector(evaluator, fast_search, progress)
                 scorer.restore_damage([s for s in record.steps if calibration_set(s.stage) == set_name])
                 scorer_set = set_name
                 record.start_perplexity.setdefault(set_name, scorer.base_perplexity)  # kept on resume
@@ -175,7 +180,7 @@ class MultiPruner:
                                        target)
                     record.target_reached = False
                     break
-                step = self._step(stage, candidates, scorer, units)
+                step = self._step(stage, candidates, scorer, units, config.importance_metric)
                 ratio = step.ratio
                 record.search_stats[stage] = scorer.stats.summed_over_ranks(self._device).to_dict()  # so far
                 self._save_progress(writer)
@@ -183,7 +188,8 @@ class MultiPruner:
             bar.close()
             record.search_stats[stage] = scorer.stats.summed_over_ranks(self._device).to_dict()
 
-    def _step(self, stage: str, candidates: list[Candidate], scorer: CandidateScorer, units: PruningUnits) -> PruningStep:
+    def _step(self, stage: str, candidates: list[Candidate], scorer: CandidateSelector, units: PruningUnits,
+              importance_metric: str) -> PruningStep:
         """Score the candidates, apply the best one for good and record it."""
         layers, adapter, layout = self.adapter.decoder_layers(self.model), self.adapter, self._layout
         best, total = scorer.step(
@@ -206,7 +212,7 @@ class MultiPruner:
         self.record.steps.append(step)
         self._refresh_structure()
         if distributed.is_main_process():
-            kl = f", mean KL {total / scorer.num_sequences:.5f}" if scorer.importance_metric == "kl" else ""
+            kl = f", mean KL {total / scorer.num_sequences:.5f}" if importance_metric == "kl" else ""
             logger.info("Step %d: %s -> calibration perplexity %.4f%s, %.2f%% removed",
                         step.step, best, step.perplexity, kl, 100 * step.ratio)
         return step

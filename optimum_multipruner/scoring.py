@@ -43,6 +43,11 @@ sitting out stays, so a candidate sitting out climbs back into the race as the o
 Under torch.distributed (`torchrun`, `accelerate launch`) every round is shared out between the processes, each
 holding the whole model and cache (see `distributed.py`); each stops its candidates early against its own bound,
 then every process receives every tally, so all make the choices one process makes, in both modes.
+
+Two jobs, two classes: a [`CandidateSelector`] decides (the order of scoring, the rounds, the screen, the tie rule,
+the choice), a [`CandidateEvaluator`] scores (a candidate on a prefix of the sequences, against a bound; the current
+model's objective; committing a choice). [`ModelEvaluator`] scores on the model (the cache, the plain and
+accelerated paths, the sharing of rounds between processes); [`CandidateScorer`] is the selector over it.
 """
 
 from __future__ import annotations
@@ -141,7 +146,7 @@ class SearchStats:
                                    processes=processes, busiest_process_work=rows[:, -1].max().item())
 
 
-class _Tally:
+class Tally:
     """One candidate's per-sequence losses in a step, `[num_sequences]` float64, scored in sequence order: the first
     `done` entries are known, the others 0 (so the total is a lower bound until all are known)."""
 
@@ -164,7 +169,7 @@ class _Tally:
         return torch.cat(parts + ([self.nll] if self.nll is not self.objective else []))
 
     @classmethod
-    def from_row(cls, row: torch.Tensor, num_sequences: int, kl: bool) -> "_Tally":
+    def from_row(cls, row: torch.Tensor, num_sequences: int, kl: bool) -> "Tally":
         tally = cls(num_sequences, kl)
         tally.done = int(row[0])
         tally.objective.copy_(row[1 : 1 + num_sequences])
@@ -173,18 +178,104 @@ class _Tally:
         return tally
 
 
-def _rank_key(total: float, index: int) -> tuple[float, int]:
+def rank_key(total: float, index: int) -> tuple[float, int]:
     """Lower is better; ties to the earlier candidate; NaN ranks with +inf."""
     return (math.inf if math.isnan(total) else total, index)
+
+
+def tied_with_leader(tallies: dict[int, Tally], ranked: Sequence[int], keep: int, stop: int, z: float) -> list[int]:
+    """Of the candidates `ranked` after the `keep` best of a round on the first `stop` (>= 2) sequences, those the
+    round's leader `ranked[0]` is not clearly ahead of: the mean of their per-sequence objective differences from the
+    leader's is at most `z` standard errors (paired, over the `stop` sequences)."""
+    if not ranked:
+        return []
+    leader = tallies[ranked[0]].objective[:stop]  # [stop]
+    tied = []
+    for k in ranked[keep:]:
+        difference = tallies[k].objective[:stop] - leader  # [stop]
+        if difference.mean().item() <= z * difference.std().item() / math.sqrt(stop):
+            tied.append(k)
+    return tied
 
 
 TrialFactory = Callable[[Candidate], AbstractContextManager]
 
 
-class CandidateScorer:
-    """Finds the candidate whose removal gives the lowest calibration loss (NLL or KL total) on the current model.
+class CandidateEvaluator:
+    """What a selection scores candidates with: each candidate's per-sequence calibration objective on the current
+    model, on a prefix of the sequences, stopped early against a bound; and the current model's own objective.
 
-    `fast_search`: the fast mode's settings (`None`: the exact search; the plain scorer always searches exactly).
+    Subclasses implement [`score`] (and may share [`score_round`] out) and [`commit`]; see [`ModelEvaluator`] (the
+    model itself) and `benchmarks/race_replay.py` (logged losses). Totals are summed per batch of sequences (starting
+    at `batch_starts`), then over batches, as the plain evaluation sums them.
+    """
+
+    accelerated = True  # scores sequence by sequence: prefixes and early stopping (the plain evaluation does not)
+    kl = False  # tallies hold a KL objective beside the NLL
+    dtype: Optional[torch.dtype] = None  # of the model's weights, for the error of a non-finite step
+
+    def __init__(self, num_sequences: int, batch_starts: Sequence[int], stats: SearchStats) -> None:
+        self.num_sequences = num_sequences
+        self.batch_starts = list(batch_starts)
+        self.stats = stats
+        self.base_objective = torch.zeros(num_sequences, dtype=torch.float64)  # the current model's, per sequence
+        self.base_total = self.base_nll_total = 0.0
+
+    def new_tally(self) -> Tally:
+        return Tally(self.num_sequences, self.kl)
+
+    def total(self, values: torch.Tensor) -> float:
+        """Total of per-sequence values, summed as the plain evaluation sums them: per batch, then over batches."""
+        ends = self.batch_starts[1:] + [self.num_sequences]
+        return sum(values[start:end].sum().item() for start, end in zip(self.batch_starts, ends))
+
+    def score(self, candidate: Candidate, index: int, tally: Tally, stop: int,
+              bound: Optional[tuple[float, int]]) -> bool:
+        """Extend `tally` (of `candidate`, the `index`-th of its step, applied now) to the first `stop` sequences;
+        return False if stopped early because its partial total ranks after `bound` (see [`rank_key`])."""
+        raise NotImplementedError
+
+    def commit(self, candidate: Candidate, tally: Optional[Tally]) -> None:
+        """`candidate` was applied for good; `tally` (its complete one, if known) is the current model's now."""
+        if tally is not None:
+            self.base_total, self.base_nll_total = self.total(tally.objective), self.total(tally.nll)
+            self.base_objective = tally.objective
+
+    def score_round(self, candidates: Sequence[Candidate], indices: Sequence[int], trial: TrialFactory, stop: int,
+                    keep: Optional[int], tallies: dict[int, Tally], bar=None) -> dict[int, float]:
+        """Score `candidates[k]` for each `k` of `indices`, in that order, on the first `stop` calibration sequences,
+        continuing from its tally in `tallies` (made when missing), and return the totals of those that completed.
+
+        A candidate stops after any sequence once it cannot be among the `keep` best of the round: its partial total
+        (the sequences still to score counted as 0) ranks after the `keep`-th best completed total, ties to the
+        earlier candidate. With `keep=None`, and in the plain scorer, every candidate is scored on all `stop` sequences.
+        """
+        totals: dict[int, float] = {}
+        leaders: list[tuple[float, int]] = []  # rank keys of the best completed candidates, sorted, at most `keep`
+        for k in indices:
+            if k not in tallies:
+                tallies[k] = self.new_tally()
+                self.stats.candidates_started += 1
+            bound = leaders[-1] if keep is not None and len(leaders) == keep else None
+            with trial(candidates[k]):
+                complete = self.score(candidates[k], k, tallies[k], stop, bound)
+            if complete:
+                totals[k] = self.total(tallies[k].objective)
+                if keep is not None:
+                    bisect.insort(leaders, rank_key(totals[k], k))
+                    del leaders[keep:]
+            else:
+                self.stats.candidates_stopped_early += 1
+            if bar is not None:
+                bar.update()
+        return totals
+
+
+class ModelEvaluator(CandidateEvaluator):
+    """Scores candidates on the model itself: plainly (a whole forward per batch, as the reference) or accelerated
+    (cached layer inputs, sequence by sequence, early stopping); a round is shared out between the processes of a
+    distributed search.
+
     `reference`: for `importance_metric="kl"`, the original model's hidden states entering the final norm,
     `[num_sequences, seq_len, hidden]` (see [`final_hidden_states`]). `head_chunk_size`: positions per chunk of the
     final norm + `lm_head` + loss (see `nll.head_losses`).
@@ -198,11 +289,9 @@ class CandidateScorer:
         batch_size: int,
         ignore_index: Optional[int] = None,
         accelerated: bool = True,
-        progress: bool = True,
         cache_device: Optional[DeviceLike] = None,
         importance_metric: str = "ppl",
         reference: Optional[torch.Tensor] = None,
-        fast_search: Optional[FastSearchConfig] = None,
         head_chunk_size: int = DEFAULT_HEAD_CHUNK_SIZE,
     ) -> None:
         if (importance_metric == "kl") != (reference is not None):
@@ -212,47 +301,204 @@ class CandidateScorer:
         self.layers = adapter.decoder_layers(model)
         self.ignore_index = ignore_index
         self.accelerated = accelerated
-        self.progress = progress
-        self.importance_metric = importance_metric
+        self.kl = reference is not None
+        self.dtype = next(model.parameters()).dtype
         self.reference = reference
-        self.fast_search = fast_search if accelerated else None
-        self.screens = self.fast_search is not None and self.fast_search.screen is not None
         self.head_chunk_size = head_chunk_size
         device = execution_device(model.get_input_embeddings())
         self.batches = [batch.to(device) for batch in sequences.split(batch_size)]  # each [batch, seq_len]
         self.layer_devices = decoder_layer_devices(model, self.layers)  # accelerate's execution devices if dispatched
         self.cache_device = None if cache_device is None else as_device(cache_device)
-        self.num_sequences = len(sequences)
         self._batch_size = batch_size
-        self._batch_starts = [b * batch_size for b in range(len(self.batches))]  # first sequence of each batch
-        self.stats = SearchStats(
+        stats = SearchStats(
             layer_weight=sum(p.numel() for p in self.layers[0].parameters()),
             head_weight=model.get_output_embeddings().weight.numel(),
             num_layers=len(self.layers),
-            num_sequences=self.num_sequences,
+            num_sequences=len(sequences),
         )
+        super().__init__(len(sequences), [b * batch_size for b in range(len(self.batches))], stats)
         if reference is not None:  # its capture was one whole forward of the original model
             self.stats.layer_passes += len(self.layers) * self.num_sequences
             self.stats.head_passes += self.num_sequences
-        self._previous_ranks: dict[Candidate, tuple[int, float]] = {}  # (-sequences scored, total so far)
-        self._damage: dict[Candidate, float] = {}  # damage when last scored (`_damage_of`), while still known
-        self.step_damage: Optional[dict[str, float]] = None  # screening: the last step's damage of each scored candidate
         self._layer_inputs: list[list[torch.Tensor]] = []  # [layer][batch] -> [batch, seq_len, hidden], on its cache device
         self._layer_kwargs: list[list[dict]] = []  # [layer][batch] -> keyword arguments of the layer call, on its device
         start = time.perf_counter()
         with torch.no_grad():  # the plain evaluation too: no autograd graph
             base = self._capture() if accelerated else self._full_tally()
-        self.base_total, self.base_nll_total = self._sum(base.objective), self._sum(base.nll)
-        self._base_objective = base.objective  # [num_sequences]: the current model's per-sequence objective
-        self._winner_tally: dict[Candidate, _Tally] = {}  # the last step's choice, until `committed`
-        self._stages_started = 0
+        self.base_total, self.base_nll_total = self.total(base.objective), self.total(base.nll)
+        self.base_objective = base.objective  # [num_sequences]: the current model's per-sequence objective
         self.stats.seconds += time.perf_counter() - start
+
+    def score_round(self, candidates: Sequence[Candidate], indices: Sequence[int], trial: TrialFactory, stop: int,
+                    keep: Optional[int], tallies: dict[int, Tally], bar=None) -> dict[int, float]:
+        """[`CandidateEvaluator.score_round`] spread over the processes of a distributed search (just the round with
+        one process).
+
+        The candidates are shared out, balanced by the work each has left (the layers it recomputes and the head,
+        times the sequences it has still to score); each rank scores its share with its own bound; then every rank
+        receives every tally, so all ranks hold the same totals and ordering hints. A candidate one rank stopped
+        early ranks after `keep` complete candidates of that rank, so it cannot be among the `keep` best of all:
+        the round keeps exactly the candidates one process keeps.
+        """
+        num_ranks = distributed.world_size()
+        if num_ranks == 1:
+            return super().score_round(candidates, indices, trial, stop, keep, tallies, bar)
+        costs = [self._work_left(candidates[k], tallies.get(k), stop) for k in indices]
+        shares = distributed.share_out(costs, num_ranks)
+        mine = [indices[p] for p in shares[distributed.rank()]]
+        super().score_round(candidates, mine, trial, stop, keep, tallies, bar)
+        rows = torch.zeros(len(mine), 2 + self.num_sequences * (2 if self.kl else 1), dtype=torch.float64)
+        for row, k in zip(rows, mine):  # [candidate index, done, objective..., nll...]
+            row[0], row[1:] = k, tallies[k].to_row()
+        for row in distributed.all_gather_rows(rows, [len(share) for share in shares], self.batches[0].device):
+            tallies[int(row[0])] = Tally.from_row(row[1:], self.num_sequences, self.kl)
+        if bar is not None:
+            bar.update(len(indices) - len(mine))
+        return {k: self.total(tallies[k].objective) for k in indices if tallies[k].done >= stop}
+
+    def _work_left(self, candidate: Candidate, tally: Optional[Tally], stop: int) -> float:
+        """Parameters a candidate still runs in a round: the layers it recomputes and the head, per sequence left."""
+        layers = len(self.layers) - candidate.layer if self.accelerated else len(self.layers)
+        sequences = stop - (tally.done if tally is not None else 0)
+        return (layers * self.stats.layer_weight + self.stats.head_weight) * sequences
+
+    @torch.no_grad()
+    def commit(self, candidate: Candidate, tally: Optional[Tally]) -> None:
+        """Its losses become the current model's; refresh cached layer inputs after its layer."""
+        start = time.perf_counter()
+        super().commit(candidate, tally)
+        if self.accelerated:
+            first = candidate.layer
+            for b in range(len(self.batches)):
+                hidden = self._layer_inputs[first][b]
+                for i in range(first, len(self.layers) - 1):
+                    hidden = self._run_layer(i, b, hidden)
+                    self._layer_inputs[i + 1][b] = hidden.to(self._cache_device(i + 1))
+        self.stats.seconds += time.perf_counter() - start
+
+    def score(self, candidate: Candidate, index: int, tally: Tally, stop: int,
+              bound: Optional[tuple[float, int]]) -> bool:
+        """One sequence at a time from the cached inputs of the candidate's layer (the plain evaluation: a whole
+        forward of every batch, never stopped)."""
+        if not self.accelerated:
+            self._full_tally(tally)
+            return True
+        while tally.done < stop:
+            b, row = divmod(tally.done, self._batch_size)
+            hidden = self._layer_inputs[candidate.layer][b][row : row + 1]  # [1, seq_len, hidden]
+            for i in range(candidate.layer, len(self.layers)):
+                hidden = self._run_layer(i, b, hidden, row)
+            tally.fill(tally.done, self._head_losses(hidden, b, row))
+            if bound is not None and tally.done < stop and rank_key(self.total(tally.objective), index) > bound:
+                return False
+        return True
+
+    def _run_layer(self, i: int, b: int, hidden: torch.Tensor, row: Optional[int] = None) -> torch.Tensor:
+        """Layer `i` on batch `b`'s hidden states, or on its sequence `row` alone."""
+        self.stats.layer_passes += len(hidden)
+        kwargs = self._layer_kwargs[i][b]
+        if row is not None:
+            kwargs = _select_row(kwargs, row, len(self.batches[b]))
+        return self.layers[i](hidden.to(self.layer_devices[i]), **kwargs)
+
+    def _cache_device(self, i: int) -> torch.device:
+        """Where layer `i`'s cached inputs live: `cache_device` if given, else the device the layer runs on."""
+        return self.layer_devices[i] if self.cache_device is None else self.cache_device
+
+    def _head_losses(self, hidden: torch.Tensor, b: int, row: Optional[int] = None) -> SequenceLosses:
+        """Final norm, lm_head and per-sequence losses of batch `b` (or its sequence `row`), from the last layer's
+        output `hidden`; the KL objective also runs the original model's cached final hidden states through the head."""
+        rows = slice(None) if row is None else slice(row, row + 1)
+        input_ids = self.batches[b][rows]
+        reference = None
+        if self.reference is not None:
+            start = self.batch_starts[b]
+            reference = self.reference[start : start + len(self.batches[b])][rows]
+        self.stats.head_passes += len(input_ids) * (1 if reference is None else 2)
+        return head_losses(hidden, input_ids, lambda h: self.adapter.head_logits(self.model, h), self.ignore_index,
+                           reference, self.head_chunk_size)
+
+    def _full_tally(self, tally: Optional[Tally] = None) -> Tally:
+        """Reference evaluation: a whole-model forward per batch, filling `tally` (a new one if not given)."""
+        tally = self.new_tally() if tally is None else tally
+        for b in range(len(self.batches)):
+            tally.fill(self.batch_starts[b], self._batch_losses(b))
+        return tally
+
+    def _batch_losses(self, b: int) -> SequenceLosses:
+        batch = self.batches[b]
+        hidden = final_hidden_states(self.model, self.layers, batch)
+        self.stats.layer_passes += len(self.layers) * len(batch)
+        return self._head_losses(hidden, b)
+
+    def _capture(self) -> Tally:
+        """One decoder forward per batch that records every layer's input (on its cache device) and call arguments
+        (on the layer's device, copied once per device), then the head on the last layer's output."""
+        num_batches = len(self.batches)
+        self._layer_inputs = [[None] * num_batches for _ in self.layers]
+        self._layer_kwargs = [[None] * num_batches for _ in self.layers]
+        current = {"batch": 0, "moved": {}}
+
+        def recorder(i: int):
+            def hook(module, args, kwargs):
+                b = current["batch"]
+                hidden = args[0] if args else kwargs["hidden_states"]
+                self._layer_inputs[i][b] = hidden.to(self._cache_device(i))
+                arguments = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                self._layer_kwargs[i][b] = move_to_device(arguments, self.layer_devices[i], current["moved"])
+
+            return hook
+
+        handles = [layer.register_forward_pre_hook(recorder(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
+        tally = self.new_tally()
+        try:
+            for b in range(num_batches):
+                current.update(batch=b, moved={})
+                tally.fill(self.batch_starts[b], self._batch_losses(b))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return tally
+
+
+class CandidateSelector:
+    """Chooses, step by step, the candidate whose removal gives the lowest calibration loss (NLL or KL total) on the
+    current model, as `evaluator` scores them: every candidate on all sequences (exact: `fast_search=None`), or a race
+    over growing prefixes behind a screen, with a tie rule (a `FastSearchConfig`; the plain evaluation always searches
+    exactly). It keeps what a search learns from step to step: the order in which to score, and the damage each
+    candidate did when last scored.
+    """
+
+    def __init__(self, evaluator: CandidateEvaluator, fast_search: Optional[FastSearchConfig] = None,
+                 progress: bool = True) -> None:
+        self.evaluator = evaluator
+        self.progress = progress
+        self.fast_search = fast_search if evaluator.accelerated else None
+        self.screens = self.fast_search is not None and self.fast_search.screen is not None
+        self._previous_ranks: dict[Candidate, tuple[int, float]] = {}  # (-sequences scored, total so far)
+        self._damage: dict[Candidate, float] = {}  # damage when last scored (`_damage_of`), while still known
+        self.step_damage: Optional[dict[str, float]] = None  # screening: the last step's damage of each scored candidate
+        self._winner_tally: dict[Candidate, Tally] = {}  # the last step's choice, until `committed`
+        self._stages_started = 0
 
     # ------------------------------------------------------------------ public API
     @property
+    def stats(self) -> SearchStats:
+        return self.evaluator.stats
+
+    @property
+    def num_sequences(self) -> int:
+        return self.evaluator.num_sequences
+
+    @property
+    def base_total(self) -> float:
+        """The current model's objective total."""
+        return self.evaluator.base_total
+
+    @property
     def base_perplexity(self) -> float:
         """Calibration perplexity of the model as it is now (before the next step), whatever the objective."""
-        return self.to_perplexity(self.base_nll_total)
+        return self.to_perplexity(self.evaluator.base_nll_total)
 
     def to_perplexity(self, total: float) -> float:
         return math.exp(total / self.num_sequences)
@@ -278,17 +524,18 @@ class CandidateScorer:
     def select(self, candidates: Sequence[Candidate], trial: TrialFactory, description: str = "candidates"):
         """Return `(best candidate, its objective total)`: the lowest total on the whole calibration set, ties to the
         earliest candidate in `candidates`; among all candidates (exact) or those still in the race (fast)."""
+        evaluator = self.evaluator
         start = time.perf_counter()
         screened = self._screened(candidates)
         self.stats.candidates_screened += len(screened)
         survivors = [k for k in range(len(candidates)) if k not in screened]
-        if self.accelerated:
+        if evaluator.accelerated:
             survivors.sort(key=lambda k: (self._previous_ranks.get(candidates[k], (0, math.inf)), k))
         stops = self._round_stops()
         kept = [len(survivors)]  # candidates of each round
         for _ in stops[1:]:
             kept.append(math.ceil(self.fast_search.keep * kept[-1]))
-        tallies: dict[int, _Tally] = {}
+        tallies: dict[int, Tally] = {}
         completed: dict[int, int] = {}  # sequences every candidate was scored on, whatever the order and processes
         with tqdm(total=sum(kept), desc=description, disable=not self.progress, leave=False) as bar:
             for r, stop in enumerate(stops):
@@ -298,18 +545,18 @@ class CandidateScorer:
                 keeps_ties = not final and self.fast_search.tie_z is not None and stop >= 2
                 # such a round scores every candidate on its whole prefix, so the ties it keeps depend neither on the
                 # scoring order nor on the processes
-                totals = self._shared_round(candidates, survivors, trial, stop, None if keeps_ties else keep, tallies,
-                                            bar)
-                ranked = sorted(totals, key=lambda k: _rank_key(totals[k], k))
+                totals = evaluator.score_round(candidates, survivors, trial, stop, None if keeps_ties else keep,
+                                               tallies, bar)
+                ranked = sorted(totals, key=lambda k: rank_key(totals[k], k))
                 survivors = ranked[:keep]
                 if keeps_ties:
-                    tied = self._tied_with_leader(ranked, keep, tallies, stop)
+                    tied = tied_with_leader(tallies, ranked, keep, stop, self.fast_search.tie_z)
                     survivors += tied
                     bar.total += len(tied)
                 if not final:
                     self.stats.candidates_dropped += max(len(ranked) - len(survivors), 0)
         for k, tally in tallies.items():
-            self._previous_ranks[candidates[k]] = (-tally.done, self._sum(tally.objective))
+            self._previous_ranks[candidates[k]] = (-tally.done, evaluator.total(tally.objective))
         if self.screens:
             damage = {candidates[k]: self._damage_of(tallies[k], n) for k, n in completed.items()}
             self._damage.update(damage)
@@ -317,98 +564,29 @@ class CandidateScorer:
         best = survivors[0]
         total = totals[best]
         if not math.isfinite(total):
-            dtype = next(self.model.parameters()).dtype
             raise FloatingPointError(
                 f"Every candidate of this step scored a non-finite calibration loss (NaN or inf): the model overflows "
-                f"in {dtype}. Search in torch.bfloat16 or torch.float32 (load the model with `torch_dtype=` one of "
-                "them; CLI: --dtype bfloat16 or --dtype float32)."
+                f"in {evaluator.dtype}. Search in torch.bfloat16 or torch.float32 (load the model with `torch_dtype=` "
+                "one of them; CLI: --dtype bfloat16 or --dtype float32)."
             )
         self._winner_tally = {candidates[best]: tallies[best]}
         self.stats.seconds += time.perf_counter() - start
         return candidates[best], total
 
-    def score_round(self, candidates: Sequence[Candidate], indices: Sequence[int], trial: TrialFactory, stop: int,
-                    keep: Optional[int], tallies: dict[int, _Tally], bar=None) -> dict[int, float]:
-        """Score `candidates[k]` for each `k` of `indices`, in that order, on the first `stop` calibration sequences,
-        continuing from its tally in `tallies` (made when missing), and return the totals of those that completed.
-
-        A candidate stops after any sequence once it cannot be among the `keep` best of the round: its partial total
-        (the sequences still to score counted as 0) ranks after the `keep`-th best completed total, ties to the
-        earlier candidate. With `keep=None`, and in the plain scorer, every candidate is scored on all `stop` sequences.
-        """
-        totals: dict[int, float] = {}
-        leaders: list[tuple[float, int]] = []  # rank keys of the best completed candidates, sorted, at most `keep`
-        for k in indices:
-            if k not in tallies:
-                tallies[k] = _Tally(self.num_sequences, self.reference is not None)
-                self.stats.candidates_started += 1
-            bound = leaders[-1] if keep is not None and len(leaders) == keep else None
-            with trial(candidates[k]):
-                complete = self._score(candidates[k], k, tallies[k], stop, bound)
-            if complete:
-                totals[k] = self._sum(tallies[k].objective)
-                if keep is not None:
-                    bisect.insort(leaders, _rank_key(totals[k], k))
-                    del leaders[keep:]
-            else:
-                self.stats.candidates_stopped_early += 1
-            if bar is not None:
-                bar.update()
-        return totals
-
-    def _shared_round(self, candidates: Sequence[Candidate], indices: Sequence[int], trial: TrialFactory, stop: int,
-                      keep: Optional[int], tallies: dict[int, _Tally], bar=None) -> dict[int, float]:
-        """`score_round` spread over the processes of a distributed search (just the round with one process).
-
-        The candidates are shared out, balanced by the work each has left (the layers it recomputes and the head,
-        times the sequences it has still to score); each rank scores its share with its own bound; then every rank
-        receives every tally, so all ranks hold the same totals and ordering hints. A candidate one rank stopped
-        early ranks after `keep` complete candidates of that rank, so it cannot be among the `keep` best of all:
-        the round keeps exactly the candidates one process keeps.
-        """
-        num_ranks = distributed.world_size()
-        if num_ranks == 1:
-            return self.score_round(candidates, indices, trial, stop, keep, tallies, bar)
-        costs = [self._work_left(candidates[k], tallies.get(k), stop) for k in indices]
-        shares = distributed.share_out(costs, num_ranks)
-        mine = [indices[p] for p in shares[distributed.rank()]]
-        self.score_round(candidates, mine, trial, stop, keep, tallies, bar)
-        kl = self.reference is not None
-        rows = torch.zeros(len(mine), 2 + self.num_sequences * (2 if kl else 1), dtype=torch.float64)
-        for row, k in zip(rows, mine):  # [candidate index, done, objective..., nll...]
-            row[0], row[1:] = k, tallies[k].to_row()
-        for row in distributed.all_gather_rows(rows, [len(share) for share in shares], self.batches[0].device):
-            tallies[int(row[0])] = _Tally.from_row(row[1:], self.num_sequences, kl)
-        if bar is not None:
-            bar.update(len(indices) - len(mine))
-        return {k: self._sum(tallies[k].objective) for k in indices if tallies[k].done >= stop}
-
-    def _work_left(self, candidate: Candidate, tally: Optional[_Tally], stop: int) -> float:
-        """Parameters a candidate still runs in a round: the layers it recomputes and the head, per sequence left."""
-        layers = len(self.layers) - candidate.layer if self.accelerated else len(self.layers)
-        sequences = stop - (tally.done if tally is not None else 0)
-        return (layers * self.stats.layer_weight + self.stats.head_weight) * sequences
-
-    @torch.no_grad()
     def committed(self, candidate: Candidate) -> None:
-        """Tell the scorer `candidate`, the choice of the last `select`, was applied for good: its losses become the
-        current model's; refresh cached layer inputs after its layer."""
+        """Tell the selector `candidate`, the choice of the last `select`, was applied for good: its losses become the
+        current model's (see `CandidateEvaluator.commit`)."""
         if candidate not in self._winner_tally:
             raise ValueError(f"`committed` takes the choice of the last `select`, got {candidate}.")
-        start = time.perf_counter()
-        self._previous_ranks.pop(candidate, None)
-        self._forget_damage_near(candidate)
-        tally = self._winner_tally.pop(candidate)
-        self.base_total, self.base_nll_total = self._sum(tally.objective), self._sum(tally.nll)
-        self._base_objective = tally.objective
-        if self.accelerated:
-            first = candidate.layer
-            for b in range(len(self.batches)):
-                hidden = self._layer_inputs[first][b]
-                for i in range(first, len(self.layers) - 1):
-                    hidden = self._run_layer(i, b, hidden)
-                    self._layer_inputs[i + 1][b] = hidden.to(self._cache_device(i + 1))
-        self.stats.seconds += time.perf_counter() - start
+        self._forget(candidate)
+        self.evaluator.commit(candidate, self._winner_tally.pop(candidate))
+
+    def follow(self, candidate: Candidate) -> None:
+        """Take `candidate` as applied for good whatever `select` chose: a replay along another search's path, whose
+        evaluator knows the next model's losses by itself (it commits with no tally)."""
+        self._forget(candidate)
+        self._winner_tally = {}
+        self.evaluator.commit(candidate, None)
 
     def restore_damage(self, steps: Sequence["PruningStep"]) -> None:
         """Take up the screening state of a search that made `steps` (`PruningStep`s, in order) on this scorer's
@@ -420,27 +598,18 @@ class CandidateScorer:
             self._forget_damage_near(Candidate(step.action, step.layer))
 
     # ------------------------------------------------------------------ screening (fast mode)
+    def _forget(self, changed: Candidate) -> None:
+        """What a unit applied for good makes stale: its own rank, and the damage near it."""
+        self._previous_ranks.pop(changed, None)
+        self._forget_damage_near(changed)
+
     def _screened(self, candidates: Sequence[Candidate]) -> set[int]:
         """Indices of the candidates that sit this step out: those scored before whose last damage is not among the
         `ceil(fast_search.screen * len(candidates))` lowest (ties to the earlier candidate; NaN ranks last)."""
         if not self.screens:
             return set()
-        known = sorted(_rank_key(self._damage[c], k) for k, c in enumerate(candidates) if c in self._damage)
+        known = sorted(rank_key(self._damage[c], k) for k, c in enumerate(candidates) if c in self._damage)
         return {k for _, k in known[math.ceil(self.fast_search.screen * len(candidates)):]}
-
-    def _tied_with_leader(self, ranked: Sequence[int], keep: int, tallies: dict[int, _Tally], stop: int) -> list[int]:
-        """Fast mode: of the candidates ranked after the `keep` best of a round on the first `stop` (>= 2) sequences,
-        those the round's leader is not clearly ahead of: the mean of their per-sequence objective differences from
-        the leader's is at most `fast_search.tie_z` standard errors (paired, over the `stop` sequences)."""
-        if not ranked:
-            return []
-        leader = tallies[ranked[0]].objective[:stop]  # [stop]
-        tied = []
-        for k in ranked[keep:]:
-            difference = tallies[k].objective[:stop] - leader  # [stop]
-            if difference.mean().item() <= self.fast_search.tie_z * difference.std().item() / math.sqrt(stop):
-                tied.append(k)
-        return tied
 
     def _forget_damage_near(self, changed: Candidate) -> None:
         """Forget the damage of the candidates within `fast_search.screen_radius` layers of `changed` (its own
@@ -451,28 +620,10 @@ class CandidateScorer:
         for candidate in [c for c in self._damage if abs(c.layer - changed.layer) <= radius]:
             del self._damage[candidate]
 
-    def _damage_of(self, tally: _Tally, sequences: int) -> float:
+    def _damage_of(self, tally: Tally, sequences: int) -> float:
         """A candidate's damage: its mean objective increase per sequence over the current model, on the first
         `sequences` calibration sequences."""
-        return (tally.objective[:sequences] - self._base_objective[:sequences]).mean().item()
-
-    # ------------------------------------------------------------------ scoring
-    def _score(self, candidate: Candidate, index: int, tally: _Tally, stop: int,
-               bound: Optional[tuple[float, int]]) -> bool:
-        """Extend `tally` (of `candidate`, applied now) to the first `stop` sequences, one sequence at a time; return
-        False if stopped early because its partial total ranks after `bound` (see `_rank_key`)."""
-        if not self.accelerated:
-            self._full_tally(tally)
-            return True
-        while tally.done < stop:
-            b, row = divmod(tally.done, self._batch_size)
-            hidden = self._layer_inputs[candidate.layer][b][row : row + 1]  # [1, seq_len, hidden]
-            for i in range(candidate.layer, len(self.layers)):
-                hidden = self._run_layer(i, b, hidden, row)
-            tally.fill(tally.done, self._head_losses(hidden, b, row))
-            if bound is not None and tally.done < stop and _rank_key(self._sum(tally.objective), index) > bound:
-                return False
-        return True
+        return (tally.objective[:sequences] - self.evaluator.base_objective[:sequences]).mean().item()
 
     def _round_stops(self) -> list[int]:
         """Sequences each round scores up to: all of them (exact), or doubling from the first round's (fast)."""
@@ -484,76 +635,29 @@ class CandidateScorer:
             stop *= 2
         return stops + [self.num_sequences]
 
-    def _sum(self, values: torch.Tensor) -> float:
-        """Total of per-sequence values, summed as the plain evaluation sums them: per batch, then over batches."""
-        return sum(values[start : start + len(batch)].sum().item() for start, batch in zip(self._batch_starts, self.batches))
 
-    def _run_layer(self, i: int, b: int, hidden: torch.Tensor, row: Optional[int] = None) -> torch.Tensor:
-        """Layer `i` on batch `b`'s hidden states, or on its sequence `row` alone."""
-        self.stats.layer_passes += len(hidden)
-        kwargs = self._layer_kwargs[i][b]
-        if row is not None:
-            kwargs = _select_row(kwargs, row, len(self.batches[b]))
-        return self.layers[i](hidden.to(self.layer_devices[i]), **kwargs)
+class CandidateScorer(CandidateSelector):
+    """A [`CandidateSelector`] scoring on the model itself (a [`ModelEvaluator`]: see it for the arguments)."""
 
-    def _cache_device(self, i: int) -> torch.device:
-        """Where layer `i`'s cached inputs live: `cache_device` if given, else the device the layer runs on."""
-        return self.layer_devices[i] if self.cache_device is None else self.cache_device
-
-    def _head_losses(self, hidden: torch.Tensor, b: int, row: Optional[int] = None) -> SequenceLosses:
-        """Final norm, lm_head and per-sequence losses of batch `b` (or its sequence `row`), from the last layer's
-        output `hidden`; the KL objective also runs the original model's cached final hidden states through the head."""
-        rows = slice(None) if row is None else slice(row, row + 1)
-        input_ids = self.batches[b][rows]
-        reference = None
-        if self.reference is not None:
-            start = self._batch_starts[b]
-            reference = self.reference[start : start + len(self.batches[b])][rows]
-        self.stats.head_passes += len(input_ids) * (1 if reference is None else 2)
-        return head_losses(hidden, input_ids, lambda h: self.adapter.head_logits(self.model, h), self.ignore_index,
-                           reference, self.head_chunk_size)
-
-    def _full_tally(self, tally: Optional[_Tally] = None) -> _Tally:
-        """Reference evaluation: a whole-model forward per batch, filling `tally` (a new one if not given)."""
-        tally = _Tally(self.num_sequences, self.reference is not None) if tally is None else tally
-        for b in range(len(self.batches)):
-            tally.fill(self._batch_starts[b], self._batch_losses(b))
-        return tally
-
-    def _batch_losses(self, b: int) -> SequenceLosses:
-        batch = self.batches[b]
-        hidden = final_hidden_states(self.model, self.layers, batch)
-        self.stats.layer_passes += len(self.layers) * len(batch)
-        return self._head_losses(hidden, b)
-
-    def _capture(self) -> _Tally:
-        """One decoder forward per batch that records every layer's input (on its cache device) and call arguments
-        (on the layer's device, copied once per device), then the head on the last layer's output."""
-        num_batches = len(self.batches)
-        self._layer_inputs = [[None] * num_batches for _ in self.layers]
-        self._layer_kwargs = [[None] * num_batches for _ in self.layers]
-        current = {"batch": 0, "moved": {}}
-
-        def recorder(i: int):
-            def hook(module, args, kwargs):
-                b = current["batch"]
-                hidden = args[0] if args else kwargs["hidden_states"]
-                self._layer_inputs[i][b] = hidden.to(self._cache_device(i))
-                arguments = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-                self._layer_kwargs[i][b] = move_to_device(arguments, self.layer_devices[i], current["moved"])
-
-            return hook
-
-        handles = [layer.register_forward_pre_hook(recorder(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
-        tally = _Tally(self.num_sequences, self.reference is not None)
-        try:
-            for b in range(num_batches):
-                current.update(batch=b, moved={})
-                tally.fill(self._batch_starts[b], self._batch_losses(b))
-        finally:
-            for handle in handles:
-                handle.remove()
-        return tally
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ArchitectureAdapter,
+        sequences: torch.Tensor,
+        batch_size: int,
+        ignore_index: Optional[int] = None,
+        accelerated: bool = True,
+        progress: bool = True,
+        cache_device: Optional[DeviceLike] = None,
+        importance_metric: str = "ppl",
+        reference: Optional[torch.Tensor] = None,
+        fast_search: Optional[FastSearchConfig] = None,
+        head_chunk_size: int = DEFAULT_HEAD_CHUNK_SIZE,
+    ) -> None:
+        evaluator = ModelEvaluator(model, adapter, sequences, batch_size, ignore_index, accelerated, cache_device,
+                                   importance_metric, reference, head_chunk_size)
+        super().__init__(evaluator, fast_search, progress)
+        self.importance_metric = importance_metric
 
 
 def final_hidden_states(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,13 @@ from optimum_multipruner.candidates import Candidate
 from optimum_multipruner.data import build_sequences, load_text_rows
 from optimum_multipruner.nll import head_chunk_bytes, head_losses, sequence_nll
 from optimum_multipruner.record import PruningStep
-from optimum_multipruner.scoring import CandidateScorer, _Tally, final_hidden_states, original_final_hidden_states
+from optimum_multipruner.scoring import (
+    CandidateScorer,
+    Tally,
+    final_hidden_states,
+    original_final_hidden_states,
+    tied_with_leader,
+)
 
 
 @pytest.fixture(scope="module")
@@ -129,15 +135,14 @@ def test_tie_rule_keeps_candidates_the_leader_is_not_clearly_ahead_of(trained_mo
         assert fast.select(candidates, trial) == best_and_total
         assert fast.stats.candidates_dropped == dropped and fast.stats.candidates_stopped_early == 0
 
-    scorer = CandidateScorer(model, adapter, sequences, 4, progress=False,
-                             fast_search=FastSearchConfig(screen=None, tie_z=1.0))
     tallies = {}
     for k, objective in enumerate(([2.0, 2.0, 2.0], [2.1, 1.95, 2.0], [2.1, 2.12, 2.0], [2.5, 2.6, 2.0])):
-        tallies[k] = _Tally(3, kl=False)
+        tallies[k] = Tally(3, kl=False)
         tallies[k].objective[:] = torch.tensor(objective, dtype=torch.float64)
     # differences from the leader on 2 sequences: mean 0.025, standard error 0.075 (tied); 0.11, 0.01; 0.55, 0.05
-    assert scorer._tied_with_leader([0, 1, 2, 3], 1, tallies, 2) == [1]
-    assert scorer._tied_with_leader([0, 1, 2, 3], 2, tallies, 2) == []  # the second is kept by the halving
+    assert tied_with_leader(tallies, [0, 1, 2, 3], 1, 2, z=1.0) == [1]
+    assert tied_with_leader(tallies, [0, 1, 2, 3], 2, 2, z=1.0) == []  # the second is kept by the halving
+    assert tied_with_leader(tallies, [0, 1, 2, 3], 1, 2, z=20.0) == [1, 2, 3]
 
 
 def test_screen_sits_out_candidates_far_behind_and_a_restored_scorer_screens_alike(trained_model, sequences):
