@@ -8,3 +8,5 @@ PRUNED_MODEL_TYPE_PREFIX = "multipruner_"  # `model_type` of a pruned checkpoint
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")  # OpenVINO export weight formats (the API's `None` = automatic)
 OPENVINO_MODEL_FILES = ("openvino_model.xml", "openvino_model.bin")  # an IR folder's model: topology, weights
 BENCHMARK_ENGINES = ("openvino", "genai")  # raw OpenVINO runtime (the default), openvino_genai.LLMPipeline
+EXPORT_FORMATS = ("openvino", "gguf")  # `optimum-cli multipruner export --format`
+GGUF_OUTTYPES = ("f32", "f16", "q8_0")  # GGUF tensor types written by `export_gguf` (others: llama.cpp's llama-quantize)

@@ -6,7 +6,7 @@ so `AutoModelForCausalLM.from_pretrained(pruned_dir)` works.
 
 from .architectures import ADAPTERS, get_adapter
 from .configuration import MultiPrunerConfig
-from .exporters import enable_lazy_openvino_registration, export_openvino
+from .exporters import enable_lazy_openvino_registration, export_gguf, export_openvino
 from .modeling import register_pruned_models
 from .pruner import MultiPruner
 from .record import PruningRecord, PruningStep
@@ -27,6 +27,7 @@ __all__ = [
     "PruningStep",
     "SUPPORTED_MODEL_TYPES",
     "count_parameters",
+    "export_gguf",
     "export_openvino",
     "get_adapter",
     "__version__",

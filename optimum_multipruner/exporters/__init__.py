@@ -1,6 +1,7 @@
-"""Export of pruned checkpoints; the OpenVINO machinery is imported only when an export needs it.
+"""Export of pruned checkpoints; the OpenVINO and GGUF machinery is imported only when an export needs it.
 
 * `export_openvino(model_or_dir, output_dir, weight_format=None, overwrite=False)`: script entry point.
+* `export_gguf(model_or_dir, output_file, outtype="f16", overwrite=False)`: one GGUF file for llama.cpp.
 * `register_openvino_export()`: register the `multipruner_<family>` export configs with optimum's `TasksManager`.
 * `enable_lazy_openvino_registration()`: register as soon as anything imports `optimum.exporters.openvino`
   (e.g. `OVModelForCausalLM.from_pretrained(pruned_dir, export=True)`), at no import cost before that.
@@ -39,6 +40,14 @@ def export_openvino(model_or_dir, output_dir: Union[str, os.PathLike], weight_fo
     from .openvino import export_openvino as export
 
     return export(model_or_dir, output_dir, weight_format=weight_format, overwrite=overwrite, **kwargs)
+
+
+def export_gguf(model_or_dir, output_file: Union[str, os.PathLike], outtype: str = "f16", overwrite: bool = False,
+                **kwargs: Any) -> str:
+    """Export a pruned (or dense) model to a GGUF file for llama.cpp (see `exporters.gguf.export_gguf`)."""
+    from .gguf import export_gguf as export
+
+    return export(model_or_dir, output_file, outtype=outtype, overwrite=overwrite, **kwargs)
 
 
 def rewrite_exported_config(output_dir: Union[str, os.PathLike]) -> bool:
@@ -112,6 +121,7 @@ __all__ = [
     "TASKS",
     "WEIGHT_FORMATS",
     "enable_lazy_openvino_registration",
+    "export_gguf",
     "export_openvino",
     "finish_export",
     "register_openvino_export",
