@@ -20,6 +20,7 @@ from .data import build_calibration_sets
 from .devices import check_device_available, check_placement, execution_device
 from .modeling import to_pruned_model
 from .memory import check_search_memory
+from .model_card import write_model_card
 from .nll import reference_ignore_index
 from .progress import SearchProgress, start_progress, tensors_hash
 from .record import PruningRecord, PruningStep, encode_weight_order
@@ -317,8 +318,9 @@ class MultiPruner:
         return to_pruned_model(self.model, self.adapter, record.structure)
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], overwrite: bool = False) -> None:
-        """Save the pruned model (safetensors), the tokenizer and the pruning record, atomically. In a distributed
-        search only rank 0 writes; the other processes return at once."""
+        """Save the pruned model (safetensors), the tokenizer, the pruning record and a model card (`README.md`,
+        `model_card.write_model_card`), atomically. In a distributed search only rank 0 writes; the other processes
+        return at once."""
         if not distributed.is_main_process():
             return
         with atomic_directory(save_directory, overwrite) as tmp:
@@ -327,6 +329,7 @@ class MultiPruner:
                 self.tokenizer.save_pretrained(tmp)
             if self.record is not None:
                 self.record.save(tmp)
+            write_model_card(tmp, self.model.config, self.record)
 
     # ------------------------------------------------------------------ helpers
     def _units(self, config: MultiPrunerConfig) -> PruningUnits:

@@ -26,6 +26,7 @@ from torch import nn
 from optimum_multipruner_constants import GGUF_OUTTYPES
 
 from ..architectures import ArchitectureAdapter, get_adapter
+from ..model_card import MODEL_CARD_NAME, write_model_card
 from ..structure import PrunedStructure
 from ..surgery import read_structure
 from ..utils import atomic_file, check_output_file, get_logger
@@ -45,7 +46,8 @@ PAD_TOKEN = "[PAD{}]"  # vocabulary rows the tokenizer does not fill (llama.cpp'
 # `tokenizer.ggml.pre` of the byte-level BPE pre-tokenizers llama.cpp knows, by the steps of tokenizer.json's
 # `pre_tokenizer`: (type, regex or digit option) each.
 LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 PRE_TOKENIZERS = {
     (("ByteLevel", True),): "gpt-2",
@@ -148,8 +150,8 @@ def export_gguf(
     """Export a pruned (or dense) model to one GGUF file that llama.cpp runs (`llama-cli -m`, `llama-server -m`).
 
     Args:
-        model_or_dir: a checkpoint folder (pruned or dense; its tokenizer, `pruning_record.json` and `README.md` go
-            along), or a loaded model with `tokenizer`, exported as it is in memory.
+        model_or_dir: a checkpoint folder or Hub id (pruned or dense; its tokenizer, `pruning_record.json` and
+            `README.md` go along), or a loaded model with `tokenizer`, exported as it is in memory (its dtype).
         output_file: the `.gguf` file; written atomically.
         outtype: `"f32"`, `"f16"` or `"q8_0"` (gguf's quantizer; a tensor whose rows are not a multiple of 32 is
             written in f16, as llama.cpp's converter does). Other types: llama.cpp's `llama-quantize` on the f16 file.
@@ -173,11 +175,13 @@ def export_gguf(
     structure = read_structure(model, adapter)
     layers = deci_layers(structure)
     writer_arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.DECI]
-    with tempfile.TemporaryDirectory() as tokenizer_dir, atomic_file(output_file) as tmp:
-        tokenizer.save_pretrained(tokenizer_dir)
+    with tempfile.TemporaryDirectory() as workdir, atomic_file(output_file) as tmp:
+        tokenizer.save_pretrained(workdir)
+        if record is not None and "model_card" not in provenance:  # a record applied in memory: its card
+            provenance["model_card"] = Path(write_model_card(workdir, model.config, record)).read_text("utf-8")
         writer = gguf.GGUFWriter(tmp, writer_arch)
         _add_hyperparameters(writer, model.config, adapter, layers, outtype)
-        _add_vocabulary(writer, Path(tokenizer_dir), tokenizer, model.get_input_embeddings().weight.shape[0])
+        _add_vocabulary(writer, Path(workdir), tokenizer, model.get_input_embeddings().weight.shape[0])
         _add_provenance(writer, structure, provenance)
         for name, tensor in _tensors(model, adapter, layers):
             _add_tensor(writer, name, tensor, outtype)
@@ -198,15 +202,14 @@ def _load(model_or_dir, tokenizer, record) -> tuple[nn.Module, Any, dict[str, st
         model = model_or_dir
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import cached_file
 
-        folder = str(model_or_dir)
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"The model folder {folder} does not exist; check the path.")
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").eval()
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(folder)
-        for key, name in (("record", RECORD_NAME), ("model_card", "README.md")):
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
+        source = str(model_or_dir)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto").eval()
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
+        for key, name in (("record", RECORD_NAME), ("model_card", MODEL_CARD_NAME)):
+            path = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+            if path is not None:
                 with open(path, encoding="utf-8") as handle:
                     provenance[key] = handle.read()
     if record is not None:
