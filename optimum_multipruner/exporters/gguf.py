@@ -279,6 +279,12 @@ def _gguf_vocab(folder: Path) -> tuple[gguf.Vocab, Optional[dict[str, Any]]]:
     if (folder / "tokenizer.model").is_file():
         return gguf.vocab.SentencePieceVocab(folder), None
     tokenizer_json = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    model, decoder = tokenizer_json["model"], tokenizer_json.get("decoder") or {}
+    if model.get("byte_fallback") and decoder.get("type") == "ByteLevel":
+        # Byte-level BPE has a token for every byte, so byte fallback never fires (transformers' GGUF reader sets
+        # it); gguf's BpeVocab refuses the flag, so the saved copy drops it.
+        model["byte_fallback"] = False
+        (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json), encoding="utf-8")
     for reader in (gguf.vocab.BpeVocab, gguf.vocab.LlamaHfVocab):
         try:
             return reader(folder), tokenizer_json
@@ -293,8 +299,14 @@ def _add_vocabulary(writer: gguf.GGUFWriter, folder: Path, tokenizer, rows: int)
     vocab, tokenizer_json = _gguf_vocab(folder)
     tokens, scores, types = (list(column) for column in zip(*vocab.all_tokens()))
     if len(tokens) > rows:
-        raise ValueError(f"The tokenizer has {len(tokens)} tokens but the embedding only {rows} rows; it does not "
-                         "belong to this model.")
+        beyond = range(rows, len(tokens))
+        if not all(token_id in tokenizer.added_tokens_decoder for token_id in beyond):
+            raise ValueError(f"The tokenizer has {len(tokens)} tokens but the embedding only {rows} rows; it does not "
+                             "belong to this model.")
+        logger.warning("The tokenizer's added tokens %s have ids beyond the embedding's %d rows (the model cannot "
+                       "read them); the GGUF leaves them out.", [tokenizer.added_tokens_decoder[i].content
+                                                                 for i in beyond], rows)
+        del tokens[rows:], scores[rows:], types[rows:]
     if isinstance(vocab, gguf.vocab.BpeVocab):
         writer.add_tokenizer_pre(_pre_tokenizer_name(tokenizer_json))
         for token_id, added in tokenizer.added_tokens_decoder.items():  # BpeVocab types its base vocabulary NORMAL

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from exported_models import STRUCTURE
-from testing_utils import make_model, make_pruned_model, make_tokenizer
+from testing_utils import make_model, make_pruned_model, make_text, make_tokenizer
 
 from optimum_multipruner import MultiPruner, export_gguf, get_adapter
 from optimum_multipruner.exporters.gguf import ZERO_MLP_WIDTH, DeciLayer, deci_layers, llama3_rope_factors
@@ -174,6 +174,32 @@ def test_vocabulary_is_padded_to_the_embedding_rows(tmp_path, run_gguf):
     tokens = gguf.GGUFReader(path).fields["tokenizer.ggml.tokens"].contents()
     assert len(tokens) == 320 and tokens[300:302] == ["[PAD0]", "[PAD1]"]
     assert run_gguf(path).tokenize(PROMPT.encode(), add_bos=True) == tokenizer(PROMPT).input_ids
+
+
+def make_sentencepiece_style_tokenizer():
+    """A BPE tokenizer with byte fallback and a "▁" word prefix, as transformers converts SentencePiece models (Llama 2,
+    Mistral): llama.cpp runs it as a SentencePiece vocabulary, merging by score."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    special = ["<unk>", "<s>", "</s>", "<pad>"] + [f"<0x{byte:02X}>" for byte in range(256)]
+    backend.train_from_iterator(make_text(), trainers.BpeTrainer(vocab_size=320, special_tokens=special,
+                                                                 show_progress=False))
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+
+
+def test_sentencepiece_style_tokenizer_tokenizes_as_transformers(tmp_path, run_gguf):
+    model, tokenizer = make_pruned_model("llama", STRUCTURE, seed=7), make_sentencepiece_style_tokenizer()
+    llm = run_gguf(export_gguf(model, tmp_path / "model.gguf", "f32", tokenizer=tokenizer))
+    for text in (PROMPT, "small fast block, attention network; weights 7!", "é quiet river"):  # é: byte fallback
+        assert llm.tokenize(text.encode(), add_bos=True) == tokenizer(text).input_ids
 
 
 def test_existing_file_is_kept_without_overwrite(tmp_path):
