@@ -9,3 +9,5 @@ WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")  # OpenVINO export weight form
 OPENVINO_MODEL_FILES = ("openvino_model.xml", "openvino_model.bin")  # an IR folder's model: topology, weights
 BENCHMARK_ENGINES = ("openvino", "genai")  # raw OpenVINO runtime (the default), openvino_genai.LLMPipeline
 DEVICE_NAME_PATTERN = r"(cpu|mps|(cuda|xpu|npu|hpu|mlu|musa)(:\d+)?)"  # a torch device name, e.g. cpu, cuda:1
+EXPORT_FORMATS = ("openvino", "gguf")  # `optimum-cli multipruner export --format`
+GGUF_OUTTYPES = ("f32", "f16", "q8_0")  # GGUF tensor types written by `export_gguf` (others: llama.cpp's llama-quantize)

@@ -6,7 +6,7 @@ so `AutoModelForCausalLM.from_pretrained(pruned_dir)` works.
 
 from .architectures import ADAPTERS, get_adapter
 from .configuration import FastSearchConfig, MultiPrunerConfig
-from .exporters import enable_lazy_openvino_registration, export_openvino
+from .exporters import enable_lazy_openvino_registration, export_gguf, export_openvino
 from .modeling import register_pruned_models
 from .pruner import MultiPruner
 from .record import PruningRecord, PruningStep
@@ -30,6 +30,7 @@ __all__ = [
     "RecoveryConfig",
     "SUPPORTED_MODEL_TYPES",
     "count_parameters",
+    "export_gguf",
     "export_openvino",
     "get_adapter",
     "__version__",

@@ -8,14 +8,15 @@ query heads, KV heads and MLP width). Its model class applies that structure in 
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
+import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .architectures import ADAPTERS, PRUNED_MODEL_TYPE_PREFIX, ArchitectureAdapter
 from .structure import PrunedStructure
-from .surgery import apply_structure, compact_cache_slots
+from .surgery import apply_structure, compact_cache_slots, count_parameters, dense_parameter_count, read_structure
 
 PRUNED_CONFIG_CLASSES: dict[str, type] = {}
 PRUNED_MODEL_CLASSES: dict[str, type] = {}
@@ -109,3 +110,36 @@ def to_pruned_model(model: nn.Module, adapter: ArchitectureAdapter, structure: P
     model.__class__ = PRUNED_MODEL_CLASSES[adapter.model_type]
     compact_cache_slots(model, adapter)
     return model
+
+
+def layer_summary(config) -> dict[str, Any]:
+    """What each decoder layer of a model with `config` (pruned or dense) keeps: attention heads, KV heads, MLP width
+    and parameters, from the config alone (the model is built on `meta`); the table of `optimum-cli multipruner info`
+    and of the model card."""
+    from .architectures import get_adapter
+
+    register_pruned_models()
+    adapter = get_adapter(config)
+    if not isinstance(config, PRUNED_CONFIG_CLASSES[adapter.model_type]):
+        values = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures")}
+        config = PRUNED_CONFIG_CLASSES[adapter.model_type].from_dict(values)
+    with torch.device("meta"):
+        model = PRUNED_MODEL_CLASSES[adapter.model_type](config)
+    structure = read_structure(model, adapter)
+    rows = [
+        {"layer": index, "attention_heads": heads, "kv_heads": kv_heads, "mlp_width": width,
+         "parameters": count_parameters(layer)}
+        for index, (layer, heads, kv_heads, width) in enumerate(
+            zip(adapter.decoder_layers(model), structure.num_attention_heads, structure.num_key_value_heads,
+                structure.intermediate_size)
+        )
+    ]
+    layout = adapter.attention_layout(config)
+    return {
+        "model_type": adapter.model_type,
+        "dense": {"attention_heads": layout.num_heads, "kv_heads": layout.num_kv_heads,
+                  "mlp_width": config.intermediate_size},
+        "layers": rows,
+        "parameters": count_parameters(model),
+        "dense_parameters": dense_parameter_count(config, adapter),
+    }

@@ -20,6 +20,7 @@ from .data import build_calibration_sets
 from .devices import check_device_available, check_placement, execution_device
 from .modeling import to_pruned_model
 from .memory import check_search_memory
+from .model_card import write_model_card
 from .nll import reference_ignore_index
 from .progress import SearchProgress, start_progress, tensors_hash
 from .record import RECORD_NAME, PruningRecord, PruningStep, encode_weight_order
@@ -359,8 +360,9 @@ class MultiPruner:
         return self.model
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], overwrite: bool = False) -> None:
-        """Save the pruned model (safetensors), the tokenizer, the pruning record and, after `recover`, the
-        recovery config, atomically. In a distributed run only rank 0 writes; the other processes return at once."""
+        """Save the pruned model (safetensors), the tokenizer, the pruning record, a model card (`README.md`,
+        `model_card.write_model_card`) and, after `recover`, the recovery config, atomically. In a distributed run only
+        rank 0 writes; the other processes return at once."""
         if not distributed.is_main_process():
             return
         with atomic_directory(save_directory, overwrite) as tmp:
@@ -371,6 +373,7 @@ class MultiPruner:
                 self.record.save(tmp)
             if self.recovery_config is not None:
                 self.recovery_config.save_pretrained(tmp)
+            write_model_card(tmp, self.model.config, self.record)
 
     # ------------------------------------------------------------------ helpers
     def _units(self, config: MultiPrunerConfig) -> PruningUnits:

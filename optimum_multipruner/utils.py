@@ -38,21 +38,48 @@ def _default_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+@contextmanager
+def atomic_file(path: Union[str, os.PathLike]) -> Iterator[str]:
+    """Yield a temporary file path in `path`'s folder; on success it replaces `path` (atomic rename), on failure it
+    is removed and `path` is intact."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
         os.chmod(tmp, _default_mode(directory=False))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def check_output_file(path: Union[str, os.PathLike], overwrite: bool) -> None:
+    """Refuse an output file that exists (unless `overwrite`), a directory in its place, or a missing folder.
+
+    Only checks: nothing is created.
+    """
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"The output path {path} is a directory; give a file name.")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(
+            f"The output file {path} already exists. Pass `overwrite=True` (`--overwrite` on the command line) to "
+            "replace it, or choose another file."
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"The folder of {path} does not exist; create {folder} first.")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"Cannot write the output file {path}: {folder} is not writable.")
 
 
 def check_output_dir(path: Union[str, os.PathLike], overwrite: bool) -> None:

@@ -192,6 +192,11 @@ class ArchitectureAdapter:
             )
         return None
 
+    def gguf_blocker(self, config) -> Optional[str]:
+        """What llama.cpp's `deci` graph (the GGUF export's architecture) lacks for this family, in one line, or
+        `None` when the family exports (checks that hold for every family live in `exporters.gguf`)."""
+        return None
+
     # ----------------------------------------------------------------- widths of a live module
     def kv_heads(self, attention: nn.Module, layout: AttentionLayout) -> int:
         """KV heads an attention module currently has."""

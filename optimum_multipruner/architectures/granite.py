@@ -1,3 +1,5 @@
+from typing import Optional
+
 import torch
 from torch import nn
 from transformers import GraniteConfig, GraniteForCausalLM
@@ -23,3 +25,6 @@ class GraniteAdapter(ArchitectureAdapter):
 
     def head_logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         return super().head_logits(model, hidden) / model.config.logits_scaling
+
+    def gguf_blocker(self, config) -> Optional[str]:
+        return "the deci graph has none of Granite's embedding, attention, residual and logit multipliers"

@@ -1,3 +1,5 @@
+from typing import Optional
+
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from .base import PRE_NORM_LAYER, ArchitectureAdapter, register_adapter
@@ -13,3 +15,6 @@ class Qwen2Adapter(ArchitectureAdapter):
     config_class = Qwen2Config
     causal_lm_class = Qwen2ForCausalLM
     layer_layout = PRE_NORM_LAYER
+
+    def gguf_blocker(self, config) -> Optional[str]:
+        return "the deci graph takes a Q bias only as wide as the hidden size, so a pruned layer's Q bias does not fit"

@@ -1,3 +1,5 @@
+from typing import Optional
+
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from .base import PRE_NORM_LAYER, ArchitectureAdapter, register_adapter
@@ -13,3 +15,6 @@ class Qwen3Adapter(ArchitectureAdapter):
     config_class = Qwen3Config
     causal_lm_class = Qwen3ForCausalLM
     layer_layout = PRE_NORM_LAYER
+
+    def gguf_blocker(self, config) -> Optional[str]:
+        return "the deci graph has no per-head Q/K RMSNorms"

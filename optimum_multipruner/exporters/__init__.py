@@ -1,10 +1,12 @@
-"""Export of pruned checkpoints; the OpenVINO machinery is imported only when an export needs it.
+"""Export of pruned checkpoints; the OpenVINO and GGUF machinery is imported only when an export needs it.
 
 * `export_openvino(model_or_dir, output_dir, weight_format=None, overwrite=False)`: script entry point.
+* `export_gguf(model_or_dir, output_file, outtype="f16", overwrite=False)`: one GGUF file for llama.cpp.
 * `register_openvino_export()`: register the `multipruner_<family>` export configs with optimum's `TasksManager`.
 * `enable_lazy_openvino_registration()`: register as soon as anything imports `optimum.exporters.openvino`
   (e.g. `OVModelForCausalLM.from_pretrained(pruned_dir, export=True)`), at no import cost before that.
-* `finish_export(output_dir, ...)`: the base model type in the IR's `config.json`, and the pruning record next to it.
+* `finish_export(output_dir, ...)`: the base model type in the IR's `config.json`, the pruning record and the model
+  card next to it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ def export_openvino(model_or_dir, output_dir: Union[str, os.PathLike], weight_fo
     return export(model_or_dir, output_dir, weight_format=weight_format, overwrite=overwrite, **kwargs)
 
 
+def export_gguf(model_or_dir, output_file: Union[str, os.PathLike], outtype: str = "f16", overwrite: bool = False,
+                **kwargs: Any) -> str:
+    """Export a pruned (or dense) model to a GGUF file for llama.cpp (see `exporters.gguf.export_gguf`)."""
+    from .gguf import export_gguf as export
+
+    return export(model_or_dir, output_file, outtype=outtype, overwrite=overwrite, **kwargs)
+
+
 def rewrite_exported_config(output_dir: Union[str, os.PathLike]) -> bool:
     """Give an exported IR directory's `config.json` the base `model_type` and `architectures`; keep `pruning`.
 
@@ -64,33 +74,39 @@ def rewrite_exported_config(output_dir: Union[str, os.PathLike]) -> bool:
 def finish_export(output_dir: Union[str, os.PathLike], source: Any = None, record: Any = None,
                   cache_dir: Optional[str] = None) -> None:
     """Make an exported IR folder self-describing: the base model type in `config.json` (see
-    [`rewrite_exported_config`]) and the pruning record as `pruning_record.json`.
+    [`rewrite_exported_config`]), the pruning record as `pruning_record.json` and the model card as `README.md`.
 
-    The record is `record` (a `PruningRecord`) when given, else the `pruning_record.json` of `source` (a checkpoint
-    folder or Hub id) when it has one.
+    With `record` (a `PruningRecord`, e.g. applied by `export --record`) both are written from it; otherwise the
+    record and card of `source` (a checkpoint folder or Hub id) are copied when it has them.
     """
+    from transformers import AutoConfig
+
+    from ..model_card import MODEL_CARD_NAME, write_model_card
     from ..record import RECORD_NAME
 
     rewrite_exported_config(output_dir)
-    target = os.path.join(output_dir, RECORD_NAME)
     if record is not None:
-        record.save(target)
+        record.save(os.path.join(output_dir, RECORD_NAME))
+        write_model_card(output_dir, AutoConfig.from_pretrained(output_dir), record)
         return
-    if source is None:
-        return
-    if os.path.isdir(source):
-        path = os.path.join(source, RECORD_NAME)
-        path = path if os.path.isfile(path) else None
-    else:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+    for name in (RECORD_NAME, MODEL_CARD_NAME) if source is not None else ():
+        path = _source_file(str(source), name, cache_dir)
+        if path is not None:
+            shutil.copyfile(path, os.path.join(output_dir, name))
 
-        try:
-            path = hf_hub_download(str(source), RECORD_NAME, cache_dir=cache_dir)
-        except EntryNotFoundError:  # a checkpoint without a record (or not cached, offline)
-            path = None
-    if path is not None:
-        shutil.copyfile(path, target)
+
+def _source_file(source: str, name: str, cache_dir: Optional[str]) -> Optional[str]:
+    """`name` in a checkpoint folder or Hub repo, or `None` when it has none (or it is not cached, offline)."""
+    if os.path.isdir(source):
+        path = os.path.join(source, name)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(source, name, cache_dir=cache_dir)
+    except EntryNotFoundError:
+        return None
 
 
 def _register_quietly() -> None:
@@ -112,6 +128,7 @@ __all__ = [
     "TASKS",
     "WEIGHT_FORMATS",
     "enable_lazy_openvino_registration",
+    "export_gguf",
     "export_openvino",
     "finish_export",
     "register_openvino_export",

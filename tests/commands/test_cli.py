@@ -253,6 +253,32 @@ def test_export_applies_a_record_and_benchmark_runs(pruned_dir, dense_dir, tmp_p
     assert "time to first token" in capsys.readouterr().out
 
 
+def test_export_gguf_from_a_checkpoint_and_from_a_record(pruned_dir, dense_dir, tmp_path, capsys):
+    import gguf
+
+    from_checkpoint, from_record = str(tmp_path / "pruned.gguf"), str(tmp_path / "record.gguf")
+    record = os.path.join(pruned_dir, "pruning_record.json")
+    run_optimum_cli("multipruner", "export", "--format", "gguf", "--outtype", "f32", "-m", pruned_dir, from_checkpoint)
+    run_optimum_cli("multipruner", "export", "--format", "gguf", "--outtype", "f32", "-m", dense_dir, "--record",
+                    record, from_record)
+    files = [gguf.GGUFReader(path) for path in (from_checkpoint, from_record)]
+    with open(os.path.join(pruned_dir, "config.json"), encoding="utf-8") as handle:
+        pruning = json.load(handle)["pruning"]
+    for reader in files:
+        assert json.loads(reader.fields["multipruner.structure"].contents()) == pruning
+        assert "## Structure" in reader.fields["multipruner.model_card"].contents()
+    assert [t.name for t in files[0].tensors] == [t.name for t in files[1].tensors]
+    assert all((a.data == b.data).all() for a, b in zip(files[0].tensors, files[1].tensors))
+
+    line = cli_error(capsys, "multipruner", "export", "--format", "gguf", "-m", pruned_dir, from_checkpoint)
+    assert "already exists" in line and "--overwrite" in line
+    line = cli_error(capsys, "multipruner", "export", "--outtype", "q8_0", "-m", pruned_dir, str(tmp_path / "ir"))
+    assert "--format gguf" in line
+    line = cli_error(capsys, "multipruner", "export", "--format", "gguf", "--weight-format", "int8", "-m", pruned_dir,
+                     str(tmp_path / "x.gguf"))
+    assert "--outtype" in line and not (tmp_path / "x.gguf").exists()
+
+
 # --------------------------------------------------------------------------- user errors: one line, exit status 2
 def test_a_bad_value_is_one_line_naming_the_fix(dense_dir, tmp_path, capsys, monkeypatch):
     argv = ("multipruner", "prune", "-m", dense_dir, str(tmp_path / "out"), "--target-ratio", "1.5")

@@ -1,17 +1,19 @@
-"""`optimum-cli multipruner export`: a pruned checkpoint (or a dense model + pruning record) to OpenVINO IR."""
+"""`optimum-cli multipruner export`: a pruned checkpoint (or a dense model + pruning record) to an OpenVINO IR
+folder, or to a GGUF file for llama.cpp (`--format gguf`)."""
 
 from __future__ import annotations
 
 import os
 from argparse import ArgumentParser
 
-from optimum_multipruner_constants import WEIGHT_FORMATS
+from optimum_multipruner_constants import EXPORT_FORMATS, GGUF_OUTTYPES, WEIGHT_FORMATS
 
 from .common import MultiPrunerSubcommand, add_model_loading_args, check_model_source, load_model_and_tokenizer
 
 
 class ExportCommand(MultiPrunerSubcommand):
-    HELP = "Export a pruned model to OpenVINO IR (or apply a pruning record to a dense model, then export)."
+    HELP = ("Export a pruned model to OpenVINO IR or to GGUF for llama.cpp (or apply a pruning record to a dense "
+            "model, then export).")
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
@@ -19,7 +21,11 @@ class ExportCommand(MultiPrunerSubcommand):
             "-m", "--model", required=True,
             help="pruned checkpoint folder or Hub id; with --record, the dense model it was searched on",
         )
-        parser.add_argument("output", help="OpenVINO IR folder")
+        parser.add_argument("output", help="OpenVINO IR folder, or the .gguf file with --format gguf")
+        parser.add_argument(
+            "--format", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0],
+            help="openvino (default): an IR folder for optimum-intel / openvino-genai; gguf: one file for llama.cpp",
+        )
         parser.add_argument(
             "--record", help="pruning_record.json (ours, or an official MultiPruner/BlockPruner JSON) to apply first"
         )
@@ -28,7 +34,12 @@ class ExportCommand(MultiPrunerSubcommand):
         )
         parser.add_argument(
             "--weight-format", choices=WEIGHT_FORMATS,
-            help="default: int8 if the dense model has >= 1e9 parameters, else fp32 (int4 adjusts group sizes)",
+            help="OpenVINO weights; default: int8 if the dense model has >= 1e9 parameters, else fp32 (int4 adjusts "
+            "group sizes)",
+        )
+        parser.add_argument(
+            "--outtype", choices=GGUF_OUTTYPES,
+            help="GGUF tensor type (default f16); other llama.cpp types: llama-quantize on the f16 file",
         )
         parser.add_argument(
             "--disable-convert-tokenizer", action="store_true",
@@ -39,29 +50,40 @@ class ExportCommand(MultiPrunerSubcommand):
 
     def execute(self) -> None:
         args = self.args
+        gguf = args.format == "gguf"
         if args.num_blocks is not None and not args.record:
             raise ValueError("--num-blocks selects an entry of a BlockPruner record; it needs --record.")
         if args.record and not os.path.exists(args.record):
             raise FileNotFoundError(f"The pruning record {args.record} does not exist; check the path.")
+        if gguf and (args.weight_format or args.disable_convert_tokenizer):
+            raise ValueError(
+                "--weight-format and --disable-convert-tokenizer are OpenVINO options; a GGUF takes --outtype."
+            )
+        if not gguf and args.outtype:
+            raise ValueError("--outtype is the GGUF tensor type; add --format gguf (OpenVINO takes --weight-format).")
         check_model_source(args.model)
         from optimum_multipruner import MultiPruner
-        from optimum_multipruner.exporters import export_openvino
-        from optimum_multipruner.utils import check_output_dir
+        from optimum_multipruner.exporters import export_gguf, export_openvino
+        from optimum_multipruner.utils import check_output_dir, check_output_file
 
-        check_output_dir(args.output, args.overwrite)
+        (check_output_file if gguf else check_output_dir)(args.output, args.overwrite)
         source, tokenizer, record = args.model, None, None
         if args.record:  # the pruned model is exported as it is in memory: no copy, no temporary checkpoint
             model, tokenizer = load_model_and_tokenizer(args)
             pruner = MultiPruner(model, tokenizer)
             source = pruner.apply(args.record, num_blocks=args.num_blocks)
             record = pruner.record
-        export_openvino(
-            source,
-            args.output,
-            weight_format=args.weight_format,
-            overwrite=args.overwrite,
-            tokenizer=tokenizer,
-            record=record,
-            convert_tokenizer=not args.disable_convert_tokenizer,
-        )
+        if gguf:
+            export_gguf(source, args.output, outtype=args.outtype or "f16", overwrite=args.overwrite,
+                        tokenizer=tokenizer, record=record)
+        else:
+            export_openvino(
+                source,
+                args.output,
+                weight_format=args.weight_format,
+                overwrite=args.overwrite,
+                tokenizer=tokenizer,
+                record=record,
+                convert_tokenizer=not args.disable_convert_tokenizer,
+            )
         print(f"Exported {args.model} to {args.output}")

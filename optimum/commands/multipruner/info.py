@@ -31,41 +31,10 @@ def load_pruned_config(model_name_or_path: str):
 
 def structure_summary(model_name_or_path: str) -> dict[str, Any]:
     """Per-layer kept heads / KV heads / MLP width / parameters, from the config alone (model built on `meta`)."""
-    import torch
+    from optimum_multipruner.modeling import layer_summary
 
-    from optimum_multipruner.architectures import get_adapter
-    from optimum_multipruner.modeling import PRUNED_MODEL_CLASSES
-    from optimum_multipruner.surgery import count_parameters, dense_parameter_count, read_structure
-
-    config = load_pruned_config(model_name_or_path)
-    adapter = get_adapter(config)
-    with torch.device("meta"):
-        model = PRUNED_MODEL_CLASSES[adapter.model_type](config)
-    structure = read_structure(model, adapter)
-    layers = adapter.decoder_layers(model)
-    rows = [
-        {
-            "layer": index,
-            "attention_heads": heads,
-            "kv_heads": kv_heads,
-            "mlp_width": width,
-            "parameters": count_parameters(layer),
-        }
-        for index, (layer, heads, kv_heads, width) in enumerate(
-            zip(layers, structure.num_attention_heads, structure.num_key_value_heads, structure.intermediate_size)
-        )
-    ]
-    layout = adapter.attention_layout(config)
-    return {
-        "model": model_name_or_path,
-        "recovery": recovery_summary(model_name_or_path),
-        "model_type": adapter.model_type,
-        "dense": {"attention_heads": layout.num_heads, "kv_heads": layout.num_kv_heads,
-                  "mlp_width": config.intermediate_size},
-        "layers": rows,
-        "parameters": count_parameters(model),
-        "dense_parameters": dense_parameter_count(config, adapter),
-    }
+    return {"model": model_name_or_path, **layer_summary(load_pruned_config(model_name_or_path)),
+            "recovery": recovery_summary(model_name_or_path)}
 
 
 def recovery_summary(model_name_or_path: str) -> Optional[dict[str, Any]]:
