@@ -66,6 +66,9 @@ class PruningRecord:
     # the weight-magnitude orders the search pruned along (`encode_weight_order`). None when the search did not
     # reorder, in imported records and in records written before this field (`apply` then sorts the weights again).
     weight_order: Optional[list[list[str]]] = None
+    # Set when the kept weights were refitted after pruning (`compensate=True`): the ridge strength, the calibration
+    # text and each refit's reconstruction error (see `compensation.py`). Written only when set.
+    compensation: Optional[dict[str, Any]] = None
 
     def layer_orders(self, model_config, adapter: ArchitectureAdapter) -> Optional[list[LayerOrder]]:
         """The decoded `weight_order` (None if absent); `ValueError` unless it orders every KV group and MLP channel of
@@ -89,7 +92,7 @@ class PruningRecord:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": RECORD_FORMAT,
             "version": 1,
             "source": self.source,
@@ -106,6 +109,9 @@ class PruningRecord:
             "search_stats": self.search_stats,
             "shared_steps": self.shared_steps,
         }
+        if self.compensation is not None:
+            data["compensation"] = self.compensation
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PruningRecord":
@@ -129,6 +135,7 @@ class PruningRecord:
                 source=data.get("source", "optimum-multipruner"),
                 target_reached=data.get("target_reached", True),
                 weight_order=data.get("weight_order"),
+                compensation=data.get("compensation"),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"Corrupted pruning record: {error!r}.") from error
