@@ -3,6 +3,7 @@ leaves a physically smaller model of a registered pruned class that `save_pretra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from functools import cached_property
@@ -14,7 +15,24 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .architectures import ArchitectureAdapter, AttentionLayout, get_adapter
-from .candidates import SHRINK_MLP, STAGE_ACTIONS, Candidate, PruningUnits, apply_candidate, candidates_for, trial
+from .candidates import (
+    SHRINK_ATTENTION,
+    SHRINK_MLP,
+    STAGE_ACTIONS,
+    Candidate,
+    PruningUnits,
+    apply_candidate,
+    candidates_for,
+    trial,
+)
+from .compensation import (
+    ATTENTION,
+    DEFAULT_COMPENSATION_ALPHA,
+    MLP,
+    DenseBranches,
+    check_compensation_alpha,
+    compensate,
+)
 from .configuration import MultiPrunerConfig, calibration_set
 from .data import build_calibration_sets
 from .devices import check_device_available, check_placement, execution_device
@@ -64,6 +82,7 @@ class MultiPruner:
         self.tokenizer = tokenizer
         self.record: Optional[PruningRecord] = None
         self.recovery_config: Optional["RecoveryConfig"] = None
+        self._dense_branches: Optional[DenseBranches] = None  # while pruning with `compensate`
 
     # ------------------------------------------------------------------ search
     def prune(
@@ -73,6 +92,8 @@ class MultiPruner:
         checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
         resume_from: Optional[Union[str, os.PathLike]] = None,
         shared_from: Optional[Union[str, os.PathLike]] = None,
+        compensate: bool = False,
+        compensation_alpha: float = DEFAULT_COMPENSATION_ALPHA,
     ) -> nn.Module:
         """Run the greedy search of `config` and return the (same, now pruned) model. The steps are in `self.record`.
 
@@ -92,6 +113,12 @@ class MultiPruner:
                 with a larger `target_ratio`. This search starts from the steps the two share, its whole first stage
                 (for BlockPruner: every step), which a greedy search repeats exactly whatever its target, and goes on
                 by itself: the result equals a search from scratch. Ratio sweeps pay for their first stage once.
+            compensate: after the search, refit the kept weights of every narrowed attention and MLP output
+                projection toward the dense model's outputs on the calibration text (both sets), layer by layer
+                (`compensation.py`); the record's `compensation` says so. Holds a copy of each narrowed sub-block's
+                dense weights until the end.
+            compensation_alpha: its ridge strength toward the pruned weights, relative to the mean diagonal of the
+                activations' Gram matrix.
 
         Under `torchrun` or `accelerate launch`, every process runs `prune` on its own copy of the model (see
         `distributed.py`): the candidates of each step are shared out between the processes and the record is the one
@@ -104,6 +131,7 @@ class MultiPruner:
         # Every input check happens before any weight changes, on every process; one failing stops them all.
         with distributed.fail_together(self._device):
             self._check_can_prune(config)
+            check_compensation_alpha(compensation_alpha)
             units = self._units(config)
             vocab_size = self.model.get_input_embeddings().num_embeddings
             calibration = build_calibration_sets(config, self.tokenizer, vocab_size)
@@ -118,6 +146,7 @@ class MultiPruner:
         recorded = resumed.layer_orders(self.model.config, self.adapter) if resumed is not None else None
         orders = reorder_by_weight_magnitude(self.model, self.adapter, recorded) if reorder else None
         references = self._original_final_hidden_states(config, calibration)  # before any step is (re)applied
+        self._dense_branches = DenseBranches(self.model, self.adapter) if compensate else None
         if resumed is None:
             self.record = self._new_record(config, reorder)
         else:
@@ -128,6 +157,8 @@ class MultiPruner:
         self._save_progress(writer)
         self._search(config, calibration, references, units, writer, progress)
         self._save_progress(writer)
+        if compensate:
+            self._compensate(torch.cat(list(calibration.values())), compensation_alpha, progress)
         return to_pruned_model(self.model, self.adapter, self.record.structure)
 
     def _original_final_hidden_states(self, config: MultiPrunerConfig,
@@ -193,10 +224,15 @@ class MultiPruner:
               importance_metric: str) -> PruningStep:
         """Score the candidates, apply the best one for good and record it."""
         layers, adapter, layout = self.adapter.decoder_layers(self.model), self.adapter, self._layout
+
+        def apply_for_good(candidate: Candidate) -> None:
+            self._keep_dense_branch(candidate)
+            apply_candidate(layers[candidate.layer], candidate, adapter, layout, units)
+
         best, total = scorer.step(
             candidates,
             trial=lambda c: trial(layers[c.layer], c, adapter, layout, units),
-            apply=lambda c: apply_candidate(layers[c.layer], c, adapter, layout, units),
+            apply=apply_for_good,
             description=f"step {len(self.record.steps) + 1}",
         )
         step = PruningStep(
@@ -253,7 +289,9 @@ class MultiPruner:
         """Re-apply the finished steps of an interrupted search (checked against its structure) or shared steps."""
         layers = self.adapter.decoder_layers(self.model)
         for step in record.steps:
-            apply_candidate(layers[step.layer], Candidate(step.action, step.layer), self.adapter, self._layout, units)
+            candidate = Candidate(step.action, step.layer)
+            self._keep_dense_branch(candidate)
+            apply_candidate(layers[step.layer], candidate, self.adapter, self._layout, units)
         if check_structure and read_structure(self.model, self.adapter) != record.structure:
             raise ValueError(f"Cannot resume: re-applying the steps of {source} does not give the structure "
                              "it recorded; the progress file is corrupted.")
@@ -296,12 +334,16 @@ class MultiPruner:
 
     # ------------------------------------------------------------------ apply a saved result
     def apply(self, record: Union[PruningRecord, str, os.PathLike], weight_reorder: Optional[bool] = None,
-              num_blocks: Optional[int] = None) -> nn.Module:
+              num_blocks: Optional[int] = None, compensate: bool = False,
+              compensation_alpha: float = DEFAULT_COMPENSATION_ALPHA) -> nn.Module:
         """Shrink the dense model to a saved record (ours, or an official MultiPruner / BlockPruner JSON).
 
         `weight_reorder` overrides the record's flag (the official MultiPruner format does not store it). A record of
         a reordering search holds the weight-magnitude order it pruned along, which is applied as it is, so the same
         channels are kept on any device and in any dtype; older and imported records sort this model's weights again.
+        `compensate` refits the kept weights as `prune(compensate=True)` does, on the calibration text of the record's
+        `config` (it needs the tokenizer); the weights of a compensated search are rebuilt with it and the
+        `compensation_alpha` its record's `compensation` names.
         """
         if not isinstance(record, PruningRecord):
             record = PruningRecord.load(record, self.model.config, weight_reorder is not False, num_blocks)
@@ -311,8 +353,14 @@ class MultiPruner:
                 f"{self.model.config.num_hidden_layers}-layer {self.adapter.model_type} model."
             )
         record.structure.validate(self.model.config, self.adapter)
-        if read_structure(self.model, self.adapter) != PrunedStructure.dense(self.model.config, self.adapter):
+        dense = read_structure(self.model, self.adapter)
+        if dense != PrunedStructure.dense(self.model.config, self.adapter):
             raise ValueError("`apply` needs the dense model; this one is already pruned.")
+        calibration = self._compensation_text(record, compensation_alpha) if compensate else None
+        if not compensate and record.compensation is not None:
+            logger.warning("The record's model was compensated after pruning; pass `compensate=True` (alpha %s) to "
+                           "rebuild its weights. Applying the structure alone.", record.compensation.get("alpha"))
+            record = dataclasses.replace(record, compensation=None)
         reorder = record.weight_reorder if weight_reorder is None else weight_reorder
         if reorder:
             recorded = record.layer_orders(self.model.config, self.adapter)  # checked before any change
@@ -324,8 +372,12 @@ class MultiPruner:
                     "the record's order, which is applied: these are not exactly the weights the search ran on "
                     "(another checkpoint, or values rounded by the dtype of the search).", differing)
             reorder_by_weight_magnitude(self.model, self.adapter, own if recorded is None else recorded)
+        if compensate:
+            self._keep_dense_branches_narrowed(dense, record.structure)
         apply_structure(self.model, self.adapter, record.structure)
         self.record = record
+        if compensate:
+            self._compensate(calibration, compensation_alpha, progress=False)
         return to_pruned_model(self.model, self.adapter, record.structure)
 
     @classmethod
@@ -374,6 +426,44 @@ class MultiPruner:
             if self.recovery_config is not None:
                 self.recovery_config.save_pretrained(tmp)
             write_model_card(tmp, self.model.config, self.record)
+
+    # ------------------------------------------------------------------ compensation
+    def _compensation_text(self, record: PruningRecord, alpha: float) -> torch.Tensor:
+        """The calibration sequences of `record`'s search (both sets, `[n, seq_len]`), checked before any change."""
+        check_compensation_alpha(alpha)
+        if self.tokenizer is None:
+            raise ValueError("Compensation needs the model's tokenizer for its calibration text: "
+                             "MultiPruner(model, tokenizer).")
+        if record.config is None:
+            raise ValueError("This record holds no search settings (an imported record), so it names no calibration "
+                             "text to compensate on.")
+        vocab_size = self.model.get_input_embeddings().num_embeddings
+        sets = build_calibration_sets(MultiPrunerConfig.from_dict(record.config), self.tokenizer, vocab_size)
+        return torch.cat(list(sets.values()))
+
+    def _keep_dense_branch(self, candidate: Candidate) -> None:
+        """With `compensate`: copy the sub-block a shrinking step is about to narrow, before its first narrowing."""
+        if self._dense_branches is not None and candidate.action in (SHRINK_ATTENTION, SHRINK_MLP):
+            self._dense_branches.keep(candidate.layer, ATTENTION if candidate.action == SHRINK_ATTENTION else MLP)
+
+    def _keep_dense_branches_narrowed(self, dense: PrunedStructure, target: PrunedStructure) -> None:
+        """Copy every sub-block that shrinking the `dense` model to `target` narrows (and keeps)."""
+        self._dense_branches = DenseBranches(self.model, self.adapter)
+        widths = zip(dense.num_key_value_heads, target.num_key_value_heads, dense.intermediate_size,
+                     target.intermediate_size)
+        for i, (kv, kept_kv, width, kept_width) in enumerate(widths):
+            if 0 < kept_kv < kv:
+                self._dense_branches.keep(i, ATTENTION)
+            if 0 < kept_width < width:
+                self._dense_branches.keep(i, MLP)
+
+    def _compensate(self, sequences: torch.Tensor, alpha: float, progress: bool) -> None:
+        """Refit the narrowed sub-blocks toward their dense copies and note it in the record."""
+        refits = compensate(self.model, self._dense_branches, sequences, alpha, progress)
+        self._dense_branches = None
+        self.record = dataclasses.replace(self.record, compensation={
+            "alpha": alpha, "calibration_sequences": len(sequences), "sequence_length": sequences.shape[1],
+            "refits": refits})
 
     # ------------------------------------------------------------------ helpers
     def _units(self, config: MultiPrunerConfig) -> PruningUnits:

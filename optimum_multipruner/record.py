@@ -70,6 +70,9 @@ class PruningRecord:
     # What recovery after pruning did (`MultiPruner.recover`): its config, teacher, tokens seen, the SHA-256 of its
     # training token ids and the loss curve. None for a model that was not recovered.
     recovery: Optional[dict[str, Any]] = None
+    # Set when the kept weights were refitted after pruning (`compensate=True`): the ridge strength, the calibration
+    # text and each refit's reconstruction error (see `compensation.py`). Written only when set.
+    compensation: Optional[dict[str, Any]] = None
 
     def layer_orders(self, model_config, adapter: ArchitectureAdapter) -> Optional[list[LayerOrder]]:
         """The decoded `weight_order` (None if absent); `ValueError` unless it orders every KV group and MLP channel of
@@ -112,6 +115,8 @@ class PruningRecord:
         }
         if self.recovery is not None:
             data["recovery"] = self.recovery
+        if self.compensation is not None:
+            data["compensation"] = self.compensation
         return data
 
     @classmethod
@@ -137,6 +142,7 @@ class PruningRecord:
                 target_reached=data.get("target_reached", True),
                 weight_order=data.get("weight_order"),
                 recovery=data.get("recovery"),
+                compensation=data.get("compensation"),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"Corrupted pruning record: {error!r}.") from error

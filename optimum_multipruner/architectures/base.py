@@ -227,6 +227,15 @@ class ArchitectureAdapter:
     def gate_up_weights(self, mlp: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         return mlp.gate_proj.weight, mlp.up_proj.weight
 
+    # ----------------------------------------------------------------- output projections (compensation)
+    def attention_output_projection(self, attention: nn.Module) -> nn.Linear:
+        """The linear layer whose input columns are the attention's query channels (sliced with the KV groups)."""
+        return attention.o_proj
+
+    def mlp_output_projection(self, mlp: nn.Module) -> nn.Linear:
+        """The linear layer whose input columns are the MLP's intermediate channels."""
+        return mlp.down_proj
+
     # ----------------------------------------------------------------- surgery
     def select_kv_groups(self, attention: nn.Module, groups: torch.Tensor, layout: AttentionLayout) -> None:
         """Keep KV groups `groups` (in that order): their query heads, K/V heads and the matching o_proj columns."""
