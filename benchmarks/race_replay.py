@@ -35,7 +35,8 @@ import fast_search_agreement  # noqa: E402
 from smollm2 import load_smollm2  # noqa: E402
 
 from optimum_multipruner import FastSearchConfig, MultiPruner, get_adapter  # noqa: E402
-from optimum_multipruner.candidates import Candidate  # noqa: E402
+from optimum_multipruner.candidates import STAGE_ACTIONS, Candidate  # noqa: E402
+from optimum_multipruner.configuration import calibration_set  # noqa: E402
 from optimum_multipruner.scoring import (  # noqa: E402
     CandidateEvaluator,
     CandidateSelector,
@@ -53,6 +54,8 @@ RULES = {  # label: the fast mode's settings (None: the exact search)
     **{f"fast, screen {screen}{f', tie z {z:g}' if z is not None else ''}": FastSearchConfig(screen=screen, tie_z=z)
        for screen in (0.2, 0.25, 0.3) for z in (None, 0.5, 1.0, 1.5, 2.0)},
 }
+
+STAGE_OF = {action: stage for stage, actions in STAGE_ACTIONS.items() for action in actions}
 
 
 def record(log_path: str, agreement_args: list[str]) -> None:
@@ -101,10 +104,6 @@ class LoggedLosses(CandidateEvaluator):
         return True
 
 
-def calibration_set_of(candidate: Candidate) -> str:
-    return "block" if candidate.action.startswith("remove_") else "width"
-
-
 def replay(steps: list[dict], fast_search: Optional[FastSearchConfig], weights: dict) -> dict:
     """Replay `steps` (log lines) with one rule (`RULES`); returns its agreement, cost and work."""
     selector, scorer_set, same, cost, plain = None, None, 0, 0.0, 0
@@ -113,9 +112,9 @@ def replay(steps: list[dict], fast_search: Optional[FastSearchConfig], weights: 
         candidates = [Candidate.from_string(name) for name in step["candidates"]]
         full = {name: sum(losses) for name, losses in step["candidates"].items() if len(losses) == stats.num_sequences}
         exact = Candidate.from_string(min(full, key=full.get))
-        if calibration_set_of(exact) != scorer_set:  # the search's selector of each calibration set
+        if calibration_set(STAGE_OF[exact.action]) != scorer_set:  # the search's selector of each calibration set
             selector = CandidateSelector(LoggedLosses(stats), fast_search, progress=False)
-            scorer_set = calibration_set_of(exact)
+            scorer_set = calibration_set(STAGE_OF[exact.action])
         selector.evaluator.load(step)
         chosen, _ = selector.select(candidates, lambda candidate: contextlib.nullcontext())
         same += chosen == exact

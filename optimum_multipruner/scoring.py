@@ -637,27 +637,12 @@ class CandidateSelector:
 
 
 class CandidateScorer(CandidateSelector):
-    """A [`CandidateSelector`] scoring on the model itself (a [`ModelEvaluator`]: see it for the arguments)."""
+    """A [`CandidateSelector`] scoring on the model itself: `CandidateScorer(model, adapter, sequences, batch_size,
+    ...)` takes the arguments of [`ModelEvaluator`], and the selector's `fast_search` and `progress` by name."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        adapter: ArchitectureAdapter,
-        sequences: torch.Tensor,
-        batch_size: int,
-        ignore_index: Optional[int] = None,
-        accelerated: bool = True,
-        progress: bool = True,
-        cache_device: Optional[DeviceLike] = None,
-        importance_metric: str = "ppl",
-        reference: Optional[torch.Tensor] = None,
-        fast_search: Optional[FastSearchConfig] = None,
-        head_chunk_size: int = DEFAULT_HEAD_CHUNK_SIZE,
-    ) -> None:
-        evaluator = ModelEvaluator(model, adapter, sequences, batch_size, ignore_index, accelerated, cache_device,
-                                   importance_metric, reference, head_chunk_size)
-        super().__init__(evaluator, fast_search, progress)
-        self.importance_metric = importance_metric
+    def __init__(self, *args, fast_search: Optional[FastSearchConfig] = None, progress: bool = True,
+                 **kwargs) -> None:
+        super().__init__(ModelEvaluator(*args, **kwargs), fast_search, progress)
 
 
 def final_hidden_states(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ import pytest
 from testing_utils import MISSING_ASSET, require_asset
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, PruningRecord, count_parameters
+from optimum_multipruner.configuration import calibration_set
 from optimum_multipruner.data import build_calibration_sets
 from optimum_multipruner.nll import perplexity, reference_ignore_index
 from optimum_multipruner.record import RECORD_NAME
@@ -86,7 +87,7 @@ def test_recipe_reproduces_its_calibration_perplexity(smollm2, path):
     )
     calibration = build_calibration_sets(config, tokenizer, model.get_input_embeddings().num_embeddings)
     last = record.steps[-1]
-    sequences = calibration["block" if last.stage == "block" else "width"]
+    sequences = calibration[calibration_set(last.stage)]
     pruned = MultiPruner(copy.deepcopy(model)).apply(record)
     value = perplexity(pruned, sequences, config.batch_size, reference_ignore_index(tokenizer))
     assert value == pytest.approx(last.perplexity, rel=1e-4)
