@@ -223,14 +223,16 @@ def frontier_rows(frontier: Frontier) -> list[dict[str, Any]]:
     for name in model_names():
         for weight_format in ("pytorch", *FORMATS):
             result_file = frontier.path("results", f"{name}_{weight_format}.json")
-            if not os.path.isfile(result_file):
+            timing = speed.get(f"{name}_{weight_format}")
+            if not os.path.isfile(result_file) and not timing:
                 continue
-            result = read_json(result_file)
-            row = {"model": name, "format": weight_format, "wikitext2": result["wikitext2"]["perplexity"]}
+            result = read_json(result_file) if os.path.isfile(result_file) else {}
+            row = {"model": name, "format": weight_format}
+            if "wikitext2" in result:
+                row["wikitext2"] = result["wikitext2"]["perplexity"]
             if "zero_shot" in result:
                 row["zero_shot_mean"] = result["zero_shot"]["mean"]
                 row["zero_shot_stderr"] = result["zero_shot"]["mean_stderr"]
-            timing = speed.get(f"{name}_{weight_format}")
             if timing:
                 row.update({key: timing[key] for key in ("ttft_s", "tpot_s", "throughput_tokens_per_s",
                                                          "size_bytes")})
@@ -239,6 +241,7 @@ def frontier_rows(frontier: Frontier) -> list[dict[str, Any]]:
     for row in rows:
         if baseline and "tpot_s" in row and "tpot_s" in baseline:
             row["tpot_vs_dense_int4"] = row["tpot_s"] / baseline["tpot_s"]
+        if baseline and "wikitext2" in row and row["format"] != "pytorch":  # IRs on the same 40 windows
             row["ppl_vs_dense_int4"] = row["wikitext2"] / baseline["wikitext2"]
     return rows
 
@@ -256,7 +259,7 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
             result[f"gap_closed_{ratio}"] = {"value": closed, "goal": target, "met": closed >= target}
     for ratio, max_ppl, max_tpot in ((10, 1.15, 0.87), (20, 1.30, 0.75)):
         row = ppl.get((f"pruned{ratio}_recovered", "int4"))
-        if row and "tpot_vs_dense_int4" in row:
+        if row and "tpot_vs_dense_int4" in row and "ppl_vs_dense_int4" in row:
             result[f"int4_{ratio}"] = {"ppl_ratio": row["ppl_vs_dense_int4"], "tpot_ratio": row["tpot_vs_dense_int4"],
                                        "goal": [max_ppl, max_tpot],
                                        "met": row["ppl_vs_dense_int4"] <= max_ppl and row["tpot_vs_dense_int4"] <= max_tpot}
@@ -271,7 +274,7 @@ def format_table(results: dict[str, Any]) -> str:
             return f"{row[key] * scale:.{digits}f}" if key in row else "-"
         zero_shot = (f"{100 * row['zero_shot_mean']:.1f} ± {100 * row['zero_shot_stderr']:.1f}"
                      if "zero_shot_mean" in row else "-")
-        lines.append(f"| {row['model']} | {row['format']} | {row['wikitext2']:.2f} | {zero_shot} | "
+        lines.append(f"| {row['model']} | {row['format']} | {cell('wikitext2')} | {zero_shot} | "
                      f"{cell('ttft_s', 1000, 1)} | {cell('tpot_s', 1000, 2)} | {cell('throughput_tokens_per_s', 1, 1)} | "
                      f"{cell('size_bytes', 1e-6, 1)} | {cell('ppl_vs_dense_int4', 1, 3)} | "
                      f"{cell('tpot_vs_dense_int4', 1, 3)} |")
@@ -292,7 +295,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     colours = {"dense": "black", "pruned10": "tab:orange", "pruned10_recovered": "tab:red",
                "pruned20": "tab:cyan", "pruned20_recovered": "tab:blue"}
     for row in rows:
-        if "tpot_s" not in row:
+        if "tpot_s" not in row or "wikitext2" not in row:
             continue
         marker = "o" if row["format"] == "int8" else "s"
         axis.scatter(row["tpot_s"] * 1000, row["wikitext2"], color=colours[row["model"]], marker=marker,
