@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from typing import Any, Optional, Union
 
 import torch
@@ -55,14 +56,26 @@ def recover(model: nn.Module, config: RecoveryConfig, teacher: Union[nn.Module, 
     """
     if tokenizer is None:
         raise ValueError("Recovery needs the student's tokenizer to read the training text.")
-    adapter = get_adapter(model)
     teacher = _load_teacher(teacher if teacher is not None else config.teacher, model, config)
     check_teacher(model, teacher, tokenizer, config.teacher if isinstance(config.teacher, str) else None)
     if config.method == "lora":
         check_lora_targets(model, config.lora_target_modules)
     resume_from = _check_checkpoint_dir(checkpoint_dir, resume)
 
-    args = _training_arguments(config, checkpoint_dir)
+    scratch = None if checkpoint_dir is not None else tempfile.mkdtemp(prefix="multipruner-recovery-")
+    try:
+        return _train(model, config, teacher, tokenizer, checkpoint_dir, resume, resume_from, callbacks, scratch)
+    finally:
+        if scratch is not None:  # Trainer's output folder of a run without checkpoints
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokenizer,
+           checkpoint_dir: Union[str, os.PathLike, None], resume: bool, resume_from: Optional[str],
+           callbacks: Optional[list[TrainerCallback]], scratch: Optional[str]) -> dict[str, Any]:
+    """The checked run: training text, `Trainer`, LoRA merge, report."""
+    args = _training_arguments(config, checkpoint_dir if checkpoint_dir is not None else scratch,
+                               checkpoints=checkpoint_dir is not None)
     tokens_per_step = config.sequence_length * config.per_device_train_batch_size \
         * config.gradient_accumulation_steps * args.world_size
     steps = math.ceil(config.max_tokens / tokens_per_step)
@@ -211,9 +224,10 @@ def _check_same_run(checkpoint_dir: Union[str, os.PathLike], run: dict[str, Any]
         raise ValueError("Cannot resume: the training text (or tokenizer) differs from the interrupted run's.")
 
 
-def _training_arguments(config: RecoveryConfig, checkpoint_dir: Union[str, os.PathLike, None]) -> TrainingArguments:
+def _training_arguments(config: RecoveryConfig, output_dir: Union[str, os.PathLike],
+                        checkpoints: bool) -> TrainingArguments:
     settings = dict(
-        output_dir=str(checkpoint_dir) if checkpoint_dir is not None else os.path.join(os.getcwd(), "recovery-tmp"),
+        output_dir=str(output_dir),
         max_steps=1,  # set from the budget once the number of processes is known
         per_device_train_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -223,7 +237,7 @@ def _training_arguments(config: RecoveryConfig, checkpoint_dir: Union[str, os.Pa
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         logging_steps=config.logging_steps,
-        save_strategy="steps" if checkpoint_dir is not None and config.save_steps else "no",
+        save_strategy="steps" if checkpoints and config.save_steps else "no",
         save_steps=config.save_steps or 1,
         save_total_limit=2,
         seed=config.seed,
