@@ -156,10 +156,10 @@ def main() -> None:
         model = models[name][0]
         for outtype in OUTTYPES:
             results.get(name, f"llamacpp_{outtype}", lambda: llama_cpp_perplexity(files[name, outtype]))
-        results.get(name, "pytorch_fp32", lambda: perplexity(model))
-        results.get(name, "openvino_int8", lambda: openvino_perplexity(model, name))
         if name == "pruned":
             results.get("decode", "q8_0_tokens_per_s", lambda: decode_runs(files, tokenizer, args))
+        results.get(name, "pytorch_fp32", lambda: perplexity(model))
+        results.get(name, "openvino_int8", lambda: openvino_perplexity(model, name))
 
     results.data["settings"] = {
         "record": os.path.relpath(RECORD), "windows": args.windows, "sequence_length": SEQUENCE_LENGTH,
