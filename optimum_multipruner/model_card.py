@@ -203,7 +203,7 @@ def _recovery(recovery: Optional[dict[str, Any]]) -> str:
         "",
         f"* method: {config.get('method', 'distillation')}",
         f"* tokens seen: {f'{tokens:,}' if isinstance(tokens, int) else tokens or 'unknown'}",
-        f"* teacher: {config.get('teacher', 'the dense original')}",
+        f"* teacher: {recovery.get('teacher') or config.get('teacher') or 'the dense original'}",
     ]
     if final is not None:
         lines.append(f"* final loss: {final:.4f}" if isinstance(final, (int, float)) else f"* final loss: {final}")

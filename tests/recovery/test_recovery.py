@@ -133,6 +133,8 @@ def test_recovered_checkpoint_reloads_exports_and_records_the_run(teacher, token
     saved = PruningRecord.load(tmp_path / "recovered")
     assert saved.recovery["tokens_seen"] == 8 * SEQUENCE_LENGTH and len(saved.recovery["data_sha256"]) == 64
     assert RecoveryConfig.from_pretrained(tmp_path / "recovered") == pruner.recovery_config
+    card = (tmp_path / "recovered" / "README.md").read_text(encoding="utf-8")
+    assert "## Recovery" in card and f"{8 * SEQUENCE_LENGTH:,}" in card  # the model card says it was recovered
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "recovered", attn_implementation="eager")
     with torch.no_grad():
         expected = student(input_ids=held_out[:2]).logits
