@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from ..configuration import _check_positive_int
 from ..utils import atomic_write_text, read_json
 
 RECOVERY_CONFIG_NAME = "recovery_config.json"
@@ -164,11 +165,6 @@ class RecoveryConfig:
         if os.path.isdir(path):
             path = os.path.join(path, RECOVERY_CONFIG_NAME)
         return cls.from_dict(read_json(path))
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
 def _check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:
