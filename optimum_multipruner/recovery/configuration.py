@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from ..configuration import _check_positive_int
+from ..configuration import _check_known_fields, _check_positive_int
 from ..utils import atomic_write_text, read_json
 
 RECOVERY_CONFIG_NAME = "recovery_config.json"
@@ -146,10 +146,7 @@ class RecoveryConfig:
     def from_dict(cls, data: dict[str, Any]) -> "RecoveryConfig":
         if not isinstance(data, dict):
             raise ValueError(f"A recovery config must be a JSON object, got {type(data).__name__}.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown RecoveryConfig fields {unknown}.")
+        _check_known_fields(cls, data, "RecoveryConfig")
         return cls(**data)
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> str:

@@ -37,7 +37,7 @@ def test_out_of_range_values_are_refused(field, value, match):
 
 
 def test_unknown_and_corrupted_configs_are_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"Unknown RecoveryConfig fields \['epochs'\]"):
+    with pytest.raises(ValueError, match=r"Unknown RecoveryConfig field\(s\) \['epochs'\]"):
         RecoveryConfig.from_dict({"dataset": "c4.jsonl", "max_tokens": 10, "epochs": 3})
     (tmp_path / RECOVERY_CONFIG_NAME).write_text('{"dataset": "c4.jsonl", "max_', encoding="utf-8")
     with pytest.raises(ValueError, match="corrupted or truncated"):
