@@ -399,7 +399,8 @@ class MultiPruner:
         """Distil the dense model (`teacher`, or `config.teacher`) into the pruned model, in place; the run's report
         becomes the record's `recovery` section and `save_pretrained` also writes `recovery_config.json`.
 
-        See `optimum_multipruner.recovery.recover` (checks, LoRA merge, resumable checkpoints in `checkpoint_dir`).
+        See `optimum_multipruner.recovery.recover` (checks, LoRA merge, resumable checkpoints in `checkpoint_dir`). A
+        teacher module is used in place: it is moved to the teacher's device and left in eval mode.
         """
         from .recovery import recover
 
