@@ -62,20 +62,21 @@ def recover(model: nn.Module, config: RecoveryConfig, teacher: Union[nn.Module, 
         check_lora_targets(model, config.lora_target_modules)
     resume_from = _check_checkpoint_dir(checkpoint_dir, resume)
 
-    scratch = None if checkpoint_dir is not None else tempfile.mkdtemp(prefix="multipruner-recovery-")
+    checkpoints = checkpoint_dir is not None
+    output_dir = checkpoint_dir if checkpoints else tempfile.mkdtemp(prefix="multipruner-recovery-")
     try:
-        return _train(model, config, teacher, tokenizer, checkpoint_dir, resume, resume_from, callbacks, scratch)
+        return _train(model, config, teacher, tokenizer, output_dir, checkpoints, resume, resume_from, callbacks)
     finally:
-        if scratch is not None:  # Trainer's output folder of a run without checkpoints
-            shutil.rmtree(scratch, ignore_errors=True)
+        if not checkpoints:  # Trainer's output folder of a run without checkpoints
+            shutil.rmtree(output_dir, ignore_errors=True)
 
 
 def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokenizer,
-           checkpoint_dir: Union[str, os.PathLike, None], resume: bool, resume_from: Optional[str],
-           callbacks: Optional[list[TrainerCallback]], scratch: Optional[str]) -> dict[str, Any]:
-    """The checked run: training text, `Trainer`, LoRA merge, report."""
-    args = _training_arguments(config, checkpoint_dir if checkpoint_dir is not None else scratch,
-                               checkpoints=checkpoint_dir is not None)
+           output_dir: Union[str, os.PathLike], checkpoints: bool, resume: bool, resume_from: Optional[str],
+           callbacks: Optional[list[TrainerCallback]]) -> dict[str, Any]:
+    """The checked run: training text, `Trainer`, LoRA merge, report. `output_dir` is `Trainer`'s; with
+    `checkpoints` it is the run's checkpoint folder (resumable checkpoints and the run file), else a scratch folder."""
+    args = _training_arguments(config, output_dir, checkpoints=checkpoints)
     tokens_per_step = config.sequence_length * config.per_device_train_batch_size \
         * config.gradient_accumulation_steps * args.world_size
     steps = math.ceil(config.max_tokens / tokens_per_step)
@@ -85,12 +86,12 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
                                 config.text_column)
     run = {"config": config.to_dict(), "num_sequences": len(data), "data_sha256": data.sha256(),
            "student_sha256": state_dict_hash(model)}
-    if checkpoint_dir is not None:
+    if checkpoints:
         if resume:
-            _check_same_run(checkpoint_dir, run, data, config)
+            _check_same_run(output_dir, run, data, config)
         if args.process_index == 0:
-            os.makedirs(checkpoint_dir, exist_ok=True)
-            atomic_write_text(os.path.join(checkpoint_dir, RUN_FILE), _json(run))
+            os.makedirs(output_dir, exist_ok=True)
+            atomic_write_text(os.path.join(output_dir, RUN_FILE), _json(run))
 
     student = _with_lora(model, config) if config.method == "lora" else model.requires_grad_(True)
     teacher_device = torch.device(config.teacher_device) if config.teacher_device else args.device
