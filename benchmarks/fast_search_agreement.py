@@ -37,8 +37,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from calibration_overfit import calibration_perplexities  # noqa: E402
 from smollm2 import calibration_options, calibration_text, load_smollm2  # noqa: E402
 
-from optimum_multipruner import FastSearchConfig, MultiPruner, MultiPrunerConfig, PruningRecord  # noqa: E402
-from optimum_multipruner.progress import PROGRESS_NAME, has_progress  # noqa: E402
+from optimum_multipruner import FastSearchConfig, MultiPruner, MultiPrunerConfig, PrunedStructure, PruningRecord  # noqa: E402
+from optimum_multipruner import get_adapter  # noqa: E402
+from optimum_multipruner.configuration import calibration_set  # noqa: E402
+from optimum_multipruner.data import build_calibration_sets  # noqa: E402
+from optimum_multipruner.progress import (  # noqa: E402
+    PROGRESS_NAME,
+    SearchProgress,
+    comparable_fields,
+    has_progress,
+    state_dict_hash,
+    tensors_hash,
+)
 from optimum_multipruner.record import RECORD_NAME  # noqa: E402
 from optimum_multipruner.utils import atomic_write_text, read_json  # noqa: E402
 
@@ -88,6 +98,50 @@ def run_search(args: argparse.Namespace, mode: str, pruner_class: type[MultiPrun
     return pruner.record
 
 
+def structure_after(steps: list, model_config, adapter) -> PrunedStructure:
+    """What the dense model keeps after `steps` (each step's `kept`: KV heads, or MLP width; 0 removes)."""
+    structure = PrunedStructure.dense(model_config, adapter)
+    heads_per_group = model_config.num_attention_heads // model_config.num_key_value_heads
+    for step in steps:
+        if "attention" in step.action:
+            structure.num_key_value_heads[step.layer] = step.kept
+            structure.num_attention_heads[step.layer] = step.kept * heads_per_group
+        else:
+            structure.intermediate_size[step.layer] = step.kept
+    return structure
+
+
+def seed_exact_search(args: argparse.Namespace) -> None:
+    """Write the exact search's progress file holding the first `--exact-from-steps` steps of `--exact-from`, so the
+    exact search resumes from there (its work then counts only the steps after them: `shared_steps`).
+
+    For an exact search whose work folder is gone: another search of the same settings that made the same first
+    choices (an earlier report's `agreement`, or the exact search's own record) gives them back.
+    """
+    folder = mode_folder(args, "exact")
+    if has_progress(folder) or os.path.isfile(os.path.join(folder, RECORD_NAME)):
+        return  # seeded before, or searching: resume
+    config = search_config(args, "exact")
+    source = PruningRecord.load(args.exact_from)
+    ignored = ("search_mode", "max_steps")
+    mine, theirs = comparable_fields(config.to_dict()), comparable_fields(source.config or {})
+    differing = sorted(k for k in set(mine) | set(theirs)
+                       if k.split(".")[0] not in ignored and not k.startswith("fast_search") and mine.get(k) != theirs.get(k))
+    if differing:
+        raise SystemExit(f"{args.exact_from} searched other settings than this exact search: {differing}")
+    model, tokenizer = load_smollm2()
+    calibration = build_calibration_sets(config, tokenizer, model.get_input_embeddings().num_embeddings)
+    record = PruningRecord.from_dict(source.to_dict())
+    record.steps = record.steps[: args.exact_from_steps]
+    record.config, record.search_stats, record.target_reached = config.to_dict(), {}, False
+    record.shared_steps = len(record.steps)
+    record.structure = structure_after(record.steps, model.config, get_adapter(model))
+    used_sets = {calibration_set(step.stage) for step in record.steps}
+    record.start_perplexity = {k: v for k, v in record.start_perplexity.items() if k in used_sets}
+    os.makedirs(folder, exist_ok=True)
+    SearchProgress(config.to_dict(), state_dict_hash(model), tensors_hash(calibration), directory=folder).save(record)
+
+
 def held_out_perplexity(args: argparse.Namespace, record: PruningRecord) -> dict[str, float]:
     """Perplexity of the model `record` rebuilds on its calibration sets and on held-out text of the same size."""
     model, tokenizer = load_smollm2()
@@ -109,7 +163,9 @@ def work(record: PruningRecord) -> dict[str, Any]:
 
 def summary(args: argparse.Namespace, mode: str, record: PruningRecord, finished: bool) -> dict[str, Any]:
     result = {"finished": finished, "steps": len(record.steps),
-              "final_calibration_perplexity": record.steps[-1].perplexity if record.steps else None}
+              "final_calibration_perplexity": record.steps[-1].perplexity if record.steps else None,
+              "seeded_steps": record.shared_steps,
+              "path": [f"{step.action} {step.layer}" for step in record.steps]}
     if finished:
         result.update(work(record))
         result["perplexity"] = held_out_perplexity(args, record)
@@ -158,12 +214,17 @@ def main(argv: Optional[list[str]] = None, pruner_class: type[MultiPruner] = Mul
                         help="`fast_search.screen_radius` of the fast search (default: the config's)")
     parser.add_argument("--fast-tie-z", type=optional_float, default=defaults.tie_z,
                         help="`fast_search.tie_z` of the fast search, or 'none' (default: the config's)")
+    parser.add_argument("--exact-from", help="a record whose first steps the exact search made too (its work folder "
+                        "gone): the exact search starts after them")
+    parser.add_argument("--exact-from-steps", type=int, help="how many steps of --exact-from to start from")
     parser.add_argument("--threads", type=int, help="torch threads (records are identical only at equal counts)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--output", help="write the report as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.exact_from and not args.report_only and "exact" in args.modes:
+        seed_exact_search(args)
     if not args.report_only:
         for mode in args.modes:
             run_search(args, mode, pruner_class)
