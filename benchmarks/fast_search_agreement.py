@@ -4,10 +4,10 @@ early abandon: the plain reference search's choices) and once with `search_mode=
 
 Each search is resumable under `--work-dir/<mode>` (rerun the same command after an interruption; the exact one may
 take more than one session on a 2-core CPU). `--max-steps` compares the first steps only (a larger one later extends
-both searches); `--fast-keep`, `--fast-min-keep`, `--fast-screen`, `--fast-screen-radius` and `--fast-tie-z` set
-the fast search's `fast_search` fields of those names (it searches into `fast`, plus `_keep<k>` for another keep than
-0.5, `_min<n>` for another min_keep than 1, `_screen<m>` unless the screen is off, `_radius<r>` for another radius
-than 1 and `_tie<z>` unless the tie rule is off: the folders of several settings sit beside the same exact search). The report compares:
+both searches); `--fast-keep`, `--fast-screen`, `--fast-screen-radius` and `--fast-tie-z` set the fast search's
+`fast_search` fields of those names (it searches into `fast`, plus `_keep<k>` for another keep than 0.5, `_screen<m>`
+unless the screen is off, `_radius<r>` for another radius than 1 and `_tie<z>` unless the tie rule is off: the folders
+of several settings sit beside the same exact search). The report compares:
 
 * work, in full-forward equivalents (FFE) per stage, from the records' `search_stats` (noise-free), and the plain
   reference evaluation's work: one full forward per candidate of every step (`candidates_started`, plus the fast
@@ -61,21 +61,19 @@ def optional_float(text: str) -> Optional[float]:
 def search_config(args: argparse.Namespace, mode: str) -> MultiPrunerConfig:
     return MultiPrunerConfig(target_ratio=args.ratio, pruning_distribution=tuple(args.distribution),
                              mlp_channel_group_size=args.mlp_group_size, search_mode=mode, max_steps=args.max_steps,
-                             **({"fast_search": FastSearchConfig(keep=args.fast_keep, min_keep=args.fast_min_keep,
-                                                                 screen=args.fast_screen,
+                             **({"fast_search": FastSearchConfig(keep=args.fast_keep, screen=args.fast_screen,
                                                                  screen_radius=args.fast_screen_radius,
                                                                  tie_z=args.fast_tie_z)} if mode == "fast" else {}),
                              **calibration_options(args.rows, args.sequence_length))
 
 
 def mode_folder(args: argparse.Namespace, mode: str) -> str:
-    """`<work dir>/exact`, or `<work dir>/fast[_keep<k>][_min<n>][_screen<m>[_radius<r>]][_tie<z>]` (`_keep` for
-    another `--fast-keep` than 0.5, `_min` for another `--fast-min-keep` than 1, `_screen` unless the screen is off,
-    `_radius` for another `--fast-screen-radius` than 1, `_tie` unless the tie rule is off)."""
+    """`<work dir>/exact`, or `<work dir>/fast[_keep<k>][_screen<m>[_radius<r>]][_tie<z>]` (`_keep` for another
+    `--fast-keep` than 0.5, `_screen` unless the screen is off, `_radius` for another `--fast-screen-radius` than 1,
+    `_tie` unless the tie rule is off)."""
     suffix = ""
     if mode == "fast":
         suffix += f"_keep{args.fast_keep:g}" if args.fast_keep != 0.5 else ""
-        suffix += f"_min{args.fast_min_keep}" if args.fast_min_keep != 1 else ""
         if args.fast_screen is not None:
             suffix += f"_screen{args.fast_screen:g}"
             suffix += f"_radius{args.fast_screen_radius}" if args.fast_screen_radius != 1 else ""
@@ -209,8 +207,6 @@ def main(argv: Optional[list[str]] = None, pruner_class: type[MultiPruner] = Mul
     parser.add_argument("--max-steps", type=int, help="compare the first steps only (both searches stop there)")
     defaults = FastSearchConfig()
     parser.add_argument("--fast-keep", type=float, default=defaults.keep, help="`fast_search.keep` of the fast search")
-    parser.add_argument("--fast-min-keep", type=int, default=defaults.min_keep,
-                        help="`fast_search.min_keep` of the fast search (default: the config's)")
     parser.add_argument("--fast-screen", type=optional_float, default=defaults.screen,
                         help="`fast_search.screen` of the fast search, or 'none' (default: the config's)")
     parser.add_argument("--fast-screen-radius", type=int, default=defaults.screen_radius,

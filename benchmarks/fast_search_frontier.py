@@ -41,6 +41,7 @@ def search_name(settings: dict[str, Any]) -> str:
 def setting_label(settings: dict[str, Any]) -> str:
     """The fast search's settings as a `FastSearchConfig(...)` argument list (defaults of their time written out)."""
     parts = [f"keep={settings['fast_keep']:g}"] if settings.get("fast_keep", 0.5) != 0.5 else []
+    # `min_keep`: a floor on the halving, tried at e1f2689 and removed (it changed no whole search)
     parts += [f"min_keep={settings['fast_min_keep']}"] if settings.get("fast_min_keep", 1) != 1 else []
     screen = settings.get("fast_screen")
     parts.append(f"screen={screen:g}" if screen is not None else "screen=None")

@@ -52,12 +52,10 @@ RULES = {  # label: the fast mode's settings (None: the exact search)
     "fast, no screen": FastSearchConfig(screen=None, tie_z=None),
     "fast, no screen, tie z 1": FastSearchConfig(screen=None, tie_z=1.0),
     **{f"fast, screen {screen}{f', tie z {z:g}' if z is not None else ''}"
-       f"{f', keep {keep:g}' if keep != 0.5 else ''}{f', first {first}' if first != 1 else ''}"
-       f"{f', min keep {least}' if least != 1 else ''}":
-       FastSearchConfig(first_sequences=first, keep=keep, min_keep=least, screen=screen, tie_z=z)
+       f"{f', keep {keep:g}' if keep != 0.5 else ''}{f', first {first}' if first != 1 else ''}":
+       FastSearchConfig(first_sequences=first, keep=keep, screen=screen, tie_z=z)
        for screen in (0.15, 0.2, 0.25, 0.3, 0.4) for z in (None, 0.5, 1.0, 2.0) for keep in (0.5, 0.75, 1.0)
-       for first in (1, 2) for least in (1, 3, 4, 6)
-       if keep != 1.0 or (z is None and first == 1 and least == 1)},  # keep 1: no halving, no ties to keep
+       for first in (1, 2) if keep != 1.0 or (z is None and first == 1)},  # keep 1: no halving, no ties to keep
 }
 
 STAGE_OF = {action: stage for stage, actions in STAGE_ACTIONS.items() for action in actions}

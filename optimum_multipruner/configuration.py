@@ -53,8 +53,6 @@ class FastSearchConfig:
             doubles the prefix, the last one covers all sequences.
         keep (`float`): share of a round's candidates (rounded up) that go on to the next round, those with the lowest
             totals on the round's prefix; in (0, 1].
-        min_keep (`int`): fewest candidates a round sends on to the next (all of them if it has fewer): the halving
-            stops there, so the last rounds decide among this many on more sequences instead of among one or two.
         screen (`float`, *optional*): share of a step's candidates that race, those that did least damage when last
             scored (their mean objective increase per calibration sequence over that step's model); candidates whose
             damage is not known (never scored, or near a unit removed or shrunk since: see `screen_radius`) race too,
@@ -74,7 +72,6 @@ class FastSearchConfig:
 
     first_sequences: int = option(1, "sequences of the first round; each later round doubles them")
     keep: float = option(0.5, "share of a round's candidates that go on to the next round, in (0, 1]")
-    min_keep: int = option(1, "fewest candidates a round sends on to the next (the halving stops there)")
     screen: Optional[float] = option(
         0.25, "share of a step's candidates that race, those that did least damage when last scored (none: all)"
     )
@@ -88,7 +85,6 @@ class FastSearchConfig:
         keep = self.keep
         if not _is_number(keep) or not 0 < keep <= 1:
             raise ValueError(f"`fast_search.keep` must be a share in (0, 1], got {keep!r}.")
-        _check_positive_int("fast_search.min_keep", self.min_keep)
         screen = self.screen
         if screen is not None and (not _is_number(screen) or not 0 < screen <= 1):
             raise ValueError(f"`fast_search.screen` must be a share in (0, 1], or None, got {screen!r}.")

@@ -30,8 +30,7 @@ PLACEMENT_FIELDS = frozenset({"cache_device"})
 STOPPING_FIELDS = frozenset({"max_steps"})  # where a search stops, not what it computes: may grow on resume
 # Fields added since progress files were first written whose default is not what the search did before they existed:
 # a progress file without them resumes with these values (dotted: fields of `fast_search`).
-FORMER_VALUES = {"fast_search.screen": None, "fast_search.screen_radius": 0, "fast_search.tie_z": None,
-                 "fast_search.min_keep": 1}
+FORMER_VALUES = {"fast_search.screen": None, "fast_search.screen_radius": 0, "fast_search.tie_z": None}
 FAST_MODE_PREFIX = "fast_search."  # the fields the exact search does not use
 SCREEN_FIELDS = frozenset({"fast_search.screen_radius"})  # unused without a screen
 

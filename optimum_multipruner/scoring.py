@@ -16,8 +16,8 @@ tightens early. Ties go to the candidate that comes first in the reference order
 The exact search (default) makes exactly the plain search's choices. The fast search (a `FastSearchConfig`) races the
 candidates over growing prefixes of the calibration sequences (successive halving): round 1 scores every candidate on
 the first `first_sequences` sequences; each later round doubles the prefix (capped at all sequences) and scores only
-the `max(ceil(keep * n), min_keep)` candidates (all `n` if fewer) with the lowest totals on the previous round's
-prefix (ties to the earlier candidate; `n` = candidates in that round); a candidate continues from the sequences it was already scored on, and
+the `ceil(keep * n)` candidates with the lowest totals on the previous round's prefix (ties to the earlier
+candidate; `n` = candidates in that round); a candidate continues from the sequences it was already scored on, and
 within a round stops as soon as it can no longer be among the candidates the round keeps. The round on all sequences
 is the final one: its lowest total (exact early stopping, same tie rule) is the step's choice, so the choice is
 always made on the whole calibration set, among the candidates still in the race. With `tie_z` (z), a
@@ -534,7 +534,7 @@ class CandidateSelector:
         stops = self._round_stops()
         kept = [len(survivors)]  # candidates of each round
         for _ in stops[1:]:
-            kept.append(min(kept[-1], max(math.ceil(self.fast_search.keep * kept[-1]), self.fast_search.min_keep)))
+            kept.append(math.ceil(self.fast_search.keep * kept[-1]))
         tallies: dict[int, Tally] = {}
         completed: dict[int, int] = {}  # sequences every candidate was scored on, whatever the order and processes
         with tqdm(total=sum(kept), desc=description, disable=not self.progress, leave=False) as bar:

@@ -79,8 +79,6 @@ def test_invalid_fields(field, value):
     [
         ({"first_sequences": 0}, "fast_search.first_sequences"),
         ({"keep": 0.0}, "fast_search.keep"),
-        ({"min_keep": 0}, "fast_search.min_keep"),
-        ({"min_keep": 2.0}, "fast_search.min_keep"),
         ({"screen": 0.0}, "fast_search.screen"),
         ({"screen": 1.5}, "fast_search.screen"),
         ({"screen": float("nan")}, "fast_search.screen"),
@@ -104,7 +102,7 @@ def test_fast_search_nests_and_old_flat_keys_still_load(tmp_path):
     (flat `fast_search_<name>` keys) loads to the same configuration."""
     config = MultiPrunerConfig(search_mode="fast", fast_search={"screen": None, "keep": 0.25})
     assert config.fast_search == FastSearchConfig(screen=None, keep=0.25) and config.fast_search.tie_z == 1.0
-    assert config.to_dict()["fast_search"] == {"first_sequences": 1, "keep": 0.25, "min_keep": 1, "screen": None,
+    assert config.to_dict()["fast_search"] == {"first_sequences": 1, "keep": 0.25, "screen": None,
                                                "screen_radius": 1, "tie_z": 1.0}
     old = {key: value for key, value in config.to_dict().items() if key != "fast_search"}
     old.update(fast_search_first_sequences=1, fast_search_keep=0.25, fast_search_screen=None,

@@ -120,21 +120,6 @@ def test_fast_search_drops_candidates_and_chooses_by_the_full_set_total(trained_
         MultiPrunerConfig(search_mode="fast", accelerated_search=False)
 
 
-@pytest.mark.parametrize("min_keep, dropped", [(1, 3), (2, 2), (4, 0)])
-def test_min_keep_stops_the_halving_at_that_many_candidates(trained_model, sequences, min_keep, dropped):
-    """`fast_search.min_keep`: rounds on 1, 2, 4 sequences keep 4 -> 2 -> 1 by halving alone, 4 -> 2 -> 2 with a
-    floor of 2 and every candidate with a floor of 4 (the exact search's work); the choice is the exact one."""
-    model = trained_model("llama")
-    adapter = get_adapter(model)
-    candidates = [Candidate("remove_mlp", layer) for layer in range(4)]
-    trial = scaled_head(model, dict(zip(candidates, (16.0, 1.0, 64.0, 4.0))))
-    best_and_total = CandidateScorer(model, adapter, sequences, 4, progress=False).select(candidates, trial)
-    fast = CandidateScorer(model, adapter, sequences, 4, progress=False,
-                           fast_search=FastSearchConfig(min_keep=min_keep, screen=None, tie_z=None))
-    assert fast.select(candidates, trial) == best_and_total
-    assert fast.stats.candidates_dropped == dropped
-
-
 def test_tie_rule_keeps_candidates_the_leader_is_not_clearly_ahead_of(trained_model, sequences):
     """`fast_search.tie_z`: a candidate the halving drops stays in the race while the mean of its per-sequence
     differences from the round leader's is at most z standard errors; a huge z races every candidate to the whole set,
