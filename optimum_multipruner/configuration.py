@@ -56,28 +56,30 @@ class FastSearchConfig:
         screen (`float`, *optional*): share of a step's candidates that race, those that did least damage when last
             scored (their mean objective increase per calibration sequence over that step's model); candidates whose
             damage is not known (never scored, or near a unit removed or shrunk since: see `screen_radius`) race too,
-            the others sit the step out; in (0, 1]. `None` races every candidate at every step (the fast mode of
-            searches saved before this field existed). The screen trades quality for work: on SmolLM2 at 4,608
-            calibration tokens (with the tie rule) it cut the fast mode's work 1.8x, to 5.7x less than the exact
-            search, and ended 3.7% above the exact search's perplexity (`benchmarks/RESULTS.md`).
+            the others sit the step out; in (0, 1]. `None` (default) races every candidate at every step. The screen
+            trades quality for work: on whole SmolLM2 searches at 4,608 calibration tokens (screen 0.25, tie z 1) it
+            did 10.5-12.4x less work than the plain evaluation, against 5.2-5.5x without it, and ended 3.7% above the
+            exact search's calibration perplexity on MultiPruner 20% and 10.7% above it on BlockPruner 20%, where the
+            fast mode without it ended 3.0% below and on the exact model (`benchmarks/RESULTS.md`, "The fast mode's
+            default"): a damage last measured steps ago goes stale, and a greedy search compounds a missed step.
         screen_radius (`int`): with a screen, a removed or shrunk unit makes the damage of the candidates of its layer
             and of this many layers on each side unknown, so they race at the next step (a removal changes its
             neighbours most). 0 forgets only the changed layer's own candidate (the first screen).
         tie_z (`float`, *optional*): a candidate the halving would drop stays in the race while the round's leader is
             not clearly ahead of it: the mean of its per-sequence objective differences from the leader's, over the
             round's sequences (from 2 on), is at most this many standard errors (a paired test); such near ties go on
-            to be decided on more sequences. `None` keeps the halving alone (searches saved before this field
-            existed). On SmolLM2 it made 5 more of 32 exact choices behind the screen for 11% more work.
+            to be decided on more sequences. `None` (default) keeps the halving alone. On SmolLM2 it made 5 more of 32
+            exact choices behind the screen for 11% more work, and none without it.
     """
 
     first_sequences: int = option(1, "sequences of the first round; each later round doubles them")
     keep: float = option(0.5, "share of a round's candidates that go on to the next round, in (0, 1]")
     screen: Optional[float] = option(
-        0.25, "share of a step's candidates that race, those that did least damage when last scored (none: all)"
+        None, "share of a step's candidates that race, those that did least damage when last scored (none: all)"
     )
     screen_radius: int = option(1, "layers on each side of a removal whose candidates' damage is forgotten")
     tie_z: Optional[float] = option(
-        1.0, "keep candidates the round's leader is not ahead of by more than this many standard errors (none: off)"
+        None, "keep candidates the round's leader is not ahead of by more than this many standard errors (none: off)"
     )
 
     def __post_init__(self) -> None:

@@ -28,7 +28,7 @@ few sequences is chance; the tie rule sends them on to more sequences. A round t
 on its whole prefix (no early stopping), so the ties it finds depend neither on the scoring order nor on the
 number of processes.
 
-With `screen` (a share s; 0.25 by default in the fast mode), a step first screens the candidates by what
+With `screen` (a share s; off by default), a step first screens the candidates by what
 earlier steps learnt about them: a candidate's damage is its mean objective increase per calibration sequence over the
 model of the step that last scored it, on the prefix of the last round it was kept through in that step's race (its
 first sequence if none): where early stopping left it does not count, so the damage does not depend on the order of

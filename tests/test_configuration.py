@@ -100,13 +100,13 @@ def test_invalid_fast_search_fields(values, message):
 def test_fast_search_nests_and_old_flat_keys_still_load(tmp_path):
     """`fast_search` takes a `FastSearchConfig` or a dict and is saved nested; a file written before it existed
     (flat `fast_search_<name>` keys) loads to the same configuration."""
-    config = MultiPrunerConfig(search_mode="fast", fast_search={"screen": None, "keep": 0.25})
-    assert config.fast_search == FastSearchConfig(screen=None, keep=0.25) and config.fast_search.tie_z == 1.0
-    assert config.to_dict()["fast_search"] == {"first_sequences": 1, "keep": 0.25, "screen": None,
-                                               "screen_radius": 1, "tie_z": 1.0}
+    config = MultiPrunerConfig(search_mode="fast", fast_search={"screen": 0.5, "keep": 0.25})
+    assert config.fast_search == FastSearchConfig(screen=0.5, keep=0.25) and config.fast_search.tie_z is None
+    assert config.to_dict()["fast_search"] == {"first_sequences": 1, "keep": 0.25, "screen": 0.5,
+                                               "screen_radius": 1, "tie_z": None}
     old = {key: value for key, value in config.to_dict().items() if key != "fast_search"}
-    old.update(fast_search_first_sequences=1, fast_search_keep=0.25, fast_search_screen=None,
-               fast_search_screen_radius=1, fast_search_tie_z=1.0)
+    old.update(fast_search_first_sequences=1, fast_search_keep=0.25, fast_search_screen=0.5,
+               fast_search_screen_radius=1, fast_search_tie_z=None)
     (tmp_path / "multipruner_config.json").write_text(json.dumps(old))
     assert MultiPrunerConfig.from_pretrained(tmp_path) == config
     assert MultiPrunerConfig.from_dict({"search_mode": "fast", "fast_search_keep": 0.25}).fast_search.keep == 0.25

@@ -212,29 +212,32 @@ def flat_fast_search_keys(config):
         (("fast_search_screen", "fast_search_screen_radius", "fast_search_tie_z"),
          ["fast_search.screen", "fast_search.screen_radius", "fast_search.tie_z"], dict(screen=None, tie_z=None)),
         (("fast_search_screen_radius", "fast_search_tie_z"), ["fast_search.screen_radius", "fast_search.tie_z"],
-         dict(screen_radius=0, tie_z=None)),
-        (("fast_search_tie_z",), ["fast_search.tie_z"], dict(tie_z=None)),
+         dict(screen=0.25, screen_radius=0, tie_z=None)),
+        (("fast_search_tie_z",), ["fast_search.tie_z"], dict(screen=0.25, tie_z=None)),
     ],
 )
 def test_fast_progress_written_before_a_fast_mode_field_existed_resumes_as_it_began(missing, refused, former, runs,
                                                                                     inputs, tokenizer,
                                                                                     calibration_file, tmp_path):
     """Fast progress of an older version (flat `fast_search_<name>` keys) without a fast-mode field resumes with the
-    value that field's behaviour had before it existed (`progress.FORMER_VALUES`) and is refused under the new
-    defaults. Between exact searches it does not matter."""
+    value that field's behaviour had before it existed (`progress.FORMER_VALUES`) and is refused under other values
+    (the screen and tie rule that were once the defaults). Between exact searches it does not matter."""
     root, _ = runs
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(root / "killed-progress", checkpoint)
     progress = json.loads((checkpoint / PROGRESS_NAME).read_text())
     progress["config"] = flat_fast_search_keys(progress["config"])
     progress["record"]["config"] = flat_fast_search_keys(progress["record"]["config"])
+    progress["config"]["fast_search_screen"] = 0.25  # a screened search, the fast mode's default then
     for name in missing:
         del progress["config"][name]
     progress["config"]["search_mode"] = "fast"  # as if the killed search had been a fast one
     (checkpoint / PROGRESS_NAME).write_text(json.dumps(progress))
+    screened = dict(screen=0.25, screen_radius=1, tie_z=1.0)
     with pytest.raises(ValueError, match=r"configuration differs .*" + re.escape(str(refused))):
-        MultiPruner(_dense(inputs), tokenizer).prune(search_config(calibration_file, search_mode="fast"),
-                                                     progress=False, resume_from=checkpoint)
+        MultiPruner(_dense(inputs), tokenizer).prune(
+            search_config(calibration_file, search_mode="fast", fast_search=screened), progress=False,
+            resume_from=checkpoint)
     resumed = MultiPruner(_dense(inputs), tokenizer)
     resumed.prune(search_config(calibration_file, search_mode="fast", fast_search=former), progress=False,
                   resume_from=checkpoint)
