@@ -247,18 +247,6 @@ def benchmark(
     `"genai"` (`openvino_genai.LLMPipeline`: TTFT, TPOT, throughput; needs `pip install openvino-genai`). Every figure
     is the median over `repetitions` measured runs.
     """
-    if engine not in BENCHMARK_ENGINES:
-        raise ValueError(f"`engine` must be one of {BENCHMARK_ENGINES}, got {engine!r}.")
-    for name, value in (("prompt_length", prompt_length), ("new_tokens", new_tokens), ("repetitions", repetitions)):
-        if value < 1:
-            raise ValueError(f"`{name}` must be at least 1, got {value}.")
-    if warmup < 0:
-        raise ValueError(f"`warmup` must not be negative, got {warmup}.")
-    for directory in (model_dir, baseline_dir):
-        if not os.path.isfile(os.path.join(directory, OPENVINO_MODEL_FILES[0])):
-            raise FileNotFoundError(
-                f"{directory} has no {OPENVINO_MODEL_FILES[0]}; export it with `optimum-cli export openvino`."
-            )
     models, runs = measure_interleaved({"pruned": model_dir, "dense": baseline_dir}, device, prompt_length, new_tokens,
                                        repetitions, warmup, ov_config, seed, engine)
     ratios = {key: models["pruned"][key] / models["dense"][key] for key in FIGURES[engine]}
@@ -292,6 +280,18 @@ def measure_interleaved(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, float]]]]:
     """Compile every IR of `model_dirs` (name -> folder) in its own worker and run them round by round, the order
     reversed every round (A B C, C B A, ...); return per model its medians, peak memory and IR size, and the runs."""
+    if engine not in BENCHMARK_ENGINES:
+        raise ValueError(f"`engine` must be one of {BENCHMARK_ENGINES}, got {engine!r}.")
+    for name, value in (("prompt_length", prompt_length), ("new_tokens", new_tokens), ("repetitions", repetitions)):
+        if value < 1:
+            raise ValueError(f"`{name}` must be at least 1, got {value}.")
+    if warmup < 0:
+        raise ValueError(f"`warmup` must not be negative, got {warmup}.")
+    for directory in model_dirs.values():
+        if not os.path.isfile(os.path.join(directory, OPENVINO_MODEL_FILES[0])):
+            raise FileNotFoundError(
+                f"{directory} has no {OPENVINO_MODEL_FILES[0]}; export it with `optimum-cli export openvino`."
+            )
     if engine == "genai":
         import importlib.util
 
