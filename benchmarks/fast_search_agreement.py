@@ -38,10 +38,13 @@ from smollm2 import calibration_options, calibration_text, load_smollm2  # noqa:
 
 from optimum_multipruner import FastSearchConfig, MultiPruner, MultiPrunerConfig, PrunedStructure, PruningRecord  # noqa: E402
 from optimum_multipruner import get_adapter  # noqa: E402
+from optimum_multipruner.candidates import REMOVE_ATTENTION, SHRINK_ATTENTION  # noqa: E402
 from optimum_multipruner.configuration import calibration_set  # noqa: E402
 from optimum_multipruner.data import build_calibration_sets  # noqa: E402
 from optimum_multipruner.progress import (  # noqa: E402
+    FAST_MODE_PREFIX,
     PROGRESS_NAME,
+    STOPPING_FIELDS,
     SearchProgress,
     comparable_fields,
     has_progress,
@@ -100,9 +103,9 @@ def run_search(args: argparse.Namespace, mode: str, pruner_class: type[MultiPrun
 def structure_after(steps: list, model_config, adapter) -> PrunedStructure:
     """What the dense model keeps after `steps` (each step's `kept`: KV heads, or MLP width; 0 removes)."""
     structure = PrunedStructure.dense(model_config, adapter)
-    heads_per_group = model_config.num_attention_heads // model_config.num_key_value_heads
+    heads_per_group = adapter.attention_layout(model_config).heads_per_group
     for step in steps:
-        if "attention" in step.action:
+        if step.action in (REMOVE_ATTENTION, SHRINK_ATTENTION):
             structure.num_key_value_heads[step.layer] = step.kept
             structure.num_attention_heads[step.layer] = step.kept * heads_per_group
         else:
@@ -122,10 +125,10 @@ def seed_exact_search(args: argparse.Namespace) -> None:
         return  # seeded before, or searching: resume
     config = search_config(args, "exact")
     source = PruningRecord.load(args.exact_from)
-    ignored = ("search_mode", "max_steps")
+    ignored = STOPPING_FIELDS | {"search_mode"}  # and the fast mode's fields
     mine, theirs = comparable_fields(config.to_dict()), comparable_fields(source.config or {})
-    differing = sorted(k for k in set(mine) | set(theirs)
-                       if k.split(".")[0] not in ignored and not k.startswith("fast_search") and mine.get(k) != theirs.get(k))
+    differing = sorted(k for k in set(mine) | set(theirs) if k not in ignored and not k.startswith(FAST_MODE_PREFIX)
+                       and mine.get(k) != theirs.get(k))
     if differing:
         raise SystemExit(f"{args.exact_from} searched other settings than this exact search: {differing}")
     model, tokenizer = load_smollm2()
