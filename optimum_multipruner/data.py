@@ -36,20 +36,22 @@ class HubTextSource:
 
     path: str
     name: Optional[str]
-    splits: dict[str, str]  # purpose ("calibration" | "evaluation") -> split
+    splits: dict[str, str]  # purpose ("calibration" | "training" | "evaluation") -> split
     text_column: str
 
 
 HUB_SOURCES = {
-    "alpaca": HubTextSource("tatsu-lab/alpaca", None, {"calibration": "train"}, "text"),
+    "alpaca": HubTextSource("tatsu-lab/alpaca", None, {"calibration": "train", "training": "train"}, "text"),
     "wikitext2": HubTextSource(
-        "Salesforce/wikitext", "wikitext-2-raw-v1", {"calibration": "train", "evaluation": "test"}, "text"
+        "Salesforce/wikitext", "wikitext-2-raw-v1",
+        {"calibration": "train", "training": "train", "evaluation": "test"}, "text"
     ),
     "ptb": HubTextSource(
-        "ptb-text-only/ptb_text_only", "penn_treebank", {"calibration": "train", "evaluation": "test"}, "sentence"
+        "ptb-text-only/ptb_text_only", "penn_treebank",
+        {"calibration": "train", "training": "train", "evaluation": "test"}, "sentence"
     ),
     "c4": HubTextSource(
-        "allenai/c4", "en", {"calibration": "train", "evaluation": "validation"}, "text"
+        "allenai/c4", "en", {"calibration": "train", "training": "train", "evaluation": "validation"}, "text"
     ),
 }
 
@@ -89,7 +91,7 @@ def load_text_rows(source: str, purpose: str = "calibration", text_column: str =
                 table = _reference_alpaca_split(table)
             rows = _text_column(table, hub.text_column, source)
         else:
-            table = datasets.load_dataset(source, split="train" if purpose == "calibration" else "test")
+            table = datasets.load_dataset(source, split="test" if purpose == "evaluation" else "train")
             rows = _text_column(table, text_column, source)
     if not any(row.strip() for row in rows):
         raise ValueError(f"{source} holds no text.")

@@ -34,9 +34,13 @@ class RecoveryConfig:
     any other `TrainingArguments` field goes in `training_args`).
 
     Args:
-        dataset (`str`): training text: a local `.txt`/`.json`/`.jsonl`/`.parquet` file or a Hub data set (its train
-            split), read as calibration text is (`optimum_multipruner.data.load_text_rows`). Never the evaluation text.
+        dataset (`str` or `list[str]`): training text: a local `.txt`/`.json`/`.jsonl`/`.parquet` file or a Hub data
+            set (its train split), read as calibration text is (`optimum_multipruner.data.load_text_rows`), or a list
+            of them, mixed by `dataset_weights`. Never the evaluation text.
         max_tokens (`int`): token budget: the run makes `ceil(max_tokens / tokens_per_step)` optimizer steps.
+        dataset_weights (`list[float]`, *optional*): each source's share of the training sequences (default: equal).
+        max_epochs (`int`): passes a run may make over a source's text (each in a new seeded order); a budget that
+            needs more is refused. The record says how many unique tokens each source gave and how many passes.
         teacher (`str`, *optional*): folder or Hub id of the dense model (may instead be passed as a model object).
         text_column (`str`): column holding the text of table-like files.
         sequence_length (`int`): tokens per training sequence (documents are packed, separated by EOS).
@@ -48,6 +52,8 @@ class RecoveryConfig:
             the global batch is their product times the number of processes.
         distillation_weight (`float`): share of the KL term in [0, 1]; the rest is next-token cross-entropy.
         temperature (`float`): softmax temperature of the KL term.
+        hidden_state_weight (`float`): weight of an added term on the final hidden state (the input of the final norm,
+            whose width pruning keeps): `1 - cosine similarity` to the teacher's, per token, averaged (0: off).
         lora_rank (`int`), lora_alpha (`int`), lora_dropout (`float`), lora_target_modules (`str` or `list[str]`):
             PEFT `LoraConfig` settings; `"all-linear"` targets every linear layer but the output head.
         save_steps (`int`): a resumable checkpoint every so many optimizer steps (0: none).
@@ -61,9 +67,11 @@ class RecoveryConfig:
             "adamw_torch_fused"}`); they override the ones derived from this config.
     """
 
-    dataset: str
+    dataset: Union[str, list[str]]
     max_tokens: int
     teacher: Optional[str] = None
+    dataset_weights: Optional[list[float]] = None
+    max_epochs: int = 1
     text_column: str = "text"
     sequence_length: int = 512
     method: str = "full"
@@ -76,6 +84,7 @@ class RecoveryConfig:
     gradient_accumulation_steps: int = 1
     distillation_weight: float = 1.0
     temperature: float = 1.0
+    hidden_state_weight: float = 0.0
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -90,16 +99,29 @@ class RecoveryConfig:
     training_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.lora_target_modules, (list, tuple)):
-            self.lora_target_modules = list(self.lora_target_modules)
+        for name in ("dataset", "dataset_weights", "lora_target_modules"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
         self.validate()
+
+    @property
+    def sources(self) -> list[str]:
+        """The training text sources, as a list."""
+        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
 
     def validate(self) -> None:
         """`ValueError` naming the first field out of range."""
-        if not isinstance(self.dataset, str) or not self.dataset.strip():
-            raise ValueError("`dataset` must name a local text file or a Hub data set.")
-        for name in ("max_tokens", "sequence_length", "per_device_train_batch_size", "gradient_accumulation_steps",
-                     "lora_rank", "logging_steps", "head_chunk_size"):
+        sources = self.dataset if isinstance(self.dataset, list) else [self.dataset]
+        if not sources or not all(isinstance(source, str) and source.strip() for source in sources):
+            raise ValueError("`dataset` must name a local text file or a Hub data set, or be a non-empty list of them.")
+        if self.dataset_weights is not None:
+            if not isinstance(self.dataset_weights, list) or len(self.dataset_weights) != len(sources):
+                raise ValueError(f"`dataset_weights` must give one weight per source ({len(sources)}), got "
+                                 f"{self.dataset_weights!r}.")
+            for weight in self.dataset_weights:
+                _check_number("dataset_weights", weight, low=0.0, low_open=True)
+        for name in ("max_tokens", "max_epochs", "sequence_length", "per_device_train_batch_size",
+                     "gradient_accumulation_steps", "lora_rank", "logging_steps", "head_chunk_size"):
             _check_positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "save_steps", "seed"):
             value = getattr(self, name)
@@ -116,6 +138,7 @@ class RecoveryConfig:
         _check_number("max_grad_norm", self.max_grad_norm, low=0.0)
         _check_number("distillation_weight", self.distillation_weight, low=0.0, high=1.0)
         _check_number("temperature", self.temperature, low=0.0, low_open=True)
+        _check_number("hidden_state_weight", self.hidden_state_weight, low=0.0)
         _check_number("lora_alpha", self.lora_alpha, low=0.0, low_open=True)
         _check_number("lora_dropout", self.lora_dropout, low=0.0, high=1.0)
         targets = self.lora_target_modules

@@ -32,6 +32,12 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return loss
 
 
+def hidden_state_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+    """Sum over positions of `1 - cos(h_s, h_t)` (float32); both `[batch, positions, hidden]`."""
+    cosine = F.cosine_similarity(student_hidden.float(), teacher_hidden.to(student_hidden.device).float(), dim=-1)
+    return (1 - cosine).sum()
+
+
 class TeacherHead:
     """The teacher's hidden states entering its final norm (captured by a hook during a forward that computes a
     single position's logits), turned into logits a chunk of positions at a time by the family's own head
@@ -70,29 +76,46 @@ class DistillationTrainer(Trainer):
     """
 
     def __init__(self, *args: Any, teacher_head: TeacherHead, distillation_weight: float, temperature: float,
-                 head_chunk_size: int, **kwargs: Any) -> None:
+                 head_chunk_size: int, hidden_state_weight: float = 0.0, student_final_norm: Optional[nn.Module] = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.teacher_head = teacher_head
         self.distillation_weight = distillation_weight
         self.temperature = temperature
         self.head_chunk_size = head_chunk_size
+        self.hidden_state_weight = hidden_state_weight
+        if hidden_state_weight > 0 and student_final_norm is None:
+            raise ValueError("A hidden-state term needs the student's final norm (its input is the compared state).")
+        self.student_final_norm = student_final_norm
         # the loss is a mean per micro-batch: Trainer divides it by the accumulation steps, and DDP averages ranks
         self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Optional[int] = None):
         input_ids = inputs["input_ids"]  # [batch, seq_len]
-        outputs = model(input_ids=input_ids, use_cache=False)
+        captured = {}
+        handle = None
+        if self.hidden_state_weight > 0:
+            handle = self.student_final_norm.register_forward_pre_hook(
+                lambda module, args: captured.__setitem__("hidden", args[0]))
+        try:
+            outputs = model(input_ids=input_ids, use_cache=False)
+        finally:
+            if handle is not None:
+                handle.remove()
         student_logits = outputs.logits[:, :-1]  # [batch, seq_len - 1, vocab]
         labels = input_ids[:, 1:]
-        teacher_hidden = (self.teacher_head.hidden_states(input_ids)[:, :-1]
-                          if self.distillation_weight > 0 else None)
+        needs_teacher = self.distillation_weight > 0 or self.hidden_state_weight > 0
+        teacher_hidden = self.teacher_head.hidden_states(input_ids)[:, :-1] if needs_teacher else None
         total = student_logits.new_zeros((), dtype=torch.float32)
         for start in range(0, labels.shape[1], self.head_chunk_size):
             stop = start + self.head_chunk_size
-            teacher_logits = None if teacher_hidden is None else self.teacher_head.logits(teacher_hidden[:, start:stop])
+            teacher_logits = (self.teacher_head.logits(teacher_hidden[:, start:stop])
+                              if self.distillation_weight > 0 else None)
             total = total + distillation_loss(student_logits[:, start:stop], teacher_logits, labels[:, start:stop],
                                               self.distillation_weight, self.temperature)
+        if self.hidden_state_weight > 0:
+            total = total + self.hidden_state_weight * hidden_state_loss(captured["hidden"][:, :-1], teacher_hidden)
         loss = total / labels.numel()
         return (loss, outputs) if return_outputs else loss
 

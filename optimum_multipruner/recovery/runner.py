@@ -81,9 +81,9 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
         * config.gradient_accumulation_steps * args.world_size
     steps = math.ceil(config.max_tokens / tokens_per_step)
     args.max_steps = steps
-    data = packed_training_text(tokenizer, config.dataset, steps * tokens_per_step // config.sequence_length,
+    data = packed_training_text(tokenizer, config.sources, steps * tokens_per_step // config.sequence_length,
                                 config.sequence_length, config.seed, model.get_input_embeddings().num_embeddings,
-                                config.text_column)
+                                config.text_column, config.dataset_weights, config.max_epochs)
     run = {"config": config.to_dict(), "num_sequences": len(data), "data_sha256": data.sha256(),
            "student_sha256": state_dict_hash(model)}
     if checkpoints:
@@ -100,13 +100,14 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
         model=student, args=args, train_dataset=data,
         teacher_head=TeacherHead(teacher, get_adapter(teacher)),
         distillation_weight=config.distillation_weight, temperature=config.temperature,
+        hidden_state_weight=config.hidden_state_weight, student_final_norm=get_adapter(model).final_norm(model),
         head_chunk_size=config.head_chunk_size, callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TokenProgress(steps * tokens_per_step, tokens_per_step))
     logger.info("Recovery: %d steps of %d tokens (%s, %s) on %s.", steps, tokens_per_step, config.method,
-                "resumed from " + resume_from if resume_from else "from the start", config.dataset)
+                "resumed from " + resume_from if resume_from else "from the start", ", ".join(config.sources))
     trainer.train(resume_from_checkpoint=resume_from)
     if config.method == "lora":
         student.merge_and_unload()  # writes the adapters into `model`'s own linear layers
@@ -117,6 +118,7 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
         "tokens_seen": trainer.state.global_step * tokens_per_step,
         "steps": trainer.state.global_step,
         "data_sha256": run["data_sha256"],
+        "data": [usage.to_dict() for usage in data.sources],
         "loss_curve": [
             {"step": entry["step"], "tokens": entry["step"] * tokens_per_step, "loss": entry["loss"]}
             for entry in trainer.state.log_history if "loss" in entry
