@@ -1,0 +1,70 @@
+"""Teacher-generated training text: real-text prefixes continued by the teacher, seeded, resumable to the same bytes,
+reused when asked again with the same settings, refused over a file it did not write."""
+
+import json
+import os
+
+import pytest
+from testing_utils import make_text
+
+from optimum_multipruner.recovery.generation import MANIFEST_SUFFIX, PARTIAL_SUFFIX, generate_teacher_text
+
+SETTINGS = dict(num_sequences=6, new_tokens=12, prefix_tokens=4, temperature=0.8, seed=7, batch_size=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in make_text(40, seed=9)), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def teacher(trained_model):
+    return trained_model("llama")
+
+
+def test_rows_continue_real_prefixes_and_a_second_call_reuses_the_file(teacher, tokenizer, prompts, tmp_path):
+    output = generate_teacher_text(teacher, tokenizer, tmp_path / "teacher.jsonl", prompts=prompts, **SETTINGS)
+    rows = [json.loads(line)["text"] for line in open(output, encoding="utf-8")]
+    assert len(rows) == 6
+    prefixes = [tokenizer.decode(tokenizer(row, add_special_tokens=False).input_ids[:4]) for row in make_text(40, 9)]
+    assert all(any(row.startswith(prefix) for prefix in prefixes) for row in rows)
+    assert all(len(tokenizer(row, add_special_tokens=False).input_ids) > 4 for row in rows)  # continued
+    manifest = json.loads(open(output + MANIFEST_SUFFIX, encoding="utf-8").read())
+    assert manifest["settings"]["temperature"] == 0.8 and len(manifest["sha256"]) == 64
+    modified = os.path.getmtime(output)
+    assert generate_teacher_text(teacher, tokenizer, output, prompts=prompts, **SETTINGS) == output
+    assert os.path.getmtime(output) == modified  # reused, not generated again
+
+
+def test_an_interrupted_generation_resumes_to_the_same_bytes(teacher, tokenizer, prompts, tmp_path):
+    whole = open(generate_teacher_text(teacher, tokenizer, tmp_path / "a.jsonl", prompts=prompts, **SETTINGS),
+                 "rb").read()
+    lines = whole.decode().splitlines()
+    header = json.dumps({"settings": json.loads(open(tmp_path / f"a.jsonl{MANIFEST_SUFFIX}").read())["settings"]})
+    partial = tmp_path / f"b.jsonl{PARTIAL_SUFFIX}"  # killed after the first batch (4 rows), in the middle of row 5
+    partial.write_text("\n".join([header, *lines[:4], lines[4][:10]]), encoding="utf-8")
+    output = generate_teacher_text(teacher, tokenizer, tmp_path / "b.jsonl", prompts=prompts, **SETTINGS)
+    assert open(output, "rb").read() == whole
+    assert not partial.exists()
+
+
+def test_a_file_from_other_settings_or_edited_since_is_refused(teacher, tokenizer, prompts, tmp_path):
+    output = generate_teacher_text(teacher, tokenizer, tmp_path / "t.jsonl", prompts=prompts, **SETTINGS)
+    with pytest.raises(FileExistsError, match="not generated with these settings"):
+        generate_teacher_text(teacher, tokenizer, output, prompts=prompts, **{**SETTINGS, "temperature": 1.0})
+    with open(output, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"text": "edited"}) + "\n")
+    with pytest.raises(FileExistsError, match="changed"):
+        generate_teacher_text(teacher, tokenizer, output, prompts=prompts, **SETTINGS)
+    user_file = tmp_path / "mine.jsonl"
+    user_file.write_text("my own text\n", encoding="utf-8")
+    with pytest.raises(FileExistsError):
+        generate_teacher_text(teacher, tokenizer, user_file, prompts=prompts, **SETTINGS)
+    assert user_file.read_text(encoding="utf-8") == "my own text\n"
+
+
+def test_without_prompts_each_row_starts_from_one_random_token(teacher, tokenizer, tmp_path):
+    output = generate_teacher_text(teacher, tokenizer, tmp_path / "plain.jsonl", **SETTINGS)
+    assert len(open(output, encoding="utf-8").read().splitlines()) == 6
