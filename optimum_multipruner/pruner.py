@@ -418,6 +418,10 @@ class MultiPruner:
         rank 0 writes; the other processes return at once."""
         if not distributed.is_main_process():
             return
+        if self.recovery_config is not None and self.recovery_config.quantization is not None:
+            raise ValueError("A quantization-aware recovery ends in int4 weights that only an OpenVINO IR holds: "
+                             "export the model with `optimum_multipruner.exporters.export_openvino(pruner.model, "
+                             "output_dir, tokenizer=pruner.tokenizer, record=pruner.record)` instead.")
         with atomic_directory(save_directory, overwrite) as tmp:
             self.model.save_pretrained(tmp)
             if self.tokenizer is not None:

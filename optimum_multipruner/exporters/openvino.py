@@ -199,6 +199,11 @@ def export_openvino(
     register_openvino_export()
     loaded = isinstance(model_or_dir, nn.Module)
     source = None if loaded else str(model_or_dir)
+    if loaded and _strip_if_quantization_aware(model_or_dir):
+        if weight_format not in (None, "int4") or quantization_config is not None:
+            raise ValueError("This model went through a quantization-aware recovery: its int4 weights are trained, so "
+                             "it exports as they are (weight_format None or 'int4', no quantization_config).")
+        weight_format = "fp32"  # no post-export compression: the decompressors carry the trained int4 weights
     if weight_format is None and quantization_config is None:
         weight_format = default_weight_format(model_or_dir.config if loaded else AutoConfig.from_pretrained(source))
     if quantization_config is not None:
@@ -230,6 +235,16 @@ def export_openvino(
             )
         finish_export(tmp, source=source, record=record, cache_dir=kwargs.get("cache_dir"))
     return str(output_dir)
+
+
+def _strip_if_quantization_aware(model: nn.Module) -> bool:
+    """Whether `model` carries NNCF quantizers from a quantization-aware recovery; stripped in place to packed int4
+    weights with decompressors, the form the exporter writes as int4 constants."""
+    from ..recovery.quantization import is_fake_quantized, is_int4_stripped, strip_to_int4
+
+    if is_fake_quantized(model):
+        strip_to_int4(model)
+    return is_int4_stripped(model)
 
 
 def _export_loaded_model(model: nn.Module, output: Path, task: str, ov_config: OVConfig, tokenizer,

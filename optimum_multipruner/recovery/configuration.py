@@ -15,6 +15,8 @@ from ..utils import atomic_write_text, read_json
 RECOVERY_CONFIG_NAME = "recovery_config.json"
 
 METHODS = ("full", "lora")
+QUANTIZATIONS = ("int4",)  # quantization-aware distillation (NNCF FQ_LORA, asymmetric int4 weights in groups)
+QUANTIZATION_INITS = ("awq_scale_estimation", "rtn")
 # transformers' `SchedulerType` values that do not need extra arguments
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
                  "inverse_sqrt", "warmup_stable_decay")
@@ -56,6 +58,15 @@ class RecoveryConfig:
             whose width pruning keeps): `1 - cosine similarity` to the teacher's, per token, averaged (0: off).
         lora_rank (`int`), lora_alpha (`int`), lora_dropout (`float`), lora_target_modules (`str` or `list[str]`):
             PEFT `LoraConfig` settings; `"all-linear"` targets every linear layer but the output head.
+        quantization (`str`, *optional*): `"int4"` makes the run quantization-aware: every linear weight is
+            fake-quantized to asymmetric int4 in groups (embeddings and output head int8) through NNCF's `FQ_LORA`
+            format and only its low-rank adapters (`quantization_lora_rank`, at `learning_rate`) and quantizer scales
+            (at `quantization_scale_learning_rate`) train; the result exports to an int4 OpenVINO IR with the trained
+            values. Start it from a pruned model (one run) or from a float-recovered one.
+        quantization_group_size (`int`), quantization_ratio (`float`): int4 group size and share of the linear
+            layers in int4 (the rest int8), as in `OVWeightQuantizationConfig`.
+        quantization_init (`str`): `"awq_scale_estimation"` (data-aware start on the first training sequences) or
+            `"rtn"` (round to nearest).
         save_steps (`int`): a resumable checkpoint every so many optimizer steps (0: none).
         logging_steps (`int`): the loss curve's resolution, in optimizer steps.
         seed (`int`): seed of the document order and of the data sampler.
@@ -89,6 +100,12 @@ class RecoveryConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: Union[str, list[str]] = "all-linear"
+    quantization: Optional[str] = None
+    quantization_group_size: int = 64
+    quantization_ratio: float = 1.0
+    quantization_init: str = "awq_scale_estimation"
+    quantization_lora_rank: int = 32
+    quantization_scale_learning_rate: float = 1e-5
     save_steps: int = 50
     logging_steps: int = 10
     seed: int = 42
@@ -146,6 +163,19 @@ class RecoveryConfig:
             isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)
         ):
             raise ValueError("`lora_target_modules` must be `\"all-linear\"` or a non-empty list of module names.")
+        if self.quantization is not None:
+            if self.quantization not in QUANTIZATIONS:
+                raise ValueError(f"`quantization` must be None or one of {QUANTIZATIONS}, got {self.quantization!r}.")
+            if self.method != "full":
+                raise ValueError("A quantization-aware recovery trains NNCF's own low-rank adapters of the quantized "
+                                 "weights; leave `method` at 'full' (its LoRA settings are `quantization_lora_rank`).")
+        if self.quantization_init not in QUANTIZATION_INITS:
+            raise ValueError(f"`quantization_init` must be one of {QUANTIZATION_INITS}, got "
+                             f"{self.quantization_init!r}.")
+        for name in ("quantization_group_size", "quantization_lora_rank"):
+            _check_positive_int(name, getattr(self, name))
+        _check_number("quantization_ratio", self.quantization_ratio, low=0.0, high=1.0, low_open=True)
+        _check_number("quantization_scale_learning_rate", self.quantization_scale_learning_rate, low=0.0)
         if not isinstance(self.training_args, dict):
             raise ValueError(f"`training_args` must be a dict of TrainingArguments fields, got {self.training_args!r}.")
 

@@ -69,7 +69,8 @@ class TeacherHead:
 
 
 class DistillationTrainer(Trainer):
-    """`Trainer` whose loss is `distillation_loss` against a frozen teacher, per token, averaged.
+    """`Trainer` whose loss is `distillation_loss` (plus `hidden_state_weight` times `hidden_state_loss`) against a
+    frozen teacher, per token, averaged; `parameter_groups` give parameters their own learning rates.
 
     The student runs through `Trainer`'s wrapped model (so DDP / FSDP / DeepSpeed apply to it); the teacher is a plain
     module on its own device, never wrapped, and its logits are made `head_chunk_size` positions at a time.
@@ -77,7 +78,7 @@ class DistillationTrainer(Trainer):
 
     def __init__(self, *args: Any, teacher_head: TeacherHead, distillation_weight: float, temperature: float,
                  head_chunk_size: int, hidden_state_weight: float = 0.0, student_final_norm: Optional[nn.Module] = None,
-                 **kwargs: Any) -> None:
+                 parameter_groups: Optional[list[dict[str, Any]]] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.teacher_head = teacher_head
         self.distillation_weight = distillation_weight
@@ -87,6 +88,16 @@ class DistillationTrainer(Trainer):
         if hidden_state_weight > 0 and student_final_norm is None:
             raise ValueError("A hidden-state term needs the student's final norm (its input is the compared state).")
         self.student_final_norm = student_final_norm
+        self.parameter_groups = parameter_groups
+
+    def create_optimizer(self, model: Optional[nn.Module] = None):
+        """`Trainer`'s optimizer, over `parameter_groups` (each with its own learning rate) when they are given."""
+        if self.parameter_groups is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model or self.model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_class(self.parameter_groups, **optimizer_kwargs)
+        return self.optimizer
         # the loss is a mean per micro-batch: Trainer divides it by the accumulation steps, and DDP averages ranks
         self.model_accepts_loss_kwargs = False
 

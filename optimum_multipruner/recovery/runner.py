@@ -41,6 +41,7 @@ logger = get_logger(__name__)
 RUN_FILE = "recovery_run.json"  # in the checkpoint folder: what a resumed run must match
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _COMPLETE_MARK = "trainer_state.json"  # written last by `Trainer._save_checkpoint`
+QUANTIZATION_CALIBRATION_SEQUENCES = 32  # training sequences AWQ and scale estimation start a quantized run from
 
 
 def recover(model: nn.Module, config: RecoveryConfig, teacher: Union[nn.Module, str, None] = None, tokenizer=None,
@@ -93,7 +94,14 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
             os.makedirs(output_dir, exist_ok=True)
             atomic_write_text(os.path.join(output_dir, RUN_FILE), _json(run))
 
-    student = _with_lora(model, config) if config.method == "lora" else model.requires_grad_(True)
+    parameter_groups = None
+    if config.quantization is not None:
+        from .quantization import fake_quantize, parameter_groups as quantizer_groups
+
+        student = fake_quantize(model, config, data.input_ids[:QUANTIZATION_CALIBRATION_SEQUENCES])
+        parameter_groups = quantizer_groups(model, config.learning_rate, config.quantization_scale_learning_rate)
+    else:
+        student = _with_lora(model, config) if config.method == "lora" else model.requires_grad_(True)
     teacher_device = torch.device(config.teacher_device) if config.teacher_device else args.device
     teacher.to(teacher_device).eval()  # runs under no_grad
     trainer = DistillationTrainer(
@@ -101,7 +109,7 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
         teacher_head=TeacherHead(teacher, get_adapter(teacher)),
         distillation_weight=config.distillation_weight, temperature=config.temperature,
         hidden_state_weight=config.hidden_state_weight, student_final_norm=get_adapter(model).final_norm(model),
-        head_chunk_size=config.head_chunk_size, callbacks=callbacks,
+        head_chunk_size=config.head_chunk_size, parameter_groups=parameter_groups, callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
