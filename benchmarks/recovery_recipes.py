@@ -1,0 +1,210 @@
+"""Recovery recipe study (issue 26): which recovery setting closes most of the pruned model's gap to dense.
+
+    python benchmarks/recovery_recipes.py --workdir recipes-work --arms base,lr2e-4,lr2e-4-cosine
+
+The student is the results table's MultiPruner 44:52:4 10% model of SmolLM2-135M, the teacher the dense model. Every
+arm is one `MultiPruner.recover` run at the same token budget; arms are chosen on **selection text** only:
+
+* held-out C4: `--selection-docs` documents of the local C4 sample, drawn with a fixed seed and removed from the
+  training file (`c4_train.jsonl` in the work folder holds every other document of both sample files);
+* held-out Alpaca: the results table's held-out Alpaca sequences (rows in neither calibration set of the search).
+
+WikiText-2 (first `--wikitext-windows` test windows of 2048) is measured at the end of each arm for the report only.
+Selection perplexity is measured before training (once, shared), halfway and at the end (a `TrainerCallback`), so
+every arm has a short curve. One command, resumable: a finished arm is skipped, an interrupted one continues from its
+last checkpoint, and measurements already made are kept. Results: `<workdir>/results.json` and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from optimum_multipruner import MultiPruner
+from optimum_multipruner.evaluation import evaluate_perplexity
+from optimum_multipruner.nll import perplexity, reference_ignore_index
+from optimum_multipruner.recovery import RecoveryConfig
+from optimum_multipruner.utils import atomic_write_text, get_logger, read_json
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from smollm2 import ASSETS, DEFAULT_WIKITEXT, calibration_text, load_smollm2, prepare_smollm2  # noqa: E402
+
+logger = get_logger("recovery_recipes")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RECORD = os.path.join(HERE, "results", "smollm2", "multipruner_44_52_4_10", "pruning_record.json")
+C4_FILES = [os.path.join(ASSETS, "c4-redpajama-sample", f"sample_c4-rp{i}.jsonl") for i in (1, 2)]
+ALPACA_TRAIN = os.path.join(ASSETS, "alpaca", "alpaca_5000_text.jsonl")
+SEQUENCE_LENGTH = 512
+SELECTION_SEED = 1234
+SELECTION_SEQUENCES = 12  # of the held-out C4 documents
+
+# Every arm: RecoveryConfig fields over the common ones (full fine-tuning, KL at T=1, 1 x 512 tokens per step).
+COMMON = dict(sequence_length=SEQUENCE_LENGTH, save_steps=10, logging_steps=5, warmup_steps=6)
+ARMS: dict[str, dict[str, Any]] = {
+    "base": dict(learning_rate=5e-5, lr_scheduler_type="constant_with_warmup"),  # RecoveryConfig's default
+    "lr2e-4": dict(learning_rate=2e-4, lr_scheduler_type="constant_with_warmup"),
+    "lr2e-4-cosine": dict(learning_rate=2e-4, lr_scheduler_type="cosine"),
+    "lr5e-4-cosine": dict(learning_rate=5e-4, lr_scheduler_type="cosine"),
+    "T2": dict(learning_rate=2e-4, lr_scheduler_type="cosine", temperature=2.0),
+    "batch8k": dict(learning_rate=5e-4, lr_scheduler_type="cosine", gradient_accumulation_steps=16, warmup_steps=0),
+    "lora": dict(method="lora", lora_rank=64, lora_alpha=128, learning_rate=5e-4, lr_scheduler_type="cosine"),
+}
+
+
+class SelectionCurve(TrainerCallback):
+    """Measures the selection text at the given optimizer steps (kept in `results`, saved after each)."""
+
+    def __init__(self, steps: list[int], measure, results: dict[str, Any], save) -> None:
+        self.steps, self.measure, self.results, self.save = steps, measure, results, save
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        key = str(state.global_step)
+        if state.global_step in self.steps and key not in self.results["curve"]:
+            model.eval()
+            self.results["curve"][key] = self.measure(model)
+            model.train()
+            self.save()
+
+
+class Study:
+    def __init__(self, workdir: str, max_tokens: int, selection_docs: int, wikitext_windows: int) -> None:
+        self.workdir = os.path.abspath(workdir)
+        self.max_tokens = max_tokens
+        self.selection_docs = selection_docs
+        self.wikitext_windows = wikitext_windows
+        os.makedirs(self.workdir, exist_ok=True)
+        self.results_file = os.path.join(self.workdir, "results.json")
+        self.results = read_json(self.results_file) if os.path.isfile(self.results_file) else {"arms": {}}
+        self.dense_dir = str(prepare_smollm2())
+        self.tokenizer = load_smollm2()[1]
+        self.selection = self._selection_text()
+        self.ignore_index = reference_ignore_index(self.tokenizer)
+
+    def save(self) -> None:
+        atomic_write_text(self.results_file, json.dumps(self.results, indent=2) + "\n")
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.workdir, *parts)
+
+    def _selection_text(self) -> dict[str, torch.Tensor]:
+        """Held-out C4 (documents removed from the training file) and held-out Alpaca, `[n, 512]` each."""
+        from optimum_multipruner.data import build_sequences
+
+        documents = [line for name in C4_FILES for line in open(name, encoding="utf-8") if line.strip()]
+        held_out = set(random.Random(SELECTION_SEED).sample(range(len(documents)), self.selection_docs))
+        train_file = self.path("c4_train.jsonl")
+        if not os.path.isfile(train_file):
+            atomic_write_text(train_file, "".join(doc for i, doc in enumerate(documents) if i not in held_out))
+        c4_rows = [json.loads(documents[i])["text"] for i in sorted(held_out)]
+        return {"c4": build_sequences(self.tokenizer, c4_rows, SEQUENCE_LENGTH, "held-out C4")[:SELECTION_SEQUENCES],
+                "alpaca": calibration_text(self.tokenizer, 40, SEQUENCE_LENGTH)["held_out"]}
+
+    def measure(self, model: torch.nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            return {name: perplexity(model, sequences, batch_size=1, ignore_index=self.ignore_index, progress=False)
+                    for name, sequences in self.selection.items()}
+
+    def wikitext(self, model: torch.nn.Module) -> float:
+        return evaluate_perplexity(model, self.tokenizer, DEFAULT_WIKITEXT, 2048, self.wikitext_windows,
+                                   progress=False)["perplexity"]
+
+    def student(self) -> MultiPruner:
+        folder = self.path("pruned10")
+        if not os.path.isdir(folder):
+            model, tokenizer = load_smollm2()
+            pruner = MultiPruner(model, tokenizer)
+            pruner.apply(RECORD)
+            pruner.save_pretrained(folder)
+        return MultiPruner.from_pretrained(folder)
+
+    def references(self) -> None:
+        """Selection and WikiText-2 perplexity of the dense model and of the pruned model before recovery."""
+        for name in ("dense", "pruned10"):
+            if name in self.results:
+                continue
+            if name == "dense":
+                model = load_smollm2()[0]
+            else:
+                model = self.student().model.eval()
+            self.results[name] = {"selection": self.measure(model), "wikitext2": self.wikitext(model)}
+            self.save()
+
+    def run_arm(self, name: str) -> None:
+        arm = self.results["arms"].setdefault(name, {"settings": ARMS[name], "curve": {}})
+        if "wikitext2" in arm:
+            return
+        config = RecoveryConfig(teacher=self.dense_dir, dataset=self.path("c4_train.jsonl"),
+                                max_tokens=self.max_tokens, **{**COMMON, **ARMS[name]})
+        tokens_per_step = config.sequence_length * config.per_device_train_batch_size \
+            * config.gradient_accumulation_steps
+        steps = math.ceil(config.max_tokens / tokens_per_step)
+        pruner = self.student()
+        checkpoints = self.path("arms", name, "checkpoints")
+        start = time.perf_counter()
+        curve = SelectionCurve(sorted({max(1, steps // 2), steps}), self.measure, arm, self.save)
+        pruner.recover(config, checkpoint_dir=checkpoints, resume=os.path.isdir(checkpoints), callbacks=[curve])
+        model = pruner.model.eval()
+        arm["seconds_last_run"] = time.perf_counter() - start
+        arm["tokens_seen"] = pruner.record.recovery["tokens_seen"]
+        arm["loss_curve"] = pruner.record.recovery["loss_curve"]
+        arm["final"] = self.measure(model) if str(steps) not in arm["curve"] else arm["curve"][str(steps)]
+        arm["wikitext2"] = self.wikitext(model)
+        self.save()
+
+    def table(self) -> str:
+        dense, pruned = self.results["dense"], self.results["pruned10"]
+
+        def closed(value: float, key: str, reference: str = "selection") -> float:
+            d = dense[reference][key] if reference == "selection" else dense[reference]
+            p = pruned[reference][key] if reference == "selection" else pruned[reference]
+            return (math.log(p) - math.log(value)) / (math.log(p) - math.log(d))
+
+        lines = ["| arm | C4 sel. | Alpaca sel. | selection gap closed (log-PPL, mean) | WikiText-2 | WikiText-2 gap "
+                 "closed |", "|---|---|---|---|---|---|",
+                 f"| dense | {dense['selection']['c4']:.2f} | {dense['selection']['alpaca']:.2f} | - | "
+                 f"{dense['wikitext2']:.2f} | - |",
+                 f"| pruned 10% | {pruned['selection']['c4']:.2f} | {pruned['selection']['alpaca']:.2f} | 0% | "
+                 f"{pruned['wikitext2']:.2f} | 0% |"]
+        for name, arm in self.results["arms"].items():
+            if "wikitext2" not in arm:
+                continue
+            final = arm["final"]
+            selection = (closed(final["c4"], "c4") + closed(final["alpaca"], "alpaca")) / 2
+            wiki = (pruned["wikitext2"] - arm["wikitext2"]) / (pruned["wikitext2"] - dense["wikitext2"])
+            lines.append(f"| {name} | {final['c4']:.2f} | {final['alpaca']:.2f} | {100 * selection:.1f}% | "
+                         f"{arm['wikitext2']:.2f} | {100 * wiki:.1f}% |")
+        return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="recipes-work")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    parser.add_argument("--max-tokens", type=int, default=30_720, help="recovery budget of every arm (tokens)")
+    parser.add_argument("--selection-docs", type=int, default=24, help="C4 documents held out as selection text")
+    parser.add_argument("--wikitext-windows", type=int, default=4, help="WikiText-2 windows of 2048 (report only)")
+    args = parser.parse_args()
+    arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+    study = Study(args.workdir, args.max_tokens, args.selection_docs, args.wikitext_windows)
+    study.references()
+    for arm in arms:
+        logger.warning("Arm %s", arm)
+        study.run_arm(arm)
+        print(study.table(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
