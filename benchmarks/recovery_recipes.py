@@ -58,7 +58,12 @@ ARMS: dict[str, dict[str, Any]] = {
     "T2": dict(learning_rate=2e-4, lr_scheduler_type="cosine", temperature=2.0),
     "batch8k": dict(learning_rate=5e-4, lr_scheduler_type="cosine", gradient_accumulation_steps=16, warmup_steps=0),
     "lora": dict(method="lora", lora_rank=64, lora_alpha=128, learning_rate=5e-4, lr_scheduler_type="cosine"),
+    "hidden": dict(learning_rate=5e-5, lr_scheduler_type="constant_with_warmup", hidden_state_weight=1.0),
+    # half the sequences from C4 prefixes continued by the teacher (`teacher_text`), half real C4
+    "teacher-mix": dict(learning_rate=5e-5, lr_scheduler_type="constant_with_warmup", teacher_text=True),
 }
+TEACHER_TEXT = dict(num_sequences=64, new_tokens=480, prefix_tokens=32, temperature=0.7, top_p=0.95, seed=0,
+                    batch_size=32)
 
 
 class SelectionCurve(TrainerCallback):
@@ -127,6 +132,13 @@ class Study:
             pruner.save_pretrained(folder)
         return MultiPruner.from_pretrained(folder)
 
+    def teacher_text(self) -> str:
+        """C4 training prefixes continued by the dense model (generated once, resumable)."""
+        from optimum_multipruner.recovery.generation import generate_teacher_text
+
+        return generate_teacher_text(load_smollm2()[0], self.tokenizer, self.path("teacher_c4.jsonl"),
+                                     prompts=self.path("c4_train.jsonl"), **TEACHER_TEXT)
+
     def references(self) -> None:
         """Selection and WikiText-2 perplexity of the dense model and of the pruned model before recovery."""
         for name in ("dense", "pruned10"):
@@ -143,8 +155,11 @@ class Study:
         arm = self.results["arms"].setdefault(name, {"settings": ARMS[name], "curve": {}})
         if "wikitext2" in arm:
             return
-        config = RecoveryConfig(teacher=self.dense_dir, dataset=self.path("c4_train.jsonl"),
-                                max_tokens=self.max_tokens, **{**COMMON, **ARMS[name]})
+        settings = {**COMMON, **ARMS[name]}
+        dataset = self.path("c4_train.jsonl")
+        if settings.pop("teacher_text", False):
+            dataset = [dataset, self.teacher_text()]
+        config = RecoveryConfig(teacher=self.dense_dir, dataset=dataset, max_tokens=self.max_tokens, **settings)
         tokens_per_step = config.sequence_length * config.per_device_train_batch_size \
             * config.gradient_accumulation_steps
         steps = math.ceil(config.max_tokens / tokens_per_step)
