@@ -404,8 +404,10 @@ class MultiPruner:
         """
         from .recovery import recover
 
-        if read_structure(self.model, self.adapter) == PrunedStructure.dense(self.model.config, self.adapter):
-            raise ValueError("`recover` trains a pruned model; this one is dense. Call `prune` or `apply` first.")
+        if config.quantization is None and \
+                read_structure(self.model, self.adapter) == PrunedStructure.dense(self.model.config, self.adapter):
+            raise ValueError("`recover` trains a pruned model; this one is dense. Call `prune` or `apply` first "
+                             "(a dense model can only learn its int4 weights: `quantization='int4'`).")
         report = recover(self.model, config, teacher, self.tokenizer, checkpoint_dir, resume, callbacks)
         self.recovery_config = config
         if self.record is not None:

@@ -58,7 +58,8 @@ def recover(model: nn.Module, config: RecoveryConfig, teacher: Union[nn.Module, 
     if tokenizer is None:
         raise ValueError("Recovery needs the student's tokenizer to read the training text.")
     teacher = _load_teacher(teacher if teacher is not None else config.teacher, model, config)
-    check_teacher(model, teacher, tokenizer, config.teacher if isinstance(config.teacher, str) else None)
+    check_teacher(model, teacher, tokenizer, config.teacher if isinstance(config.teacher, str) else None,
+                  same_size=config.quantization is not None)
     if config.method == "lora":
         check_lora_targets(model, config.lora_target_modules)
     resume_from = _check_checkpoint_dir(checkpoint_dir, resume)
@@ -134,9 +135,11 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
     }
 
 
-def check_teacher(student: nn.Module, teacher: nn.Module, tokenizer, teacher_source: Optional[str] = None) -> None:
+def check_teacher(student: nn.Module, teacher: nn.Module, tokenizer, teacher_source: Optional[str] = None,
+                  same_size: bool = False) -> None:
     """`ValueError` unless `teacher` is a model of the student's family and vocabulary, of the same depth and width,
-    and the student is a strictly smaller model of it (each layer keeps at most the teacher's heads and MLP width)."""
+    and the student is a strictly smaller model of it (each layer keeps at most the teacher's heads and MLP width);
+    with `same_size` (a quantization-aware run: the dense model may learn its own int4 weights) it may equal it."""
     adapter = get_adapter(student)
     teacher_adapter = get_adapter(teacher)
     if teacher_adapter is not adapter:
@@ -154,7 +157,8 @@ def check_teacher(student: nn.Module, teacher: nn.Module, tokenizer, teacher_sou
     teacher_structure = read_structure(teacher, adapter)
     if teacher_structure != PrunedStructure.dense(teacher.config, adapter):
         logger.warning("The teacher is itself pruned; recovery distils from the model it is given.")
-    if count_parameters(student) >= count_parameters(teacher):
+    if count_parameters(student) > count_parameters(teacher) or (
+            count_parameters(student) == count_parameters(teacher) and not same_size):
         raise ValueError("The student is not smaller than the teacher; recovery distils the dense model into a "
                          "pruned one.")
     if teacher_source is not None and os.path.isfile(os.path.join(teacher_source, "tokenizer.json")):

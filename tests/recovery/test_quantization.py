@@ -134,3 +134,12 @@ def test_quantization_aware_settings_and_saving_are_checked(teacher, tokenizer, 
     ir = export_openvino(pruner.model, tmp_path / "ir", tokenizer=tokenizer, record=pruner.record,
                          convert_tokenizer=False)
     assert json.loads(open(os.path.join(ir, RECORD_NAME)).read())["recovery"]["config"]["quantization"] == "int4"
+
+
+def test_the_dense_model_may_learn_its_own_int4_weights(teacher, tokenizer, training_file):
+    """The fair baseline of a pruned int4 model: the dense model with the same quantization-aware distillation."""
+    pruner = MultiPruner(copy.deepcopy(teacher), tokenizer)
+    pruner.recover(config(training_file, max_tokens=4 * 32), teacher)
+    assert is_fake_quantized(pruner.model)
+    with pytest.raises(ValueError, match="this one is dense"):
+        MultiPruner(copy.deepcopy(teacher), tokenizer).recover(config(training_file, quantization=None), teacher)
