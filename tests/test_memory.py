@@ -44,9 +44,10 @@ def test_estimate_equals_what_the_scorer_caches(attn_implementation):
     config = MultiPrunerConfig(sequence_length=32, batch_size=4)
     estimate = estimate_search_memory(model.config, config, len(sequences), dtype=torch.float32,
                                       layer_devices=["cpu"] * 4)
-    cached = [t for layer in scorer.evaluator._layer_inputs for t in layer]
+    cached = [t for layer in scorer.evaluator.model_pass.layer_inputs for t in layer]
     assert estimate.hidden_cache == {"cpu": unique_bytes(cached)} == {"cpu": 4 * 10 * 32 * 64 * 4}
-    arguments = [t for layer in scorer.evaluator._layer_kwargs for kwargs in layer for t in tensors_in(kwargs)]
+    arguments = [t for layer in scorer.evaluator.model_pass.layer_kwargs for kwargs in layer
+                 for t in tensors_in(kwargs)]
     assert estimate.layer_arguments == {"cpu": unique_bytes(arguments)}
     assert estimate.transfer_per_candidate == 0
 

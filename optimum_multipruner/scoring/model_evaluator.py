@@ -1,7 +1,8 @@
 """`ModelEvaluator`: candidates scored on the model itself, a round shared out between the processes of a distributed
 search; the KL objective's reference hidden states.
 
-The plain scorer runs the whole model for every candidate, as the reference code does. The accelerated one
+How the model runs is a strategy, a [`ModelPass`]. The plain one (`WholeModelPass`) runs the whole model for every
+candidate, as the reference code does. The accelerated one (`CachedLayerInputs`)
 (1) caches the hidden states entering every decoder layer of the current model, so a candidate that changes layer
 `i` only recomputes layers `i..L-1` and the head, one calibration sequence at a time; (2) stops a candidate, after any
 sequence, as soon as its partial total exceeds the best complete total (exact: every per-sequence term is
@@ -29,9 +30,9 @@ from .race import Tally, rank_key
 
 
 class ModelEvaluator(CandidateEvaluator):
-    """Scores candidates on the model itself: plainly (a whole forward per batch, as the reference) or accelerated
-    (cached layer inputs, sequence by sequence, early stopping); a round is shared out between the processes of a
-    distributed search.
+    """Scores candidates on the model itself along a [`ModelPass`]: plainly (a whole forward per batch, as the
+    reference) or accelerated (cached layer inputs, sequence by sequence, early stopping); a round is shared out
+    between the processes of a distributed search.
 
     `reference`: for `importance_metric="kl"`, the original model's hidden states entering the final norm,
     `[num_sequences, seq_len, hidden]` (see [`final_hidden_states`]). `head_chunk_size`: positions per chunk of the
@@ -57,16 +58,15 @@ class ModelEvaluator(CandidateEvaluator):
         self.adapter = adapter
         self.layers = adapter.decoder_layers(model)
         self.ignore_index = ignore_index
-        self.accelerated = accelerated
         self.kl = reference is not None
         self.dtype = next(model.parameters()).dtype
         self.reference = reference
         self.head_chunk_size = head_chunk_size
         device = execution_device(model.get_input_embeddings())
         self.batches = [batch.to(device) for batch in sequences.split(batch_size)]  # each [batch, seq_len]
-        self.layer_devices = decoder_layer_devices(model, self.layers)  # accelerate's execution devices if dispatched
-        self.cache_device = None if cache_device is None else as_device(cache_device)
-        self._batch_size = batch_size
+        self.batch_size = batch_size
+        self.model_pass: ModelPass = CachedLayerInputs(self, cache_device) if accelerated else WholeModelPass(self)
+        self.accelerated = self.model_pass.accelerated
         stats = SearchStats(
             layer_weight=sum(p.numel() for p in self.layers[0].parameters()),
             head_weight=model.get_output_embeddings().weight.numel(),
@@ -77,11 +77,9 @@ class ModelEvaluator(CandidateEvaluator):
         if reference is not None:  # its capture was one whole forward of the original model
             self.stats.layer_passes += len(self.layers) * self.num_sequences
             self.stats.head_passes += self.num_sequences
-        self._layer_inputs: list[list[torch.Tensor]] = []  # [layer][batch] -> [batch, seq_len, hidden], on its cache device
-        self._layer_kwargs: list[list[dict]] = []  # [layer][batch] -> keyword arguments of the layer call, on its device
         start = time.perf_counter()
         with torch.no_grad():  # the plain evaluation too: no autograd graph
-            base = self._capture() if accelerated else self._full_tally()
+            base = self.model_pass.start()
         self.base_total, self.base_nll_total = self.total(base.objective), self.total(base.nll)
         self.base_objective = base.objective  # [num_sequences]: the current model's per-sequence objective
         self.stats.seconds += time.perf_counter() - start
@@ -115,54 +113,23 @@ class ModelEvaluator(CandidateEvaluator):
 
     def _work_left(self, candidate: Candidate, tally: Optional[Tally], stop: int) -> float:
         """Parameters a candidate still runs in a round: the layers it recomputes and the head, per sequence left."""
-        layers = len(self.layers) - candidate.layer if self.accelerated else len(self.layers)
+        layers = self.model_pass.layers_run(candidate)
         sequences = stop - (tally.done if tally is not None else 0)
         return (layers * self.stats.layer_weight + self.stats.head_weight) * sequences
 
     @torch.no_grad()
     def commit(self, candidate: Candidate, tally: Optional[Tally]) -> None:
-        """Its losses become the current model's; refresh cached layer inputs after its layer."""
+        """Its losses become the current model's; the model pass takes up the model the choice leaves."""
         start = time.perf_counter()
         super().commit(candidate, tally)
-        if self.accelerated:
-            first = candidate.layer
-            for b in range(len(self.batches)):
-                hidden = self._layer_inputs[first][b]
-                for i in range(first, len(self.layers) - 1):
-                    hidden = self._run_layer(i, b, hidden)
-                    self._layer_inputs[i + 1][b] = hidden.to(self._cache_device(i + 1))
+        self.model_pass.commit(candidate)
         self.stats.seconds += time.perf_counter() - start
 
     def score(self, candidate: Candidate, index: int, tally: Tally, stop: int,
               bound: Optional[tuple[float, int]]) -> bool:
-        """One sequence at a time from the cached inputs of the candidate's layer (the plain evaluation: a whole
-        forward of every batch, never stopped)."""
-        if not self.accelerated:
-            self._full_tally(tally)
-            return True
-        while tally.done < stop:
-            b, row = divmod(tally.done, self._batch_size)
-            hidden = self._layer_inputs[candidate.layer][b][row : row + 1]  # [1, seq_len, hidden]
-            for i in range(candidate.layer, len(self.layers)):
-                hidden = self._run_layer(i, b, hidden, row)
-            tally.fill(tally.done, self._head_losses(hidden, b, row))
-            if bound is not None and tally.done < stop and rank_key(self.total(tally.objective), index) > bound:
-                return False
-        return True
+        return self.model_pass.score(candidate, index, tally, stop, bound)
 
-    def _run_layer(self, i: int, b: int, hidden: torch.Tensor, row: Optional[int] = None) -> torch.Tensor:
-        """Layer `i` on batch `b`'s hidden states, or on its sequence `row` alone."""
-        self.stats.layer_passes += len(hidden)
-        kwargs = self._layer_kwargs[i][b]
-        if row is not None:
-            kwargs = _select_row(kwargs, row, len(self.batches[b]))
-        return self.layers[i](hidden.to(self.layer_devices[i]), **kwargs)
-
-    def _cache_device(self, i: int) -> torch.device:
-        """Where layer `i`'s cached inputs live: `cache_device` if given, else the device the layer runs on."""
-        return self.layer_devices[i] if self.cache_device is None else self.cache_device
-
-    def _head_losses(self, hidden: torch.Tensor, b: int, row: Optional[int] = None) -> SequenceLosses:
+    def head_losses(self, hidden: torch.Tensor, b: int, row: Optional[int] = None) -> SequenceLosses:
         """Final norm, lm_head and per-sequence losses of batch `b` (or its sequence `row`), from the last layer's
         output `hidden`; the KL objective also runs the original model's cached final hidden states through the head."""
         rows = slice(None) if row is None else slice(row, row + 1)
@@ -175,47 +142,147 @@ class ModelEvaluator(CandidateEvaluator):
         return head_losses(hidden, input_ids, lambda h: self.adapter.head_logits(self.model, h), self.ignore_index,
                            reference, self.head_chunk_size)
 
-    def _full_tally(self, tally: Optional[Tally] = None) -> Tally:
+    def full_tally(self, tally: Optional[Tally] = None) -> Tally:
         """Reference evaluation: a whole-model forward per batch, filling `tally` (a new one if not given)."""
         tally = self.new_tally() if tally is None else tally
         for b in range(len(self.batches)):
-            tally.fill(self.batch_starts[b], self._batch_losses(b))
+            tally.fill(self.batch_starts[b], self.batch_losses(b))
         return tally
 
-    def _batch_losses(self, b: int) -> SequenceLosses:
+    def batch_losses(self, b: int) -> SequenceLosses:
+        """Batch `b`'s per-sequence losses from one whole-model forward."""
         batch = self.batches[b]
         hidden = final_hidden_states(self.model, self.layers, batch)
         self.stats.layer_passes += len(self.layers) * len(batch)
-        return self._head_losses(hidden, b)
+        return self.head_losses(hidden, b)
 
-    def _capture(self) -> Tally:
+
+class ModelPass:
+    """How a [`ModelEvaluator`] runs the model: the strategy that `accelerated_search` chooses."""
+
+    accelerated: bool  # scores sequence by sequence: prefixes and early stopping
+
+    def __init__(self, evaluator: ModelEvaluator) -> None:
+        self.evaluator = evaluator
+
+    def start(self) -> Tally:
+        """The current (unchanged) model's tally, taken once when the evaluator is made."""
+        raise NotImplementedError
+
+    def score(self, candidate: Candidate, index: int, tally: Tally, stop: int,
+              bound: Optional[tuple[float, int]]) -> bool:
+        """[`CandidateEvaluator.score`] along this pass."""
+        raise NotImplementedError
+
+    def layers_run(self, candidate: Candidate) -> int:
+        """Decoder layers the pass runs per sequence to score `candidate`."""
+        raise NotImplementedError
+
+    def commit(self, candidate: Candidate) -> None:
+        """`candidate` was applied for good: take up the model it leaves."""
+
+
+class WholeModelPass(ModelPass):
+    """The plain evaluation, as the reference: a whole forward of every batch for every candidate, never stopped."""
+
+    accelerated = False
+
+    def start(self) -> Tally:
+        return self.evaluator.full_tally()
+
+    def score(self, candidate: Candidate, index: int, tally: Tally, stop: int,
+              bound: Optional[tuple[float, int]]) -> bool:
+        self.evaluator.full_tally(tally)
+        return True
+
+    def layers_run(self, candidate: Candidate) -> int:
+        return len(self.evaluator.layers)
+
+
+class CachedLayerInputs(ModelPass):
+    """The accelerated evaluation: the inputs of every decoder layer of the current model are cached, and a candidate
+    runs, one sequence at a time, from the cached inputs of its layer, stopped early against its bound.
+
+    `cache_device`: where the cached inputs live (default: the device each layer runs on).
+    """
+
+    accelerated = True
+
+    def __init__(self, evaluator: ModelEvaluator, cache_device: Optional[DeviceLike] = None) -> None:
+        super().__init__(evaluator)
+        self.layer_devices = decoder_layer_devices(evaluator.model, evaluator.layers)  # accelerate's if dispatched
+        self.cache_device = None if cache_device is None else as_device(cache_device)
+        self.layer_inputs: list[list[torch.Tensor]] = []  # [layer][batch] -> [batch, seq_len, hidden], on its cache device
+        self.layer_kwargs: list[list[dict]] = []  # [layer][batch] -> keyword arguments of the layer call, on its device
+
+    def start(self) -> Tally:
         """One decoder forward per batch that records every layer's input (on its cache device) and call arguments
         (on the layer's device, copied once per device), then the head on the last layer's output."""
-        num_batches = len(self.batches)
-        self._layer_inputs = [[None] * num_batches for _ in self.layers]
-        self._layer_kwargs = [[None] * num_batches for _ in self.layers]
+        evaluator = self.evaluator
+        num_batches = len(evaluator.batches)
+        self.layer_inputs = [[None] * num_batches for _ in evaluator.layers]
+        self.layer_kwargs = [[None] * num_batches for _ in evaluator.layers]
         current = {"batch": 0, "moved": {}}
 
         def recorder(i: int):
             def hook(module, args, kwargs):
                 b = current["batch"]
                 hidden = args[0] if args else kwargs["hidden_states"]
-                self._layer_inputs[i][b] = hidden.to(self._cache_device(i))
+                self.layer_inputs[i][b] = hidden.to(self._cache_device(i))
                 arguments = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-                self._layer_kwargs[i][b] = move_to_device(arguments, self.layer_devices[i], current["moved"])
+                self.layer_kwargs[i][b] = move_to_device(arguments, self.layer_devices[i], current["moved"])
 
             return hook
 
-        handles = [layer.register_forward_pre_hook(recorder(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
-        tally = self.new_tally()
+        handles = [layer.register_forward_pre_hook(recorder(i), with_kwargs=True)
+                   for i, layer in enumerate(evaluator.layers)]
+        tally = evaluator.new_tally()
         try:
             for b in range(num_batches):
                 current.update(batch=b, moved={})
-                tally.fill(self.batch_starts[b], self._batch_losses(b))
+                tally.fill(evaluator.batch_starts[b], evaluator.batch_losses(b))
         finally:
             for handle in handles:
                 handle.remove()
         return tally
+
+    def score(self, candidate: Candidate, index: int, tally: Tally, stop: int,
+              bound: Optional[tuple[float, int]]) -> bool:
+        """One sequence at a time from the cached inputs of the candidate's layer."""
+        evaluator = self.evaluator
+        while tally.done < stop:
+            b, row = divmod(tally.done, evaluator.batch_size)
+            hidden = self.layer_inputs[candidate.layer][b][row : row + 1]  # [1, seq_len, hidden]
+            for i in range(candidate.layer, len(evaluator.layers)):
+                hidden = self._run_layer(i, b, hidden, row)
+            tally.fill(tally.done, evaluator.head_losses(hidden, b, row))
+            if bound is not None and tally.done < stop and rank_key(evaluator.total(tally.objective), index) > bound:
+                return False
+        return True
+
+    def layers_run(self, candidate: Candidate) -> int:
+        return len(self.evaluator.layers) - candidate.layer
+
+    def commit(self, candidate: Candidate) -> None:
+        """Refresh the cached layer inputs after the candidate's layer."""
+        first = candidate.layer
+        for b in range(len(self.evaluator.batches)):
+            hidden = self.layer_inputs[first][b]
+            for i in range(first, len(self.evaluator.layers) - 1):
+                hidden = self._run_layer(i, b, hidden)
+                self.layer_inputs[i + 1][b] = hidden.to(self._cache_device(i + 1))
+
+    def _run_layer(self, i: int, b: int, hidden: torch.Tensor, row: Optional[int] = None) -> torch.Tensor:
+        """Layer `i` on batch `b`'s hidden states, or on its sequence `row` alone."""
+        self.evaluator.stats.layer_passes += len(hidden)
+        kwargs = self.layer_kwargs[i][b]
+        if row is not None:
+            kwargs = _select_row(kwargs, row, len(self.evaluator.batches[b]))
+        return self.evaluator.layers[i](hidden.to(self.layer_devices[i]), **kwargs)
+
+    def _cache_device(self, i: int) -> torch.device:
+        """Where layer `i`'s cached inputs live: `cache_device` if given, else the device the layer runs on."""
+        return self.layer_devices[i] if self.cache_device is None else self.cache_device
 
 
 def final_hidden_states(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor) -> torch.Tensor:
