@@ -178,7 +178,7 @@ class MultiPruner:
         record.target_reached = True  # until a step limit or a stage without candidates stops the search
         ignore_index = reference_ignore_index(self.tokenizer, self.model.config, config.is_blockpruner)
         ratio = self._ratio()
-        scorer, scorer_set = None, None
+        selector, selector_set = None, None
         for stage, target in config.stage_targets.items():
             if stage not in config.active_stages or ratio >= target:
                 continue
@@ -186,8 +186,8 @@ class MultiPruner:
                 record.target_reached = False
                 break  # before the stage's calibration forward: it would take no step
             set_name = calibration_set(stage)
-            if set_name != scorer_set:
-                scorer = evaluator = None  # free the previous set's cached hidden states first
+            if set_name != selector_set:
+                selector = evaluator = None  # free the previous set's cached hidden states first
                 evaluator = self.evaluator_class(
                     self.model, self.adapter, calibration[set_name], config.batch_size, ignore_index,
                     config.accelerated_search, cache_device=config.cache_device,
@@ -195,11 +195,11 @@ class MultiPruner:
                     head_chunk_size=config.head_chunk_size,
                 )
                 fast_search = config.fast_search if config.search_mode == "fast" else None
-                scorer = CandidateSelector(evaluator, fast_search, progress)
-                scorer.restore_damage([s for s in record.steps if calibration_set(s.stage) == set_name])
-                scorer_set = set_name
-                record.start_perplexity.setdefault(set_name, scorer.base_perplexity)  # kept on resume
-            scorer.start_stage(record.search_stats.get(stage))  # a resumed stage counts on from its saved work
+                selector = CandidateSelector(evaluator, fast_search, progress)
+                selector.restore_damage([s for s in record.steps if calibration_set(s.stage) == set_name])
+                selector_set = set_name
+                record.start_perplexity.setdefault(set_name, selector.base_perplexity)  # kept on resume
+            selector.start_stage(record.search_stats.get(stage))  # a resumed stage counts on from its saved work
             bar = tqdm(total=round(target * 100, 2), desc=f"{stage} stage (% removed)", disable=not progress)
             while ratio < target:
                 if self._max_steps_reached(config):
@@ -212,15 +212,15 @@ class MultiPruner:
                                        target)
                     record.target_reached = False
                     break
-                step = self._step(stage, candidates, scorer, units, config.importance_metric)
+                step = self._step(stage, candidates, selector, units, config.importance_metric)
                 ratio = step.ratio
-                record.search_stats[stage] = scorer.stats.summed_over_ranks(self._device).to_dict()  # so far
+                record.search_stats[stage] = selector.stats.summed_over_ranks(self._device).to_dict()  # so far
                 self._save_progress(writer)
                 bar.update(min(round(ratio * 100, 2), bar.total) - bar.n)
             bar.close()
-            record.search_stats[stage] = scorer.stats.summed_over_ranks(self._device).to_dict()
+            record.search_stats[stage] = selector.stats.summed_over_ranks(self._device).to_dict()
 
-    def _step(self, stage: str, candidates: list[Candidate], scorer: CandidateSelector, units: PruningUnits,
+    def _step(self, stage: str, candidates: list[Candidate], selector: CandidateSelector, units: PruningUnits,
               importance_metric: str) -> PruningStep:
         """Score the candidates, apply the best one for good and record it."""
         layers, adapter, layout = self.adapter.decoder_layers(self.model), self.adapter, self._layout
@@ -229,7 +229,7 @@ class MultiPruner:
             self._keep_dense_branch(candidate)
             apply_candidate(layers[candidate.layer], candidate, adapter, layout, units)
 
-        best, total = scorer.step(
+        best, total = selector.step(
             candidates,
             trial=lambda c: trial(layers[c.layer], c, adapter, layout, units),
             apply=apply_for_good,
@@ -240,16 +240,16 @@ class MultiPruner:
             stage=stage,
             action=best.action,
             layer=best.layer,
-            perplexity=scorer.base_perplexity,  # calibration perplexity, whatever the objective
+            perplexity=selector.base_perplexity,  # calibration perplexity, whatever the objective
             ratio=self._ratio(),
             num_parameters=count_parameters(self.model),
             kept=self._kept(layers[best.layer], best),
-            candidate_damage=scorer.step_damage,
+            candidate_damage=selector.step_damage,
         )
         self.record.steps.append(step)
         self._refresh_structure()
         if distributed.is_main_process():
-            kl = f", mean KL {total / scorer.num_sequences:.5f}" if importance_metric == "kl" else ""
+            kl = f", mean KL {total / selector.num_sequences:.5f}" if importance_metric == "kl" else ""
             logger.info("Step %d: %s -> calibration perplexity %.4f%s, %.2f%% removed",
                         step.step, best, step.perplexity, kl, 100 * step.ratio)
         return step

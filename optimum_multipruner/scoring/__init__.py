@@ -8,7 +8,8 @@ calibration set, its log-probabilities recomputed chunk by chunk through the fin
 Two jobs, two classes: a [`CandidateSelector`] decides (the order of scoring, the rounds, the screen, the tie rule,
 the choice), a [`CandidateEvaluator`] scores (a candidate on a prefix of the sequences, against a bound; the current
 model's objective; committing a choice). [`ModelEvaluator`] scores on the model (the cache, the plain and
-accelerated paths, the sharing of rounds between processes); [`CandidateScorer`] is the selector over it.
+accelerated paths, the sharing of rounds between processes). A search uses
+`CandidateSelector(ModelEvaluator(model, adapter, sequences, batch_size, ...), fast_search)`.
 
 One module each: `accounting` (the work done, `SearchStats`), `race` (per-sequence tallies, their ranking and the tie
 rule's test), `evaluator` (the interface), `model_evaluator` (scoring on the model), `selector` (the choice).
@@ -22,11 +23,10 @@ from .accounting import SearchStats
 from .evaluator import CandidateEvaluator, TrialFactory
 from .model_evaluator import ModelEvaluator, final_hidden_states, original_final_hidden_states
 from .race import Tally, rank_key, tied_with_leader
-from .selector import CandidateScorer, CandidateSelector
+from .selector import CandidateSelector
 
 __all__ = [
     "CandidateEvaluator",
-    "CandidateScorer",
     "CandidateSelector",
     "ModelEvaluator",
     "SearchStats",

@@ -41,7 +41,6 @@ from ..candidates import Candidate
 from ..configuration import FastSearchConfig
 from .accounting import SearchStats
 from .evaluator import CandidateEvaluator, TrialFactory
-from .model_evaluator import ModelEvaluator
 from .race import Tally, rank_key, tied_with_leader
 
 if TYPE_CHECKING:
@@ -221,12 +220,3 @@ class CandidateSelector:
             stops.append(stop)
             stop *= 2
         return stops + [self.num_sequences]
-
-
-class CandidateScorer(CandidateSelector):
-    """A [`CandidateSelector`] scoring on the model itself: `CandidateScorer(model, adapter, sequences, batch_size,
-    ...)` takes the arguments of [`ModelEvaluator`], and the selector's `fast_search` and `progress` by name."""
-
-    def __init__(self, *args, fast_search: Optional[FastSearchConfig] = None, progress: bool = True,
-                 **kwargs) -> None:
-        super().__init__(ModelEvaluator(*args, **kwargs), fast_search, progress)
