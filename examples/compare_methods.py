@@ -67,7 +67,7 @@ from optimum_multipruner import (  # noqa: E402
 from optimum_multipruner.baselines import prune_layers_by_block_influence  # noqa: E402
 from optimum_multipruner.data import build_calibration_sets  # noqa: E402
 from optimum_multipruner.evaluation import evaluate_perplexity, evaluate_zero_shot, write_results_json  # noqa: E402
-from optimum_multipruner.progress import has_progress, tensors_hash  # noqa: E402
+from optimum_multipruner.resume_state import has_progress, tensors_hash  # noqa: E402
 from optimum_multipruner.record import RECORD_NAME  # noqa: E402
 from optimum_multipruner.utils import atomic_write_text, get_logger, read_json  # noqa: E402
 

@@ -38,7 +38,7 @@ from .devices import check_device_available, check_placement, execution_device
 from .memory import check_search_memory
 from .modeling import to_pruned_model
 from .nll import reference_ignore_index
-from .progress import SearchProgress, start_progress, tensors_hash
+from .resume_state import SearchProgress, start_progress, tensors_hash
 from .record import PruningRecord, PruningStep, encode_weight_order
 from .scoring import CandidateSelector, ModelEvaluator, original_final_hidden_states
 from .structure import PrunedStructure

@@ -7,7 +7,7 @@ import random
 import torch
 
 from ..data import load_text_rows
-from ..progress import tensors_hash
+from ..resume_state import tensors_hash
 
 
 class PackedSequences(torch.utils.data.Dataset):
