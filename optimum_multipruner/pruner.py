@@ -6,7 +6,7 @@ leaves a physically smaller model of a registered pruned class that `save_pretra
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from torch import nn
 
@@ -50,20 +50,14 @@ class MultiPruner:
         self.record: Optional[PruningRecord] = None
         self.recovery_config: Optional["RecoveryConfig"] = None
 
-    def prune(
-        self,
-        config: MultiPrunerConfig,
-        progress: bool = True,
-        checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
-        resume_from: Optional[Union[str, os.PathLike]] = None,
-        shared_from: Optional[Union[str, os.PathLike]] = None,
-        compensate: bool = False,
-        compensation_alpha: float = DEFAULT_COMPENSATION_ALPHA,
-    ) -> nn.Module:
+    def prune(self, config: MultiPrunerConfig, progress: bool = True, **options: Any) -> nn.Module:
         """Run the greedy search of `config` and return the (same, now pruned) model. The steps are in `self.record`.
-        The arguments and the checks are [`search.prune`]'s (resuming, sharing steps, compensation, processes)."""
-        self.record = prune(self.model, self.tokenizer, config, progress, checkpoint_dir, resume_from, shared_from,
-                            compensate, compensation_alpha, self.evaluator_class)
+
+        `options` are [`search.prune`]'s (`checkpoint_dir`, `resume_from`, `shared_from`, `compensate`,
+        `compensation_alpha`), as are the checks, resuming and sharing steps, and the search over processes.
+        """
+        self.record = prune(self.model, self.tokenizer, config, progress, evaluator_class=self.evaluator_class,
+                            **options)
         return self.model
 
     def apply(self, record: Union[PruningRecord, str, os.PathLike], weight_reorder: Optional[bool] = None,
