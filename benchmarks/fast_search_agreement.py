@@ -41,7 +41,7 @@ from optimum_multipruner import get_adapter  # noqa: E402
 from optimum_multipruner.candidates import REMOVE_ATTENTION, SHRINK_ATTENTION  # noqa: E402
 from optimum_multipruner.configuration import calibration_set  # noqa: E402
 from optimum_multipruner.data import build_calibration_sets  # noqa: E402
-from optimum_multipruner.progress import (  # noqa: E402
+from optimum_multipruner.resume_state import (  # noqa: E402
     FAST_MODE_PREFIX,
     PROGRESS_NAME,
     STOPPING_FIELDS,

@@ -109,15 +109,15 @@ class LoggedLosses(CandidateEvaluator):
 
 def replay(steps: list[dict], fast_search: Optional[FastSearchConfig], weights: dict) -> dict:
     """Replay `steps` (log lines) with one rule (`RULES`); returns its agreement, cost and work."""
-    selector, scorer_set, same, cost, plain = None, None, 0, 0.0, 0
+    selector, selector_set, same, cost, plain = None, None, 0, 0.0, 0
     stats = SearchStats(num_sequences=len(steps[0]["base"]), **weights)
     for step in steps:
         candidates = [Candidate.from_string(name) for name in step["candidates"]]
         full = {name: sum(losses) for name, losses in step["candidates"].items() if len(losses) == stats.num_sequences}
         exact = Candidate.from_string(min(full, key=full.get))
-        if calibration_set(STAGE_OF[exact.action]) != scorer_set:  # the search's selector of each calibration set
+        if calibration_set(STAGE_OF[exact.action]) != selector_set:  # the search's selector of each calibration set
             selector = CandidateSelector(LoggedLosses(stats), fast_search, progress=False)
-            scorer_set = calibration_set(STAGE_OF[exact.action])
+            selector_set = calibration_set(STAGE_OF[exact.action])
         selector.evaluator.load(step)
         chosen, _ = selector.select(candidates, lambda candidate: contextlib.nullcontext())
         same += chosen == exact

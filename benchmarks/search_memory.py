@@ -26,7 +26,7 @@ from smollm2 import DEFAULT_CALIBRATION, load_smollm2  # noqa: E402
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig  # noqa: E402
 from optimum_multipruner.data import build_calibration_sets  # noqa: E402
-from optimum_multipruner.progress import state_dict_hash  # noqa: E402
+from optimum_multipruner.resume_state import state_dict_hash  # noqa: E402
 from optimum_multipruner.utils import atomic_write_text  # noqa: E402
 
 MIB = 2**20

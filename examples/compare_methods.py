@@ -67,14 +67,14 @@ from optimum_multipruner import (  # noqa: E402
 from optimum_multipruner.baselines import prune_layers_by_block_influence  # noqa: E402
 from optimum_multipruner.data import build_calibration_sets  # noqa: E402
 from optimum_multipruner.evaluation import evaluate_perplexity, evaluate_zero_shot, write_results_json  # noqa: E402
-from optimum_multipruner.progress import has_progress, tensors_hash  # noqa: E402
+from optimum_multipruner.resume_state import has_progress, tensors_hash  # noqa: E402
 from optimum_multipruner.record import RECORD_NAME  # noqa: E402
 from optimum_multipruner.utils import atomic_write_text, get_logger, read_json  # noqa: E402
 
 EXAMPLES = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, EXAMPLES)
-sys.path.insert(0, os.path.join(EXAMPLES, "..", "benchmarks"))
 from calibration_overfit import calibration_perplexities  # noqa: E402
+from openvino_irs import matmul_weight_bytes, openvino_dir  # noqa: E402
 from smollm2 import (  # noqa: E402
     ASSETS, LOCAL_ALPACA, LOCAL_WIKITEXT, calibration_options, calibration_text, load_smollm2,
 )
@@ -572,18 +572,17 @@ def is_evaluated(run: Run, space: Workspace) -> bool:
 
 
 def measure_speed(run: Run, args: argparse.Namespace, space: Workspace) -> None:
-    """Decode / prefill speed-up of the run's int8 IR over the dense one (`benchmarks/openvino_speed.py`)."""
+    """Decode / prefill speed-up of the run's int8 IR over the dense one (as benchmarks/openvino_speed.py measures)."""
     if "speed" in space.state(run):
         return
-    import openvino_speed
     from optimum_multipruner.benchmark import benchmark
 
     models = os.path.join(space.work, "models")
-    dense = openvino_speed.openvino_dir(space.checkpoint(Run("dense")), "dense", "int8", models)
-    pruned = openvino_speed.openvino_dir(space.checkpoint(run), run.name, "int8", models)
+    dense = openvino_dir(space.checkpoint(Run("dense")), "dense", "int8", models)
+    pruned = openvino_dir(space.checkpoint(run), run.name, "int8", models)
     results = benchmark(pruned, dense, repetitions=args.speed_repetitions)
     results["weight_format"] = "int8"
-    results["decode_weight_bytes"] = {name: openvino_speed.matmul_weight_bytes(path)
+    results["decode_weight_bytes"] = {name: matmul_weight_bytes(path)
                                       for name, path in (("pruned", pruned), ("dense", dense))}
     speed = {
         "decode_speedup": 1 / results["paired_ratios"]["decode_s_per_token"],

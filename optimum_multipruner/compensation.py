@@ -18,7 +18,8 @@ WikiText-2 perplexity.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from tqdm.auto import tqdm
 from .architectures import ArchitectureAdapter
 from .devices import decoder_layer_devices, move_to_device
 from .surgery import has_attention, has_mlp
+
+if TYPE_CHECKING:
+    from .record import PruningRecord
 
 DEFAULT_COMPENSATION_ALPHA = 0.1
 ATTENTION, MLP = "attention", "mlp"
@@ -189,3 +193,13 @@ def compensate(model: nn.Module, dense_branches: DenseBranches, sequences: torch
             refits.append({**refit, "relative_error_after": fit.relative_error(projection.weight)})
         hidden = [_hidden_states(layer(h, **call_kwargs)) for h, call_kwargs in zip(hidden, kwargs[i])]
     return refits
+
+
+def compensate_record(record: PruningRecord, model: nn.Module, dense_branches: DenseBranches, sequences: torch.Tensor,
+                      alpha: float, progress: bool) -> PruningRecord:
+    """[`compensate`] the narrowed sub-blocks of `model` toward their dense copies and return `record` noting it (its
+    `compensation`: alpha, the calibration text's size and the refits)."""
+    refits = compensate(model, dense_branches, sequences, alpha, progress)
+    return dataclasses.replace(record, compensation={
+        "alpha": alpha, "calibration_sequences": len(sequences), "sequence_length": sequences.shape[1],
+        "refits": refits})

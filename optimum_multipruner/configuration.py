@@ -46,7 +46,7 @@ class FastSearchConfig:
     """Settings of the fast search mode (`MultiPrunerConfig.search_mode="fast"`), unused by the exact search.
 
     The fast mode races the candidates over growing prefixes of the calibration sequences (successive halving) and
-    chooses, on all sequences, among those still in the race (see `scoring.py`).
+    chooses, on all sequences, among those still in the race (see `scoring/selector.py`).
 
     Args:
         first_sequences (`int`): sequences of the first round, on which every candidate is scored; each later round

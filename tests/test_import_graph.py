@@ -1,10 +1,16 @@
 """The package's modules import each other without a cycle, counting the imports made inside functions too: a cycle
-works only as long as every lazy import in it stays lazy, and makes the modules impossible to read one at a time."""
+works only as long as every lazy import in it stays lazy, and makes the modules impossible to read one at a time.
+
+The scripts of benchmarks/ and examples/ (each folder's modules import one another by bare name) share code in one
+direction only: benchmarks may import the shared modules of examples/, examples import nothing of benchmarks/, and
+no cycle runs through them."""
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "optimum_multipruner"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "optimum_multipruner"
+SCRIPT_FOLDERS = ("benchmarks", "examples")
 
 
 def module_files(package: Path) -> dict[str, tuple[Path, bool]]:
@@ -84,3 +90,38 @@ def test_a_lazy_import_that_closes_a_cycle_is_found(tmp_path):
     assert find_cycle(import_graph(package)) == ["pkg.a", "pkg.sub", "pkg.sub.helper", "pkg.a"]
     (package / "sub" / "helper.py").write_text("def run():\n    return 1\n")
     assert find_cycle(import_graph(package)) == []
+
+
+def script_graph(root: Path, folders: tuple[str, ...] = SCRIPT_FOLDERS) -> dict[str, set[str]]:
+    """`folder/module` -> the modules of `folders` it imports anywhere in its source, by bare name (a script finds its
+    own folder's modules, and those of another folder put on `sys.path`)."""
+    owners = {path.stem: f"{folder}/{path.stem}" for folder in folders for path in sorted((root / folder).glob("*.py"))}
+    graph = {}
+    for name in owners.values():
+        targets = set()
+        for node in ast.walk(ast.parse((root / f"{name}.py").read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets |= {owners[alias.name] for alias in node.names if alias.name in owners}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module in owners:
+                targets.add(owners[node.module])
+        graph[name] = targets - {name}
+    return graph
+
+
+def test_benchmarks_and_examples_share_code_one_way_without_a_cycle():
+    graph = script_graph(ROOT)
+    cycle = find_cycle(graph)
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+    upward = sorted(f"{module} -> {target}" for module, targets in graph.items() if module.startswith("examples/")
+                    for target in targets if target.startswith("benchmarks/"))
+    assert not upward, f"examples import benchmarks (share code through examples/ instead): {upward}"
+    assert any(target.startswith("examples/") for module, targets in graph.items() if module.startswith("benchmarks/")
+               for target in targets)  # the graph sees the benchmarks' imports of examples/
+
+
+def test_a_script_importing_the_other_folder_is_found(tmp_path):
+    for folder, text in (("benchmarks", "import helper\n"), ("examples", "def run():\n    import speed\n")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / ("speed.py" if folder == "benchmarks" else "helper.py")).write_text(text)
+    assert script_graph(tmp_path) == {"benchmarks/speed": {"examples/helper"}, "examples/helper": {"benchmarks/speed"}}
+    assert find_cycle(script_graph(tmp_path)) == ["benchmarks/speed", "examples/helper", "benchmarks/speed"]

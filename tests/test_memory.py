@@ -3,7 +3,7 @@ the plain scorer running without autograd."""
 
 import pytest
 import torch
-from testing_utils import make_model, search_config
+from testing_utils import make_model, model_selector, search_config
 from transformers import LlamaConfig
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, get_adapter
@@ -11,7 +11,6 @@ from optimum_multipruner import memory
 from optimum_multipruner.candidates import Candidate, PruningUnits, trial
 from optimum_multipruner.data import build_calibration_sets
 from optimum_multipruner.memory import SearchMemoryError, estimate_search_memory
-from optimum_multipruner.scoring import CandidateScorer
 
 LLAMA_3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                   num_key_value_heads=8, vocab_size=128256)
@@ -40,13 +39,14 @@ def tensors_in(value):
 def test_estimate_equals_what_the_scorer_caches(attn_implementation):
     model = make_model("llama", attn_implementation=attn_implementation)
     sequences = torch.randint(4, 300, (10, 32))  # 3 batches of 4, 4 and 2 sequences
-    scorer = CandidateScorer(model, get_adapter(model), sequences, 4, progress=False)
+    selector = model_selector(model, get_adapter(model), sequences, 4)
     config = MultiPrunerConfig(sequence_length=32, batch_size=4)
     estimate = estimate_search_memory(model.config, config, len(sequences), dtype=torch.float32,
                                       layer_devices=["cpu"] * 4)
-    cached = [t for layer in scorer.evaluator._layer_inputs for t in layer]
+    cached = [t for layer in selector.evaluator.model_pass.layer_inputs for t in layer]
     assert estimate.hidden_cache == {"cpu": unique_bytes(cached)} == {"cpu": 4 * 10 * 32 * 64 * 4}
-    arguments = [t for layer in scorer.evaluator._layer_kwargs for kwargs in layer for t in tensors_in(kwargs)]
+    arguments = [t for layer in selector.evaluator.model_pass.layer_kwargs for kwargs in layer
+                 for t in tensors_in(kwargs)]
     assert estimate.layer_arguments == {"cpu": unique_bytes(arguments)}
     assert estimate.transfer_per_candidate == 0
 
@@ -112,12 +112,11 @@ def test_scorer_builds_no_autograd_graph(accelerated):
     model = make_model("llama")  # parameters require grad, as a freshly loaded model's do
     grad_seen = []
     model.model.layers[0].register_forward_hook(lambda module, args, output: grad_seen.append(output.requires_grad))
-    scorer = CandidateScorer(model, get_adapter(model), torch.randint(4, 300, (4, 16)), 2, accelerated=accelerated,
-                             progress=False)
+    selector = model_selector(model, get_adapter(model), torch.randint(4, 300, (4, 16)), 2, accelerated=accelerated)
     adapter, layout = get_adapter(model), get_adapter(model).attention_layout(model.config)
     units = PruningUnits(64, layout.group_width)
     candidates = [Candidate("remove_attention", 0), Candidate("remove_mlp", 0)]
-    scorer.select(candidates, lambda c: trial(model.model.layers[c.layer], c, adapter, layout, units))
+    selector.select(candidates, lambda c: trial(model.model.layers[c.layer], c, adapter, layout, units))
     assert grad_seen and not any(grad_seen)
 
 

@@ -20,7 +20,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, PruningRecord, count_parameters, get_adapter
 from optimum_multipruner.data import build_calibration_sets
-from optimum_multipruner.progress import PROGRESS_NAME
+from optimum_multipruner.resume_state import PROGRESS_NAME
 from optimum_multipruner.structure import PrunedStructure
 from optimum_multipruner.surgery import ZeroAttention
 

@@ -26,7 +26,7 @@ from optimum_multipruner import (
     PruningRecord,
     count_parameters,
 )
-from optimum_multipruner.progress import PROGRESS_NAME, state_dict_hash
+from optimum_multipruner.resume_state import PROGRESS_NAME, state_dict_hash
 from optimum_multipruner.configuration import CONFIG_NAME
 from optimum_multipruner.utils import check_output_dir
 
@@ -409,7 +409,7 @@ LOCKED_SCRIPT = """
 import json, os, sys
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, PrunedStructure, PruningRecord, count_parameters
-from optimum_multipruner.progress import state_dict_hash
+from optimum_multipruner.resume_state import state_dict_hash
 
 model_dir, tokenizer_dir, config_file, locked = sys.argv[1:]
 tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from testing_utils import make_model
+from testing_utils import make_model, model_selector
 
 from optimum_multipruner import FastSearchConfig, MultiPruner, MultiPrunerConfig, get_adapter
 from optimum_multipruner.candidates import Candidate
@@ -13,7 +13,6 @@ from optimum_multipruner.data import build_sequences, load_text_rows
 from optimum_multipruner.nll import head_chunk_bytes, head_losses, sequence_nll
 from optimum_multipruner.record import PruningStep
 from optimum_multipruner.scoring import (
-    CandidateScorer,
     Tally,
     final_hidden_states,
     original_final_hidden_states,
@@ -63,8 +62,8 @@ def test_early_stop_fires_within_one_batch_and_totals_equal_the_plain_evaluation
     candidates = [Candidate("remove_mlp", 3), Candidate("remove_attention", 3), Candidate("remove_mlp", 2)]
     trial = scaled_head(model, dict(zip(candidates, (1.0, 1024.0, 512.0))))
     one_batch = len(sequences)
-    fast = CandidateScorer(model, get_adapter(model), sequences, one_batch, progress=False)
-    plain = CandidateScorer(model, get_adapter(model), sequences, one_batch, accelerated=False, progress=False)
+    fast = model_selector(model, get_adapter(model), sequences, one_batch)
+    plain = model_selector(model, get_adapter(model), sequences, one_batch, accelerated=False)
     assert fast.base_total == plain.base_total  # bit for bit: same per-sequence values, summed in the same order
     best, total = fast.select(candidates, trial)
     plain_best, plain_total = plain.select(candidates, trial)
@@ -80,8 +79,8 @@ def test_per_sequence_scoring_keeps_batched_totals_with_several_batches(trained_
     trial = scaled_head(model, dict(zip(candidates, (2.0, 0.5))))
     totals = {}
     for accelerated in (False, True):
-        scorer = CandidateScorer(model, get_adapter(model), sequences, 3, accelerated=accelerated, progress=False)
-        totals[accelerated] = (scorer.base_total, scorer.select(candidates, trial))
+        selector = model_selector(model, get_adapter(model), sequences, 3, accelerated=accelerated)
+        totals[accelerated] = (selector.base_total, selector.select(candidates, trial))
     assert totals[True] == totals[False]
 
 
@@ -108,11 +107,11 @@ def test_fast_search_drops_candidates_and_chooses_by_the_full_set_total(trained_
     adapter = get_adapter(model)
     candidates = [Candidate("remove_mlp", layer) for layer in range(4)]
     trial = scaled_head(model, dict(zip(candidates, (16.0, 1.0, 64.0, 4.0))))  # sharper logits, higher NLL
-    exact = CandidateScorer(model, adapter, sequences, 4, progress=False)
+    exact = model_selector(model, adapter, sequences, 4)
     best, total = exact.select(candidates, trial)
     for keep in (1.0, 0.5):
-        fast = CandidateScorer(model, adapter, sequences, 4, progress=False,
-                               fast_search=FastSearchConfig(keep=keep, screen=None, tie_z=None))
+        fast = model_selector(model, adapter, sequences, 4,
+                              fast_search=FastSearchConfig(keep=keep, screen=None, tie_z=None))
         assert fast.select(candidates, trial) == (best, total)
         assert fast.stats.candidates_dropped == (0 if keep == 1.0 else 3)  # 4 -> 2 -> 1 -> 1 candidates in 4 rounds
     assert best == candidates[1]
@@ -128,10 +127,10 @@ def test_tie_rule_keeps_candidates_the_leader_is_not_clearly_ahead_of(trained_mo
     adapter = get_adapter(model)
     candidates = [Candidate("remove_mlp", layer) for layer in range(4)]
     trial = scaled_head(model, dict(zip(candidates, (1.0, 1.05, 0.95, 1.1))))  # close calls
-    best_and_total = CandidateScorer(model, adapter, sequences, 4, progress=False).select(candidates, trial)
+    best_and_total = model_selector(model, adapter, sequences, 4).select(candidates, trial)
     for tie_z, dropped in ((None, 3), (1e9, 0)):  # first round on 2 sequences: 4 -> 2 -> 1 by halving alone
-        fast = CandidateScorer(model, adapter, sequences, 4, progress=False,
-                               fast_search=FastSearchConfig(first_sequences=2, screen=None, tie_z=tie_z))
+        fast = model_selector(model, adapter, sequences, 4,
+                              fast_search=FastSearchConfig(first_sequences=2, screen=None, tie_z=tie_z))
         assert fast.select(candidates, trial) == best_and_total
         assert fast.stats.candidates_dropped == dropped and fast.stats.candidates_stopped_early == 0
 
@@ -148,7 +147,7 @@ def test_tie_rule_keeps_candidates_the_leader_is_not_clearly_ahead_of(trained_mo
 def test_screen_sits_out_candidates_far_behind_and_a_restored_scorer_screens_alike(trained_model, sequences):
     """Step 1 races every candidate; step 2 (a quarter of 4 candidates: 1 of those with a known damage races) screens
     out the ruinous candidate far from the removal, races the mild one, the ruinous one next to the removal (its damage
-    forgotten, radius 1) and the one never scored; a scorer restored from step 1's record screens the same way."""
+    forgotten, radius 1) and the one never scored; a selector restored from step 1's record screens the same way."""
     model = trained_model("llama")
     adapter = get_adapter(model)
     harmless, near, mild, ruinous, unseen = (Candidate("remove_attention", 0), Candidate("remove_mlp", 1),
@@ -156,21 +155,21 @@ def test_screen_sits_out_candidates_far_behind_and_a_restored_scorer_screens_ali
                                              Candidate("remove_attention", 3))
     trial = scaled_head(model, {harmless: 1.0, near: 64.0, mild: 1.5, ruinous: 64.0, unseen: 64.0})
 
-    def fast_scorer(radius=1):
-        return CandidateScorer(model, adapter, sequences, 4, progress=False,
-                               fast_search=FastSearchConfig(screen=0.25, screen_radius=radius, tie_z=None))
+    def fast_selector(radius=1):
+        return model_selector(model, adapter, sequences, 4,
+                              fast_search=FastSearchConfig(screen=0.25, screen_radius=radius, tie_z=None))
 
-    scorer = fast_scorer()
-    assert scorer.select([harmless, near, mild, ruinous], trial) == (harmless, scorer.base_total)
-    damage = scorer.step_damage
+    selector = fast_selector()
+    assert selector.select([harmless, near, mild, ruinous], trial) == (harmless, selector.base_total)
+    damage = selector.step_damage
     assert damage[str(harmless)] == 0 and 0 < damage[str(mild)] < min(damage[str(near)], damage[str(ruinous)])
     with pytest.raises(ValueError, match="the choice of the last `select`"):
-        scorer.committed(mild)
-    scorer.committed(harmless)  # the trial leaves the model as it was: the same base
+        selector.committed(mild)
+    selector.committed(harmless)  # the trial leaves the model as it was: the same base
     step = PruningStep(1, "block", harmless.action, harmless.layer, None, None, None, 0, damage)
-    restored, radius_0 = fast_scorer(), fast_scorer(radius=0)
-    for second in (scorer, restored, radius_0):
-        if second is not scorer:
+    restored, radius_0 = fast_selector(), fast_selector(radius=0)
+    for second in (selector, restored, radius_0):
+        if second is not selector:
             second.restore_damage([step])
         started = second.stats.candidates_started
         assert second.select([near, mild, ruinous, unseen], trial)[0] == mild
@@ -178,7 +177,7 @@ def test_screen_sits_out_candidates_far_behind_and_a_restored_scorer_screens_ali
         assert second.stats.candidates_screened == 4 - len(raced)
         assert second.stats.candidates_started - started == len(raced)
         assert set(second.step_damage) == {str(candidate) for candidate in raced}
-    exact = CandidateScorer(model, adapter, sequences, 4, progress=False)  # the screen is the fast mode's only
+    exact = model_selector(model, adapter, sequences, 4)  # the screen is the fast mode's only
     exact.select([harmless, mild, ruinous], trial)
     assert exact.step_damage is None and exact.stats.candidates_screened == 0
 
@@ -194,8 +193,8 @@ def test_kl_of_the_unpruned_model_is_zero_and_its_perplexity_is_the_nll_one(trai
     model = trained_model("llama")
     adapter = get_adapter(model)
     reference = original_final_hidden_states(model, adapter, sequences, 4)
-    kl = CandidateScorer(model, adapter, sequences, 4, importance_metric="kl", reference=reference, progress=False)
-    ppl = CandidateScorer(model, adapter, sequences, 4, progress=False)
+    kl = model_selector(model, adapter, sequences, 4, importance_metric="kl", reference=reference)
+    ppl = model_selector(model, adapter, sequences, 4)
     assert kl.base_total == 0.0
     assert kl.base_perplexity == ppl.base_perplexity
     assert kl.stats.full_forward_equivalents > ppl.stats.full_forward_equivalents  # the reference's forward counts

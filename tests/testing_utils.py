@@ -113,6 +113,15 @@ def save_checkpoint(path, tokenizer, family: str = "llama", seed: int = 0) -> st
     return str(path)
 
 
+def model_selector(model, adapter, sequences, batch_size: int, fast_search=None, **evaluator_kwargs):
+    """A `CandidateSelector` (exact, or fast with a `FastSearchConfig`) over a `ModelEvaluator` of `model` on
+    `sequences`, without progress bars; `evaluator_kwargs` go to the evaluator (`accelerated`, `importance_metric`...)."""
+    from optimum_multipruner.scoring import CandidateSelector, ModelEvaluator
+
+    return CandidateSelector(ModelEvaluator(model, adapter, sequences, batch_size, **evaluator_kwargs), fast_search,
+                             progress=False)
+
+
 def search_config(calibration_file: str, **overrides):
     """A `MultiPrunerConfig` for a small search on the tiny models, running in seconds; `overrides` replace fields."""
     from optimum_multipruner import MultiPrunerConfig

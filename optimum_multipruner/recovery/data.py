@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..data import load_text_rows
-from ..progress import tensors_hash
+from ..resume_state import tensors_hash
 
 
 class PackedSequences(torch.utils.data.Dataset):

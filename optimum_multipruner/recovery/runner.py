@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from ..architectures import get_adapter
-from ..progress import state_dict_hash
+from ..resume_state import state_dict_hash
 from ..structure import PrunedStructure
 from ..surgery import count_parameters, read_structure
 from ..utils import atomic_write_text, get_logger, read_json

@@ -6,14 +6,13 @@ Granite has, on the tiny config of `testing_utils` whose multipliers are far fro
 
 import pytest
 import torch
-from testing_utils import GRANITE_MULTIPLIERS, make_model, make_pruned_model, search_config
+from testing_utils import GRANITE_MULTIPLIERS, make_model, make_pruned_model, model_selector, search_config
 from transformers import AutoModelForCausalLM
 
 import optimum_multipruner  # noqa: F401  (registers the pruned model types)
 from optimum_multipruner import MultiPruner
 from optimum_multipruner.architectures import get_adapter
 from optimum_multipruner.data import build_sequences, load_text_rows
-from optimum_multipruner.scoring import CandidateScorer
 from optimum_multipruner.structure import PrunedStructure
 
 INPUT = torch.randint(4, 320, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -61,10 +60,10 @@ def test_the_scorer_head_divides_by_logits_scaling(tokenizer, calibration_file):
     model = make_model("granite")
     adapter = get_adapter(model)
     sequences = build_sequences(tokenizer, load_text_rows(calibration_file)[:100], 64)
-    fast = CandidateScorer(model, adapter, sequences, 4, accelerated=True, progress=False)
-    plain = CandidateScorer(model, adapter, sequences, 4, accelerated=False, progress=False)
+    fast = model_selector(model, adapter, sequences, 4, accelerated=True)
+    plain = model_selector(model, adapter, sequences, 4, accelerated=False)
     assert fast.base_total == pytest.approx(plain.base_total, rel=1e-6)
-    llama_head = CandidateScorer(model, get_adapter("llama"), sequences, 4, accelerated=True, progress=False)
+    llama_head = model_selector(model, get_adapter("llama"), sequences, 4, accelerated=True)
     assert llama_head.base_total != pytest.approx(plain.base_total, rel=1e-3)  # the test can fail
 
 

@@ -1,4 +1,5 @@
-"""Search progress on disk, so an interrupted search can resume: the record so far plus fingerprints of its inputs.
+"""The resume state of a search on disk: the record so far plus fingerprints of its inputs, so an interrupted search
+can resume.
 
 `multipruner_progress.json` holds the search configuration, a SHA-256 of the dense model's weights (taken before any
 reordering), a SHA-256 of the calibration token ids, and the pruning record up to the last finished step. It is
