@@ -36,7 +36,7 @@ from .compensation import (
 from .configuration import MultiPrunerConfig, calibration_set
 from .data import build_calibration_sets
 from .devices import check_device_available, check_placement, execution_device
-from .modeling import to_pruned_model
+from .modeling import check_finite_weights, to_pruned_model
 from .memory import check_search_memory
 from .model_card import write_model_card
 from .nll import reference_ignore_index
@@ -418,6 +418,7 @@ class MultiPruner:
         rank 0 writes; the other processes return at once."""
         if not distributed.is_main_process():
             return
+        check_finite_weights(self.model)
         with atomic_directory(save_directory, overwrite) as tmp:
             self.model.save_pretrained(tmp)
             if self.tokenizer is not None:

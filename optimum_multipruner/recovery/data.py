@@ -33,7 +33,7 @@ def packed_training_text(tokenizer, source: str, num_sequences: int, sequence_le
     its own (no special tokens added) and followed by the EOS token, concatenated and cut into `sequence_length`
     tokens. Only as many documents as needed are tokenized. `ValueError` when the text is too short or the tokenizer
     gives ids beyond the model's embedding."""
-    rows = [row for row in load_text_rows(source, "calibration", text_column) if row.strip()]
+    rows = [row for row in load_text_rows(source, "training", text_column) if row.strip()]
     order = random.Random(seed).sample(range(len(rows)), len(rows))
     separator = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     needed = num_sequences * sequence_length
