@@ -36,22 +36,20 @@ class HubTextSource:
 
     path: str
     name: Optional[str]
-    splits: dict[str, str]  # purpose ("calibration" | "training" | "evaluation") -> split
+    splits: dict[str, str]  # purpose ("calibration" | "evaluation") -> split
     text_column: str
 
 
 HUB_SOURCES = {
-    "alpaca": HubTextSource("tatsu-lab/alpaca", None, {"calibration": "train", "training": "train"}, "text"),
+    "alpaca": HubTextSource("tatsu-lab/alpaca", None, {"calibration": "train"}, "text"),
     "wikitext2": HubTextSource(
-        "Salesforce/wikitext", "wikitext-2-raw-v1",
-        {"calibration": "train", "training": "train", "evaluation": "test"}, "text"
+        "Salesforce/wikitext", "wikitext-2-raw-v1", {"calibration": "train", "evaluation": "test"}, "text"
     ),
     "ptb": HubTextSource(
-        "ptb-text-only/ptb_text_only", "penn_treebank",
-        {"calibration": "train", "training": "train", "evaluation": "test"}, "sentence"
+        "ptb-text-only/ptb_text_only", "penn_treebank", {"calibration": "train", "evaluation": "test"}, "sentence"
     ),
     "c4": HubTextSource(
-        "allenai/c4", "en", {"calibration": "train", "training": "train", "evaluation": "validation"}, "text"
+        "allenai/c4", "en", {"calibration": "train", "evaluation": "validation"}, "text"
     ),
 }
 
@@ -65,7 +63,9 @@ def load_text_rows(source: str, purpose: str = "calibration", text_column: str =
 
     Local `.txt` files give one row per line (as `datasets`' text loader does); `.json`, `.jsonl` and `.parquet`
     files give one row per record, read from `text_column` (Alpaca-style records without it are formatted with the
-    Alpaca prompt, as the Hub's `tatsu-lab/alpaca` `text` column is).
+    Alpaca prompt, as the Hub's `tatsu-lab/alpaca` `text` column is). `purpose` ("calibration", "training" or
+    "evaluation") names the text in errors and picks a Hub data set's split (training text is read as calibration
+    text is, from the train split).
     """
     import datasets
 
@@ -74,6 +74,8 @@ def load_text_rows(source: str, purpose: str = "calibration", text_column: str =
             raise FileNotFoundError(f"Text file {source} does not exist.")
         if os.path.getsize(source) == 0:
             raise ValueError(f"The {purpose} file {source} is empty.")
+        if _blank_text_file(source):
+            raise ValueError(f"The {purpose} file {source} holds no text (only blank lines).")
         builder = LOCAL_FORMATS[os.path.splitext(source)[1].lower()]
         table = datasets.load_dataset(builder, data_files=source, split="train")
         rows = _text_column(table, text_column, source)
@@ -83,19 +85,31 @@ def load_text_rows(source: str, purpose: str = "calibration", text_column: str =
         )
     else:
         hub = HUB_SOURCES.get(source)
+        split_purpose = "calibration" if purpose == "training" else purpose  # training text comes from train splits
         if hub is not None:
-            if purpose not in hub.splits:
+            if split_purpose not in hub.splits:
                 raise ValueError(f"Data set {source!r} has no {purpose} split; choose one of {sorted(HUB_SOURCES)}.")
-            table = datasets.load_dataset(hub.path, hub.name, split=hub.splits[purpose])
+            table = datasets.load_dataset(hub.path, hub.name, split=hub.splits[split_purpose])
             if source == "alpaca":
                 table = _reference_alpaca_split(table)
             rows = _text_column(table, hub.text_column, source)
         else:
-            table = datasets.load_dataset(source, split="test" if purpose == "evaluation" else "train")
+            table = datasets.load_dataset(source, split="train" if split_purpose == "calibration" else "test")
             rows = _text_column(table, text_column, source)
     if not any(row.strip() for row in rows):
         raise ValueError(f"{source} holds no text.")
     return rows
+
+
+def _blank_text_file(path: str) -> bool:
+    """Whether a `.txt`/`.json`/`.jsonl` file holds only whitespace (read until its first other character)."""
+    if LOCAL_FORMATS[os.path.splitext(path)[1].lower()] == "parquet":
+        return False
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for block in iter(lambda: handle.read(1 << 16), ""):
+            if block.strip():
+                return False
+    return True
 
 
 def _reference_alpaca_split(table):

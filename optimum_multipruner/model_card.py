@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional, Union
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .architectures import get_adapter
 from .utils import atomic_write_text, read_json
 
 MODEL_CARD_NAME = "README.md"
@@ -36,22 +37,25 @@ def write_model_card(
         model_config: the saved model's config (pruned or dense).
         record: its `PruningRecord`, or `None`. A non-empty `record.recovery` dict (keys "config", "tokens_seen",
             "data_sha256", "loss_curve") adds a "Recovery" section.
-        base_model: Hub id of the dense original; default `model_config._name_or_path` unless that is a local path.
+        base_model: Hub id of the dense original; default `model_config._name_or_path` when it is a Hub id, else the
+            `base_model` of the card in that local folder (a pruned checkpoint loaded to be recovered keeps it).
         evaluation_files: JSON files written by `optimum-cli multipruner evaluate --output`, shown as a table.
 
-    Front matter: `base_model` when known, `library_name`, the tags `pruning` and `multipruner`, the pipeline tag,
-    and the base model's license when its config or its card (local, or in the Hugging Face cache) states one.
+    Front matter: `base_model` when known, `library_name`, the tags `pruning` (for a pruned model) and `multipruner`,
+    the pipeline tag, and the base model's license when its config or its card (local, or in the Hugging Face cache)
+    states one. Local paths appear by their last component only.
     """
     from .modeling import layer_summary
 
     name_or_path = str(getattr(model_config, "_name_or_path", "") or "")
-    if base_model is None and name_or_path and not os.path.exists(name_or_path) and name_or_path.count("/") == 1:
-        base_model = name_or_path
+    if base_model is None and name_or_path:
+        base_model = _base_model_of(name_or_path)
     summary = layer_summary(model_config)
+    pruned = summary["parameters"] < summary["dense_parameters"]
     data = ModelCardData(
         base_model=base_model,
         library_name=LIBRARY_NAME,
-        tags=TAGS,
+        tags=TAGS if pruned else [tag for tag in TAGS if tag != "pruning"],
         pipeline_tag=PIPELINE_TAG,
         license=_base_license(model_config, base_model or name_or_path),
     )
@@ -61,13 +65,40 @@ def write_model_card(
         _structure(summary),
         _evaluation([read_json(path) for path in evaluation_files or ()]),
         _recovery(getattr(record, "recovery", None)),
-        _loading(),
+        _loading(get_adapter(model_config).gguf_blocker(model_config) is None),
         _record(record),
     ]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(part for part in sections if part) + "\n")
     path = os.path.join(directory, MODEL_CARD_NAME)
     atomic_write_text(path, str(card))
     return path
+
+
+def _base_model_of(name_or_path: str) -> Optional[str]:
+    """A Hub id as it is; for a local folder, the `base_model` its own card names (None without one)."""
+    if not os.path.exists(name_or_path):
+        return name_or_path if name_or_path.count("/") == 1 else None
+    card_path = os.path.join(name_or_path, MODEL_CARD_NAME)
+    if not os.path.isfile(card_path):
+        return None
+    return ModelCard.load(card_path).data.base_model
+
+
+def display_path(value: str) -> str:
+    """A local path by its last component (a card is published; the author's folders are not its business), a Hub
+    id or name as it is."""
+    if os.path.isabs(value) or os.path.exists(value):
+        return os.path.basename(os.path.normpath(value))
+    return value
+
+
+def _without_local_paths(data: Any) -> Any:
+    """`data` (JSON-like) with every string that is a local path shown by `display_path`."""
+    if isinstance(data, dict):
+        return {key: _without_local_paths(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_without_local_paths(value) for value in data]
+    return display_path(data) if isinstance(data, str) else data
 
 
 def _base_license(model_config, base: str) -> Optional[str]:
@@ -91,13 +122,22 @@ def _base_license(model_config, base: str) -> Optional[str]:
 def _introduction(base: str, summary: dict[str, Any], record) -> str:
     removed = 1 - summary["parameters"] / summary["dense_parameters"]
     origin = f"[{base}](https://huggingface.co/{base})" if base and not os.path.exists(base) else "its dense original"
+    name = os.path.basename(base.rstrip("/")) or summary["model_type"]
+    if removed <= 0:
+        return f"# {name}\n\nThe dense model ({summary['parameters']:,} parameters), saved by optimum-multipruner."
     method = _method_name(record)
+    recovery = getattr(record, "recovery", None)
+    if recovery:
+        tokens = recovery.get("tokens_seen")
+        how = (f"structured pruning (optimum-multipruner, {method}), then recovered by distillation from the dense "
+               f"model ({f'{tokens:,}' if isinstance(tokens, int) else 'unknown'} tokens)")
+    else:
+        how = f"training-free structured pruning (optimum-multipruner, {method})"
     lines = [
-        f"# {os.path.basename(base.rstrip('/')) or summary['model_type']}, pruned with {method}",
+        f"# {name}, pruned with {method}" + (", then recovered" if recovery else ""),
         "",
-        f"This model is {origin} with **{100 * removed:.2f}%** of its parameters removed by training-free structured "
-        f"pruning (optimum-multipruner, {method}): whole attention and MLP sub-blocks, MLP channels and attention "
-        "heads, physically sliced out.",
+        f"This model is {origin} with **{100 * removed:.2f}%** of its parameters removed by {how}: whole attention "
+        "and MLP sub-blocks, MLP channels and attention heads, physically sliced out.",
         "",
         "| parameters | dense | pruned |",
         "|---|---|---|",
@@ -134,7 +174,8 @@ def _method(record) -> str:
     lines.append(f"* steps: {len(record.steps)}; target reached: {record.target_reached}")
     if config.get("calibration_dataset"):
         lines.append(
-            f"* calibration data: `{config['calibration_dataset']}` ({config.get('num_calibration_samples_block')} "
+            f"* calibration data: `{display_path(config['calibration_dataset'])}` "
+            f"({config.get('num_calibration_samples_block')} "
             f"block rows, {config.get('num_calibration_samples_width')} width rows, sequences of "
             f"{config.get('sequence_length')} tokens, seed {config.get('seed')}), SHA-256 "
             f"`{_file_sha256(config['calibration_dataset']) or 'unknown (a Hub data set or a file not here)'}`"
@@ -142,7 +183,8 @@ def _method(record) -> str:
     last = next((step for step in reversed(record.steps) if step.perplexity is not None), None)
     if last is not None:
         start = ", ".join(f"{name} {value:.3f}" for name, value in record.start_perplexity.items())
-        lines.append(f"* calibration perplexity: {last.perplexity:.3f} after the last step (dense: {start})")
+        when = " (before recovery)" if getattr(record, "recovery", None) else ""
+        lines.append(f"* calibration perplexity{when}: {last.perplexity:.3f} after the last step (dense: {start})")
     return "\n".join(lines)
 
 
@@ -193,8 +235,8 @@ def _recovery(recovery: Optional[dict[str, Any]]) -> str:
         return ""
     config = recovery.get("config") or {}
     losses = recovery.get("loss_curve") or []
-    final = losses[-1] if losses else None
-    final = final.get("loss") if isinstance(final, dict) else final
+    first, final = ([point.get("loss") if isinstance(point, dict) else point for point in (losses[0], losses[-1])]
+                    if losses else (None, None))
     tokens = recovery.get("tokens_seen")
     lines = [
         "## Recovery",
@@ -203,16 +245,19 @@ def _recovery(recovery: Optional[dict[str, Any]]) -> str:
         "",
         f"* method: {config.get('method', 'distillation')}",
         f"* tokens seen: {f'{tokens:,}' if isinstance(tokens, int) else tokens or 'unknown'}",
-        f"* teacher: {recovery.get('teacher') or config.get('teacher') or 'the dense original'}",
+        f"* teacher: {display_path(recovery.get('teacher') or config.get('teacher') or 'the dense original')}",
     ]
-    if final is not None:
-        lines.append(f"* final loss: {final:.4f}" if isinstance(final, (int, float)) else f"* final loss: {final}")
+    if config.get("dataset"):
+        lines.append(f"* training data: `{display_path(config['dataset'])}`")
+    if isinstance(first, (int, float)) and isinstance(final, (int, float)):
+        lines.append(f"* distillation loss: {first:.4f} at the first logged step, {final:.4f} at the last")
     if recovery.get("data_sha256"):
         lines.append(f"* training data SHA-256: `{recovery['data_sha256']}`")
     return "\n".join(lines)
 
 
-def _loading() -> str:
+def _loading(gguf: bool) -> str:
+    """How to load the checkpoint; the llama.cpp paragraph only for a family the GGUF export accepts."""
     return "\n".join([
         "## How to load it",
         "",
@@ -229,17 +274,18 @@ def _loading() -> str:
         "OpenVINO: `optimum-cli export openvino --model <this folder> --weight-format int8 model-ov` (after "
         "`pip install optimum-multipruner`); the IR folder then loads without this package, with "
         '`OVModelForCausalLM.from_pretrained("model-ov")` or openvino-genai.',
+    ] + ([
         "",
         "llama.cpp: `optimum-cli multipruner export --format gguf -m <this folder> model.gguf`, then "
         "`llama-cli -m model.gguf`.",
-    ])
+    ] if gguf else []))
 
 
 def _record(record) -> str:
     """The steps of the search as a table, and the whole record (less the weight order) in a folded block."""
     if record is None:
         return ""
-    data = record.to_dict()
+    data = _without_local_paths(record.to_dict())
     data.pop("weight_order", None)  # long base64 per layer; in pruning_record.json
     lines = [
         "## Pruning record",

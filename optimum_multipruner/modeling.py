@@ -7,8 +7,10 @@ query heads, KV heads and MLP width). Its model class applies that structure in 
 
 from __future__ import annotations
 
+import glob
+import os
 import sys
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -143,3 +145,38 @@ def layer_summary(config) -> dict[str, Any]:
         "parameters": count_parameters(model),
         "dense_parameters": dense_parameter_count(config, adapter),
     }
+
+
+def first_non_finite_weight(model: nn.Module) -> Optional[str]:
+    """The name of the first floating-point weight (parameter or buffer) holding NaN or infinity, or None."""
+    return _first_non_finite(model.state_dict().items())
+
+
+def check_finite_weights(model_or_dir: Union[nn.Module, str, os.PathLike]) -> None:
+    """`ValueError` when a weight of a model, or of a local checkpoint folder's safetensors files (read one tensor at
+    a time), holds NaN or infinity: a diverged training run. A Hub id is not checked (nothing is downloaded)."""
+    if isinstance(model_or_dir, nn.Module):
+        name = first_non_finite_weight(model_or_dir)
+    elif os.path.isdir(model_or_dir):
+        name = _first_non_finite(_saved_tensors(str(model_or_dir)))
+    else:
+        return
+    if name is not None:
+        raise ValueError(f"The model's weights are not finite ({name} holds NaN or infinity): a diverged model "
+                         "only produces NaN; nothing is written.")
+
+
+def _saved_tensors(folder: str) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+        with safe_open(path, framework="pt") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
+
+
+def _first_non_finite(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Optional[str]:
+    for name, tensor in named_tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None

@@ -17,6 +17,7 @@ from .compensation import DEFAULT_COMPENSATION_ALPHA
 from .configuration import MultiPrunerConfig
 from .devices import check_placement
 from .model_card import write_model_card
+from .modeling import check_finite_weights
 from .record import RECORD_NAME, PruningRecord
 from .scoring import ModelEvaluator
 from .search import prune
@@ -113,6 +114,7 @@ class MultiPruner:
             raise ValueError("A quantization-aware recovery ends in int4 weights that only an OpenVINO IR holds: "
                              "export the model with `optimum_multipruner.exporters.export_openvino(pruner.model, "
                              "output_dir, tokenizer=pruner.tokenizer, record=pruner.record)` instead.")
+        check_finite_weights(self.model)
         with atomic_directory(save_directory, overwrite) as tmp:
             self.model.save_pretrained(tmp)
             if self.tokenizer is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import importlib.abc
 import json
 import logging
@@ -53,6 +54,19 @@ def atomic_file(path: Union[str, os.PathLike]) -> Iterator[str]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporary_files(path: Union[str, os.PathLike]) -> list[str]:
+    """Delete the temporary files that `atomic_file(path)` left behind when a process writing `path` was killed
+    (`.tmp-<8 random characters><name>` next to it, as `tempfile.mkstemp` names them); returns their paths. Call it
+    before writing `path` again."""
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = ".tmp-" + "?" * 8 + glob.escape(os.path.basename(path))
+    stale = glob.glob(os.path.join(glob.escape(directory), pattern))
+    for leftover in stale:
+        os.unlink(leftover)
+        get_logger(__name__).warning("Removed %s, left by an interrupted write of %s.", leftover, path)
+    return stale
 
 
 def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:

@@ -91,3 +91,47 @@ def test_no_recovery_section_without_recovery(recovery, tmp_path):
     text = ModelCard.load(write_model_card(tmp_path, pruner.model.config, pruner.record)).text
     assert "## Recovery" not in text
     assert re.search(r"\*\*\d+\.\d\d%\*\* of its parameters removed", text)
+
+
+def test_a_recovered_card_keeps_its_base_model_and_says_what_recovery_did(tmp_path):
+    pruned().save_pretrained(tmp_path / "pruned")  # the card of the pruned checkpoint names org/tiny-llama
+    pruner = MultiPruner.from_pretrained(tmp_path / "pruned")
+    calibration = tmp_path / "private" / "calibration.jsonl"
+    pruner.record.config = {**SETTINGS, "calibration_dataset": str(calibration)}
+    pruner.record.recovery = {"config": {"method": "full", "dataset": str(tmp_path / "private" / "train.jsonl")},
+                              "teacher": str(tmp_path / "private" / "dense"), "tokens_seen": 8192,
+                              "loss_curve": [{"step": 2, "tokens": 128, "loss": 1.5},
+                                             {"step": 4, "tokens": 256, "loss": 0.25}]}
+    pruner.save_pretrained(tmp_path / "recovered")
+    card = ModelCard.load(tmp_path / "recovered" / MODEL_CARD_NAME)
+    assert card.data.base_model == "org/tiny-llama"
+    assert card.text.lstrip().startswith("# tiny-llama, pruned with MultiPruner, then recovered")
+    for expected in ("then recovered by distillation from the dense model (8,192 tokens)",
+                     "calibration perplexity (before recovery): 13.250", "1.5000 at the first logged step, 0.2500",
+                     "* teacher: dense", "`calibration.jsonl`", "`train.jsonl`"):
+        assert expected in card.text
+    assert "training-free" not in card.text
+    assert str(tmp_path) not in card.text  # local paths by name only
+
+
+def test_no_pruning_claims_for_a_dense_model(tmp_path):
+    MultiPruner(make_model("llama"), make_tokenizer()).save_pretrained(tmp_path / "dense")
+    card = ModelCard.load(tmp_path / "dense" / MODEL_CARD_NAME)
+    assert "pruning" not in card.data.tags
+    assert "pruned with" not in card.text and "of its parameters removed" not in card.text
+
+
+@pytest.mark.parametrize("family, gguf", [("llama", True), ("qwen2", False), ("granite", False)])
+def test_the_gguf_paragraph_only_for_families_the_exporter_accepts(family, gguf, tmp_path):
+    from optimum_multipruner.exporters.gguf import check_gguf_support
+
+    model = make_model(family)
+    adapter = get_adapter(model)
+    try:
+        check_gguf_support(model.config, adapter)
+        exports = True
+    except ValueError:
+        exports = False
+    assert exports == gguf
+    text = ModelCard.load(write_model_card(tmp_path, model.config)).text
+    assert ("llama-cli" in text) == gguf

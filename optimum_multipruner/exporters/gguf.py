@@ -27,9 +27,10 @@ from optimum_multipruner_constants import GGUF_OUTTYPES
 
 from ..architectures import ArchitectureAdapter, get_adapter
 from ..model_card import MODEL_CARD_NAME, write_model_card
+from ..modeling import check_finite_weights
 from ..structure import PrunedStructure
 from ..surgery import read_structure
-from ..utils import atomic_file, check_output_file, get_logger
+from ..utils import atomic_file, check_output_file, get_logger, remove_stale_temporary_files
 
 logger = get_logger(__name__)
 
@@ -168,6 +169,7 @@ def export_gguf(
         raise ValueError(f"`outtype` must be one of {GGUF_OUTTYPES}, got {outtype!r}.")
     check_output_file(output_file, overwrite)
     model, tokenizer, provenance = _load(model_or_dir, tokenizer, record)
+    check_finite_weights(model)
     if tokenizer is None:
         raise ValueError("A GGUF file needs the model's tokenizer: pass `tokenizer=` with a loaded model.")
     adapter = get_adapter(model)
@@ -175,6 +177,7 @@ def export_gguf(
     structure = read_structure(model, adapter)
     layers = deci_layers(structure)
     writer_arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.DECI]
+    remove_stale_temporary_files(output_file)
     with tempfile.TemporaryDirectory() as workdir, atomic_file(output_file) as tmp:
         tokenizer.save_pretrained(workdir)
         if record is not None and "model_card" not in provenance:  # a record applied in memory: its card
@@ -182,7 +185,7 @@ def export_gguf(
         writer = gguf.GGUFWriter(tmp, writer_arch)
         _add_hyperparameters(writer, model.config, adapter, layers, outtype)
         _add_vocabulary(writer, Path(workdir), tokenizer, model.get_input_embeddings().weight.shape[0])
-        _add_provenance(writer, structure, provenance)
+        _add_provenance(writer, structure, structure != PrunedStructure.dense(model.config, adapter), provenance)
         for name, tensor in _tensors(model, adapter, layers):
             _add_tensor(writer, name, tensor, outtype)
         writer.write_header_to_file()
@@ -329,10 +332,11 @@ def _add_vocabulary(writer: gguf.GGUFWriter, folder: Path, tokenizer, rows: int)
 
 
 # --------------------------------------------------------------------------- provenance
-def _add_provenance(writer: gguf.GGUFWriter, structure: PrunedStructure, provenance: dict[str, str]) -> None:
+def _add_provenance(writer: gguf.GGUFWriter, structure: PrunedStructure, pruned: bool,
+                    provenance: dict[str, str]) -> None:
     """The pruned structure (0 = removed, as in `config.json`), the pruning record with its SHA-256, and the model
-    card, so the file says how it was made."""
-    writer.add_tags(["pruning", "multipruner"])
+    card, so the file says how it was made; the tag `pruning` only for a pruned model."""
+    writer.add_tags(["pruning", "multipruner"] if pruned else ["multipruner"])
     writer.add_string(f"{METADATA_PREFIX}.structure", json.dumps(structure.to_dict()))
     if "record" in provenance:
         writer.add_string(f"{METADATA_PREFIX}.record", provenance["record"])

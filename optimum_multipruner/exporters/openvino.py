@@ -28,6 +28,7 @@ from optimum_multipruner_constants import PRUNED_MODEL_TYPE_PREFIX, WEIGHT_FORMA
 
 from .. import compat
 from ..architectures import ADAPTERS, get_adapter
+from ..modeling import check_finite_weights
 from ..structure import PrunedStructure
 from ..surgery import dense_parameter_count
 from ..utils import atomic_directory, check_output_dir, get_logger
@@ -196,6 +197,7 @@ def export_openvino(
     if weight_format is not None and weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"`weight_format` must be None or one of {WEIGHT_FORMATS}, got {weight_format!r}.")
     check_output_dir(output_dir, overwrite)  # before any (possibly long) work
+    check_finite_weights(model_or_dir)
     register_openvino_export()
     loaded = isinstance(model_or_dir, nn.Module)
     source = None if loaded else str(model_or_dir)

@@ -22,8 +22,9 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
                  "inverse_sqrt", "warmup_stable_decay")
 # schedules that do not depend on the run's length: a finished run can be extended to a larger budget with `resume`
 LENGTH_FREE_SCHEDULERS = ("constant", "constant_with_warmup", "inverse_sqrt")
-# fields a resumed run may change: the budget (for a length-free schedule) and where the teacher runs
-RESUMABLE_CHANGES = ("max_tokens", "teacher_device")
+# fields a resumed run may change: the budget (for a length-free schedule), where the teacher runs, and the teacher's
+# path (the run compares the teacher's weights, by their fingerprint)
+RESUMABLE_CHANGES = ("max_tokens", "teacher", "teacher_device")
 
 
 @dataclass
@@ -69,7 +70,7 @@ class RecoveryConfig:
             `"rtn"` (round to nearest).
         save_steps (`int`): a resumable checkpoint every so many optimizer steps (0: none).
         logging_steps (`int`): the loss curve's resolution, in optimizer steps.
-        seed (`int`): seed of the document order and of the data sampler.
+        seed (`int`): seed of the document order, of the data sampler and of the LoRA adapters' initialisation.
         bf16 (`bool`), gradient_checkpointing (`bool`): as in `TrainingArguments`.
         teacher_device (`str`, *optional*): device of the teacher (e.g. `"cuda:1"`); default: the student's.
         head_chunk_size (`int`): positions per chunk of the teacher's output head (bounds its logits' memory for

@@ -32,6 +32,13 @@ from ..resume_state import state_dict_hash
 from ..structure import PrunedStructure
 from ..surgery import count_parameters, read_structure
 from ..utils import atomic_write_text, get_logger, read_json
+from .checks import (
+    StopOnDivergence,
+    check_precision,
+    check_sequence_length,
+    teacher_fingerprint,
+    warn_unless_teacher_is_origin,
+)
 from .configuration import RecoveryConfig
 from .data import PackedSequences, packed_training_text
 from .distillation import DistillationTrainer, TeacherHead, TokenProgress
@@ -57,9 +64,12 @@ def recover(model: nn.Module, config: RecoveryConfig, teacher: Union[nn.Module, 
     """
     if tokenizer is None:
         raise ValueError("Recovery needs the student's tokenizer to read the training text.")
+    check_precision(model)
+    check_sequence_length(model, config)
     teacher = _load_teacher(teacher if teacher is not None else config.teacher, model, config)
     check_teacher(model, teacher, tokenizer, config.teacher if isinstance(config.teacher, str) else None,
                   same_size=config.quantization is not None)
+    warn_unless_teacher_is_origin(model, teacher)
     if config.method == "lora":
         check_lora_targets(model, config.lora_target_modules)
     resume_from = _check_checkpoint_dir(checkpoint_dir, resume)
@@ -79,15 +89,16 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
     """The checked run: training text, `Trainer`, LoRA merge, report. `output_dir` is `Trainer`'s; with
     `checkpoints` it is the run's checkpoint folder (resumable checkpoints and the run file), else a scratch folder."""
     args = _training_arguments(config, output_dir, checkpoints=checkpoints)
-    tokens_per_step = config.sequence_length * config.per_device_train_batch_size \
-        * config.gradient_accumulation_steps * args.world_size
+    # from the arguments Trainer runs with: `training_args` may override the batch
+    tokens_per_step = config.sequence_length * args.per_device_train_batch_size \
+        * args.gradient_accumulation_steps * args.world_size
     steps = math.ceil(config.max_tokens / tokens_per_step)
     args.max_steps = steps
     data = packed_training_text(tokenizer, config.sources, steps * tokens_per_step // config.sequence_length,
                                 config.sequence_length, config.seed, model.get_input_embeddings().num_embeddings,
                                 config.text_column, config.dataset_weights, config.max_epochs)
     run = {"config": config.to_dict(), "num_sequences": len(data), "data_sha256": data.sha256(),
-           "student_sha256": state_dict_hash(model)}
+           "student_sha256": state_dict_hash(model), "teacher_sha256": teacher_fingerprint(teacher)}
     if checkpoints:
         if resume:
             _check_same_run(output_dir, run, data, config)
@@ -95,6 +106,7 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
             os.makedirs(output_dir, exist_ok=True)
             atomic_write_text(os.path.join(output_dir, RUN_FILE), _json(run))
 
+    use_cache = model.config.use_cache
     parameter_groups = None
     if config.quantization is not None:
         from .quantization import fake_quantize, parameter_groups as quantizer_groups
@@ -115,15 +127,18 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TokenProgress(steps * tokens_per_step, tokens_per_step))
+    trainer.add_callback(StopOnDivergence(config, next(model.parameters()).dtype))
     logger.info("Recovery: %d steps of %d tokens (%s, %s) on %s.", steps, tokens_per_step, config.method,
                 "resumed from " + resume_from if resume_from else "from the start", ", ".join(config.sources))
     trainer.train(resume_from_checkpoint=resume_from)
+    model.config.use_cache = use_cache  # `Trainer` sets it to `args.use_cache` (False) for training
     if config.method == "lora":
         student.merge_and_unload()  # writes the adapters into `model`'s own linear layers
     model.eval()
     return {
         "config": config.to_dict(),
         "teacher": config.teacher if isinstance(config.teacher, str) else getattr(teacher, "name_or_path", None),
+        "teacher_sha256": run["teacher_sha256"],
         "tokens_seen": trainer.state.global_step * tokens_per_step,
         "steps": trainer.state.global_step,
         "data_sha256": run["data_sha256"],
@@ -211,6 +226,10 @@ def _check_checkpoint_dir(checkpoint_dir: Union[str, os.PathLike, None], resume:
     if started and not resume:
         raise FileExistsError(f"{checkpoint_dir} already holds a recovery run. Pass `resume=True` (`--resume`) to "
                               "continue it, or choose another folder.")
+    if not started and os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
+        raise FileExistsError(f"The checkpoint folder {checkpoint_dir} is not empty and holds no recovery run "
+                              f"({RUN_FILE} is missing): a run writes and rotates its own checkpoints only. Choose "
+                              "a new or empty folder.")
     latest = last_complete_checkpoint(checkpoint_dir)
     if resume and latest is not None:  # drop checkpoints an interruption left half-written
         for name in os.listdir(checkpoint_dir):
@@ -234,6 +253,8 @@ def _check_same_run(checkpoint_dir: Union[str, os.PathLike], run: dict[str, Any]
                          f"{saved_config.max_tokens}; a resumed run can only keep or extend it.")
     if saved["student_sha256"] != run["student_sha256"]:
         raise ValueError("Cannot resume: the student's weights differ from those the interrupted run started from.")
+    if saved.get("teacher_sha256", run["teacher_sha256"]) != run["teacher_sha256"]:
+        raise ValueError("Cannot resume: the teacher's weights differ from those of the interrupted run's teacher.")
     if len(data) < saved["num_sequences"] or \
             PackedSequences(data.input_ids[: saved["num_sequences"]]).sha256() != saved["data_sha256"]:
         raise ValueError("Cannot resume: the training text (or tokenizer) differs from the interrupted run's.")
@@ -252,6 +273,7 @@ def _training_arguments(config: RecoveryConfig, output_dir: Union[str, os.PathLi
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN, and `StopOnDivergence` stops the run
         save_strategy="steps" if checkpoints and config.save_steps else "no",
         save_steps=config.save_steps or 1,
         save_total_limit=2,
@@ -274,6 +296,7 @@ def _with_lora(model: nn.Module, config: RecoveryConfig) -> nn.Module:
 
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    torch.manual_seed(config.seed)  # the adapters' initialisation, so that a run reproduces
     return get_peft_model(model, lora)
 
 

@@ -279,6 +279,22 @@ def test_export_gguf_from_a_checkpoint_and_from_a_record(pruned_dir, dense_dir, 
     assert "--outtype" in line and not (tmp_path / "x.gguf").exists()
 
 
+def test_an_output_named_gguf_is_a_gguf_file_and_a_killed_exports_leftover_is_removed(pruned_dir, tmp_path, capsys):
+    import gguf
+
+    leftover = tmp_path / ".tmp-k1ll3d_0model.gguf"  # what `atomic_file` left when an export was killed
+    leftover.write_bytes(b"GGUF partial")
+    kept = tmp_path / ".tmp-k1ll3d_0other.gguf"  # another file's: not ours to remove
+    kept.write_bytes(b"GGUF partial")
+    run_optimum_cli("multipruner", "export", "--outtype", "f32", "-m", pruned_dir, str(tmp_path / "model.gguf"))
+    reader = gguf.GGUFReader(tmp_path / "model.gguf")  # a file, not an OpenVINO folder named model.gguf
+    assert reader.fields["general.architecture"].contents() == "deci"
+    assert not leftover.exists() and kept.exists()
+    line = cli_error(capsys, "multipruner", "export", "--format", "openvino", "-m", pruned_dir,
+                     str(tmp_path / "ir.gguf"))
+    assert "named like a GGUF file" in line and not (tmp_path / "ir.gguf").exists()
+
+
 # --------------------------------------------------------------------------- user errors: one line, exit status 2
 def test_a_bad_value_is_one_line_naming_the_fix(dense_dir, tmp_path, capsys, monkeypatch):
     argv = ("multipruner", "prune", "-m", dense_dir, str(tmp_path / "out"), "--target-ratio", "1.5")

@@ -29,6 +29,9 @@ REFUSED = {
     "qwen3": "per-head Q/K RMSNorms",
 }
 TOLERANCE = 1e-3
+# prompt logits of f16 / q8_0 files against PyTorch's float32: measured 3.3e-4 (f16) and 9.1e-3 (q8_0); another
+# model of the same structure is 0.8 off
+LOW_PRECISION_TOLERANCE = {"f16": 5e-3, "q8_0": 5e-2}
 NEW_TOKENS = 16
 PROMPT = "the model prunes heads"  # 6 tokens: with 16 new ones within the tiny Mistral's sliding window of 32
 # Attention removed in layers 1 and 2 (not 0), both sub-blocks of layer 1 removed, MLP removed in layer 3.
@@ -108,10 +111,24 @@ def test_dense_model_and_rope_scaling(rope, tmp_path, run_gguf):
     check_runs_as_pytorch(model, tokenizer, path, run_gguf)
 
 
-def test_llama3_rope_factors():
-    factors = llama3_rope_factors(LLAMA3_ROPE, None, head_dim=16)
-    assert factors[0] == 1 and factors[-1] == 8  # highest frequency kept, lowest divided by `factor`
-    assert (factors[1:] >= factors[:-1]).all()
+LLAMA31_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # Llama 3.1's
+
+
+@pytest.mark.parametrize("rope, head_dim", [(LLAMA3_ROPE, 16), (LLAMA31_ROPE, 128)], ids=["tiny", "llama3.1"])
+def test_llama3_rope_factors_give_transformers_frequencies(rope, head_dim):
+    """Base frequencies divided by our factors are transformers' "llama3" inverse frequencies (which it computes in
+    float32: relative 1e-5), through the smooth band between the low and high frequencies too."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = LlamaConfig(hidden_size=head_dim * 2, num_attention_heads=2, rope_parameters=rope,
+                         max_position_embeddings=4 * rope["original_max_position_embeddings"])
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](config, torch.device("cpu"))
+    base = 1.0 / (rope["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    factors = llama3_rope_factors(rope, config, head_dim=head_dim).double()
+    torch.testing.assert_close(base / factors, expected.double(), rtol=1e-5, atol=0)
+    assert ((factors > 1) & (factors < rope["factor"])).any()  # the smooth band is compared, not only its ends
 
 
 @pytest.mark.parametrize("outtype", ["f16", "q8_0"])
@@ -122,7 +139,12 @@ def test_f16_and_q8_0_load_and_generate(outtype, tmp_path, run_gguf):
     assert types["blk.2.attn_q.weight"] == outtype.upper() and types["blk.2.attn_norm.weight"] == "F32"
     assert types["blk.1.attn_k.weight"] == ("F16" if outtype == "f16" else "Q8_0")  # 64 x 16: whole q8_0 rows
     prompt = tokenizer(PROMPT).input_ids
-    assert len(greedy(run_gguf(path), prompt)) == NEW_TOKENS
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0].numpy()
+    llm = run_gguf(path)
+    llm.eval(prompt)
+    error = np.abs(np.asarray(llm.scores[: len(prompt)]) - logits).max()
+    assert error < LOW_PRECISION_TOLERANCE[outtype], error  # a wrong tensor or layout is off by the logit scale
 
 
 def test_deci_layers_encode_what_llama_cpp_cannot_load_or_run():
@@ -166,6 +188,15 @@ def test_folder_export_carries_record_structure_card_and_tokenizer(tmp_path, run
     assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.eos_token_id
     assert len(fields["tokenizer.ggml.tokens"]) == model.config.vocab_size
     check_runs_as_pytorch(pruner.model, tokenizer, path, run_gguf)
+
+
+def test_only_a_pruned_model_is_tagged_pruning(tmp_path):
+    tokenizer = make_tokenizer()
+    dense = export_gguf(make_model("llama", seed=7), tmp_path / "dense.gguf", "f32", tokenizer=tokenizer)
+    pruned = export_gguf(make_pruned_model("llama", STRUCTURE, seed=7), tmp_path / "pruned.gguf", "f32",
+                         tokenizer=tokenizer)
+    assert gguf.GGUFReader(dense).fields["general.tags"].contents() == ["multipruner"]
+    assert gguf.GGUFReader(pruned).fields["general.tags"].contents() == ["pruning", "multipruner"]
 
 
 def test_vocabulary_is_padded_to_the_embedding_rows(tmp_path, run_gguf):

@@ -64,6 +64,11 @@ def teacher(trained_model):
     return trained_model("llama")
 
 
+def mean_nll(model, sequences) -> float:
+    with torch.no_grad():
+        return model(input_ids=sequences, labels=sequences).loss.item()
+
+
 def mean_kl(student, teacher, sequences) -> float:
     with torch.no_grad():
         return token_kl(student(input_ids=sequences).logits, teacher(input_ids=sequences).logits).mean().item()
@@ -87,35 +92,41 @@ def test_recovery_lowers_the_kl_to_the_teacher_on_held_out_text(teacher, tokeniz
 
 def test_cross_entropy_only_trains_without_the_teacher_logits(teacher, tokenizer, training_file, held_out):
     student, _ = pruned_copy(teacher)
-    start = {name: tensor.clone() for name, tensor in student.state_dict().items()}
-    recover(student, config(training_file, distillation_weight=0.0, max_tokens=4 * SEQUENCE_LENGTH), teacher,
-            tokenizer)
-    assert any(not torch.equal(start[name], tensor) for name, tensor in student.state_dict().items())
+    teacher_calls = []
+    handle = teacher.register_forward_pre_hook(lambda module, args: teacher_calls.append(1))
+    before = mean_nll(student, held_out)
+    try:
+        report = recover(student, config(training_file, distillation_weight=0.0), teacher, tokenizer)
+    finally:
+        handle.remove()
+    assert teacher_calls == []  # no teacher forward at all
+    assert report["loss_curve"][-1]["loss"] < report["loss_curve"][0]["loss"]
+    assert mean_nll(student, held_out) < before  # the loss it trained on is the next-token cross-entropy
 
 
-def test_lora_recovery_merges_into_the_pruned_shapes(teacher, tokenizer, training_file, held_out):
+class _LogitsAtTrainEnd(TrainerCallback):
+    """The logits of `Trainer`'s model (the PEFT model, adapters not yet merged) on `sequences` once training ends."""
+
+    def __init__(self, sequences: torch.Tensor) -> None:
+        self.sequences = sequences
+        self.logits = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            self.logits = model.eval()(input_ids=self.sequences).logits
+
+
+def test_lora_recovery_merges_to_the_trained_adapters_logits(teacher, tokenizer, training_file, held_out):
     student, _ = pruned_copy(teacher)
-    shapes = {name: tensor.shape for name, tensor in student.state_dict().items()}
-    before = mean_kl(student, teacher, held_out)
-    recover(student, config(training_file, method="lora", lora_rank=8, learning_rate=5e-3), teacher, tokenizer)
-    assert type(student).__name__ == "MultiPrunedLlamaForCausalLM"
-    assert {name: tensor.shape for name, tensor in student.state_dict().items()} == shapes  # no adapter left
-    assert mean_kl(student, teacher, held_out) < 0.8 * before
-
-
-def test_lora_merge_gives_the_peft_models_logits(teacher, held_out):
-    from peft import LoraConfig, get_peft_model
-
-    student, _ = pruned_copy(teacher)
-    peft_model = get_peft_model(student, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     with torch.no_grad():
-        expected = peft_model(input_ids=held_out).logits
-        with peft_model.disable_adapter():
-            assert not torch.allclose(peft_model(input_ids=held_out).logits, expected, atol=1e-3)  # adapters matter
-        merged = peft_model.merge_and_unload()
-        actual = merged(input_ids=held_out).logits
-    assert merged is student
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+        start = student(input_ids=held_out[:2]).logits
+    adapters = _LogitsAtTrainEnd(held_out[:2])
+    recover(student, config(training_file, method="lora", lora_rank=4, learning_rate=5e-3,
+                            max_tokens=8 * SEQUENCE_LENGTH), teacher, tokenizer, callbacks=[adapters])
+    assert not torch.allclose(adapters.logits, start, atol=1e-3)  # the adapters trained
+    with torch.no_grad():
+        merged = student(input_ids=held_out[:2]).logits
+    torch.testing.assert_close(merged, adapters.logits, atol=1e-5, rtol=1e-5)  # merge = adapters, up to float sums
 
 
 def test_recovered_checkpoint_reloads_exports_and_records_the_run(teacher, tokenizer, training_file, held_out,
@@ -212,8 +223,11 @@ class _NoTrainingStep(TrainerCallback):
 @pytest.mark.parametrize("case, error, match", [
     ("vocabulary", ValueError, r"vocabulary \(300 tokens\) differs from the student's \(320\)"),
     ("family", ValueError, "The teacher is a qwen2 model, but the student is a pruned llama model"),
-    ("not smaller", ValueError, "not a pruned copy of this teacher"),
-    ("empty data", ValueError, "is empty"),
+    ("depth", ValueError, "num_hidden_layers .* not a pruned copy of this teacher"),
+    ("empty data", ValueError, r"The training file \S+ is empty"),
+    ("blank data", ValueError, r"The training file \S+ holds no text \(only blank lines\)"),
+    ("sequence length", ValueError, r"`sequence_length` 4096 exceeds the model's \d+ positions"),
+    ("float16", ValueError, "does not train float16 weights"),
     ("short data", ValueError, "fewer than the 1280 the run needs"),
     ("lora targets", ValueError, r"LoRA target modules \['qkv_proj'\] match no linear layer"),
     ("no teacher", ValueError, "Recovery needs a teacher"),
@@ -225,12 +239,20 @@ def test_bad_input_is_refused_before_training(case, error, match, teacher, token
         other_teacher = make_model("llama", vocab_size=300)
     elif case == "family":
         other_teacher = make_model("qwen2")
-    elif case == "not smaller":
+    elif case == "depth":
         other_teacher = make_model("llama", num_hidden_layers=2)
     elif case in ("empty data", "short data"):
         path = tmp_path / "train.txt"
         path.write_text("" if case == "empty data" else "\n".join(make_text(5)), encoding="utf-8")
         settings["dataset"] = str(path)
+    elif case == "blank data":
+        path = tmp_path / "train.jsonl"
+        path.write_text("\n \n\n", encoding="utf-8")
+        settings["dataset"] = str(path)
+    elif case == "sequence length":
+        settings["sequence_length"] = 4096
+    elif case == "float16":
+        student.half()
     elif case == "lora targets":
         settings.update(method="lora", lora_target_modules=["q_proj", "qkv_proj"])
     elif case == "no teacher":
@@ -320,3 +342,114 @@ def test_a_teacher_with_another_tokenizer_is_refused(teacher, tokenizer, tmp_pat
         check_teacher(student, teacher, tokenizer, str(tmp_path / "dense"))
     tokenizer.save_pretrained(tmp_path / "same")
     check_teacher(student, teacher, tokenizer, str(tmp_path / "same"))
+
+
+# ----------------------------------------------------------------------------------- divergence, checkpoints, teacher
+def test_a_diverging_run_stops_keeps_the_last_good_checkpoint_and_nothing_saves_it(teacher, tokenizer, training_file,
+                                                                                     tmp_path):
+    from optimum_multipruner.exporters import export_gguf, export_openvino
+    from optimum_multipruner.recovery.checks import RecoveryDivergedError
+
+    student, record = pruned_copy(teacher)
+    pruner = MultiPruner(student, tokenizer)
+    pruner.record = record
+    settings = dict(learning_rate=1e6, warmup_steps=0, max_tokens=8 * SEQUENCE_LENGTH, save_steps=1, logging_steps=1)
+    with pytest.raises(RecoveryDivergedError, match=r"diverged at step 2: .* holds NaN .*learning rate too high"):
+        pruner.recover(config(training_file, **settings), teacher=teacher, checkpoint_dir=tmp_path / "run")
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint-1", "recovery_run.json"]  # the NaN step is not saved
+    good = AutoModelForCausalLM.from_pretrained(last_complete_checkpoint(tmp_path / "run"))
+    assert all(torch.isfinite(tensor).all() for tensor in good.state_dict().values())
+    assert pruner.record.recovery is None  # the failed run is not recorded
+    for write in (lambda: pruner.save_pretrained(tmp_path / "out"),
+                  lambda: export_gguf(student, tmp_path / "out.gguf", tokenizer=tokenizer),
+                  lambda: export_openvino(student, tmp_path / "ir", tokenizer=tokenizer)):
+        with pytest.raises(ValueError, match="weights are not finite"):
+            write()
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_a_fresh_run_never_adopts_or_deletes_checkpoints_it_did_not_write(teacher, tokenizer, training_file,
+                                                                          tmp_path):
+    foreign = tmp_path / "run" / "checkpoint-5"
+    foreign.mkdir(parents=True)
+    (foreign / "trainer_state.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(FileExistsError, match="is not empty and holds no recovery run"):
+        recover(pruned_copy(teacher)[0], config(training_file, save_steps=1), teacher, tokenizer,
+                checkpoint_dir=tmp_path / "run", callbacks=[_NoTrainingStep()])
+    assert os.listdir(tmp_path / "run") == ["checkpoint-5"]
+
+
+def test_resume_compares_the_teachers_weights_not_its_path(teacher, tokenizer, training_file, tmp_path):
+    teacher.save_pretrained(tmp_path / "dense")
+    settings = dict(max_tokens=8 * SEQUENCE_LENGTH, save_steps=2, training_args={"use_cpu": True})
+    with pytest.raises(KeyboardInterrupt):
+        recover(pruned_copy(teacher)[0], config(training_file, teacher=str(tmp_path / "dense"), **settings), None,
+                tokenizer, checkpoint_dir=tmp_path / "run", callbacks=[_KillAt(3)])
+    other = make_model("llama", seed=7)  # the same folder name given, other weights in it
+    with pytest.raises(ValueError, match="the teacher's weights differ"):
+        recover(pruned_copy(teacher)[0], config(training_file, teacher=str(tmp_path / "dense"), **settings), other,
+                tokenizer, checkpoint_dir=tmp_path / "run", resume=True)
+    os.rename(tmp_path / "dense", tmp_path / "moved")  # the same weights under another path
+    report = recover(pruned_copy(teacher)[0], config(training_file, teacher=str(tmp_path / "moved") + "/", **settings),
+                     None, tokenizer, checkpoint_dir=tmp_path / "run", resume=True)
+    assert report["steps"] == 4
+
+
+def test_lora_runs_reproduce_and_resume_to_the_uninterrupted_bytes(teacher, tokenizer, training_file, tmp_path):
+    settings = dict(method="lora", lora_rank=4, learning_rate=5e-3, max_tokens=8 * SEQUENCE_LENGTH, save_steps=2,
+                    training_args={"use_cpu": True})
+    runs = []
+    for name in ("first", "second"):
+        student, _ = pruned_copy(teacher)
+        torch.manual_seed(len(runs))  # whatever the global generator holds, the adapters start from `seed`
+        recover(student, config(training_file, **settings), teacher, tokenizer)
+        runs.append(student.state_dict())
+    interrupted = pruned_copy(teacher)[0]
+    with pytest.raises(KeyboardInterrupt):
+        recover(interrupted, config(training_file, **settings), teacher, tokenizer, checkpoint_dir=tmp_path / "run",
+                callbacks=[_KillAt(3)])
+    resumed, _ = pruned_copy(teacher)
+    recover(resumed, config(training_file, **settings), teacher, tokenizer, checkpoint_dir=tmp_path / "run",
+            resume=True)
+    runs.append(resumed.state_dict())
+    start = pruned_copy(teacher)[0].state_dict()
+    assert any(not torch.equal(start[name], tensor) for name, tensor in runs[0].items())  # the adapters trained
+    for name, tensor in runs[0].items():
+        assert torch.equal(runs[1][name], tensor) and torch.equal(runs[2][name], tensor), name
+
+
+def test_the_report_counts_the_tokens_trainer_ran_and_use_cache_is_restored(teacher, tokenizer, training_file):
+    student, _ = pruned_copy(teacher)
+    assert student.config.use_cache
+    report = recover(student, config(training_file, max_tokens=16 * SEQUENCE_LENGTH,
+                                     training_args={"per_device_train_batch_size": 4}), teacher, tokenizer)
+    assert report["steps"] == 4 and report["tokens_seen"] == 16 * SEQUENCE_LENGTH  # 4 steps of 4 sequences
+    assert report["loss_curve"][-1]["tokens"] == 16 * SEQUENCE_LENGTH
+    assert student.config.use_cache  # Trainer turns it off for training; the saved config.json keeps the model's
+
+
+def test_cli_refuses_checkpoint_and_output_folders_that_hold_what_the_run_reads_or_writes(teacher, tokenizer,
+                                                                                           training_file, tmp_path,
+                                                                                           capsys):
+    student, record = pruned_copy(teacher)
+    student.save_pretrained(tmp_path / "pruned")
+    tokenizer.save_pretrained(tmp_path / "pruned")
+    teacher.save_pretrained(tmp_path / "dense")
+    (tmp_path / "pruned" / "mine.txt").write_text("keep me", encoding="utf-8")
+    files = sorted(os.listdir(tmp_path / "pruned"))
+    options = ["multipruner", "recover", "-m", str(tmp_path / "pruned"), "--teacher", str(tmp_path / "dense"),
+               "--dataset", training_file, "--max-tokens", str(4 * SEQUENCE_LENGTH), "--sequence-length",
+               str(SEQUENCE_LENGTH)]
+    for extra, message in (
+        ([str(tmp_path / "pruned"), "--overwrite"], "is the pruned model's folder, which the run reads"),
+        ([str(tmp_path / "dense") + "/", "--overwrite"], "is the teacher's folder, which the run reads"),
+        ([str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "out" / "ckpt")], "is inside the output"),
+        ([str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "pruned")], "inside the pruned model's folder"),
+        ([str(tmp_path / "out"), "--learning-rate", "1e6", "--warmup-steps", "0"], "Recovery diverged at step"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run_optimum_cli(*options, *extra)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+        assert sorted(os.listdir(tmp_path / "pruned")) == files
+    assert not (tmp_path / "out").exists()

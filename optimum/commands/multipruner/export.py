@@ -5,10 +5,22 @@ from __future__ import annotations
 
 import os
 from argparse import ArgumentParser
+from typing import Optional
 
 from optimum_multipruner_constants import EXPORT_FORMATS, GGUF_OUTTYPES, WEIGHT_FORMATS
 
 from .common import MultiPrunerSubcommand, add_model_loading_args, check_model_source, load_model_and_tokenizer
+
+
+def export_format(given: Optional[str], output: str) -> str:
+    """`--format`, or when not given the one the output's name asks for; an IR folder named `*.gguf` is refused."""
+    named_gguf = output.lower().endswith(".gguf")
+    if given is None:
+        return "gguf" if named_gguf else EXPORT_FORMATS[0]
+    if given != "gguf" and named_gguf:
+        raise ValueError(f"The output {output} is named like a GGUF file but --format is {given}: drop --format (or "
+                         "give --format gguf) for a GGUF file, or name the IR folder without .gguf.")
+    return given
 
 
 class ExportCommand(MultiPrunerSubcommand):
@@ -23,8 +35,9 @@ class ExportCommand(MultiPrunerSubcommand):
         )
         parser.add_argument("output", help="OpenVINO IR folder, or the .gguf file with --format gguf")
         parser.add_argument(
-            "--format", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0],
-            help="openvino (default): an IR folder for optimum-intel / openvino-genai; gguf: one file for llama.cpp",
+            "--format", choices=EXPORT_FORMATS,
+            help="openvino: an IR folder for optimum-intel / openvino-genai; gguf: one file for llama.cpp (default: "
+            "gguf for an output ending in .gguf, else openvino)",
         )
         parser.add_argument(
             "--record", help="pruning_record.json (ours, or an official MultiPruner/BlockPruner JSON) to apply first"
@@ -50,7 +63,7 @@ class ExportCommand(MultiPrunerSubcommand):
 
     def execute(self) -> None:
         args = self.args
-        gguf = args.format == "gguf"
+        gguf = export_format(args.format, args.output) == "gguf"
         if args.num_blocks is not None and not args.record:
             raise ValueError("--num-blocks selects an entry of a BlockPruner record; it needs --record.")
         if args.record and not os.path.exists(args.record):

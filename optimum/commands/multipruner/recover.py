@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from argparse import ArgumentParser, Namespace
-from typing import Any
+from typing import Any, Optional
 
 from .common import DTYPES, MultiPrunerSubcommand, check_model_source, parse_bool, parse_list
 
@@ -67,6 +67,7 @@ class RecoverCommand(MultiPrunerSubcommand):
             raise ValueError("Give the dense model to distil from with --teacher (or `teacher` in --config).")
         check_model_source(config.teacher)
         check_output_dir(args.output, args.overwrite)
+        check_recovery_paths(args.model, config.teacher, args.output, args.checkpoint_dir)
         if args.resume and not args.checkpoint_dir:
             raise ValueError("--resume continues the run in --checkpoint-dir; give that folder.")
         import torch
@@ -80,6 +81,31 @@ class RecoverCommand(MultiPrunerSubcommand):
         if is_main_process():
             tokens = pruner.record.recovery["tokens_seen"] if pruner.record is not None else config.max_tokens
             print(f"Recovered {args.model} on {tokens:,} tokens; saved to {args.output}")
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies inside it (symbolic links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_recovery_paths(model: str, teacher: str, output: str, checkpoint_dir: Optional[str]) -> None:
+    """Refuse, before anything loads, folders that would overwrite what the run reads or writes: the output in place
+    of the pruned model or the teacher (even with --overwrite), and checkpoints inside the output (replacing the
+    output would delete them) or inside a model folder."""
+    for role, folder in (("pruned model", model), ("teacher", teacher)):
+        if os.path.realpath(output) == os.path.realpath(folder):
+            raise ValueError(f"The output {output} is the {role}'s folder, which the run reads: choose another "
+                             "output folder (--overwrite cannot replace the model it trains from).")
+    if checkpoint_dir is None:
+        return
+    if _within(checkpoint_dir, output):
+        raise ValueError(f"The checkpoint folder {checkpoint_dir} is inside the output {output}, which the saved "
+                         "model replaces: choose a checkpoint folder outside it.")
+    for role, folder in (("pruned model", model), ("teacher", teacher)):
+        if os.path.isdir(folder) and _within(checkpoint_dir, folder):
+            raise ValueError(f"The checkpoint folder {checkpoint_dir} is inside the {role}'s folder {folder}: "
+                             "choose a folder of its own.")
 
 
 def recovery_values(args: Namespace) -> dict[str, Any]:
