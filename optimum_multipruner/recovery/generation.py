@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import load_text_rows
-from ..progress import state_dict_hash
+from ..resume_state import state_dict_hash
 from ..utils import atomic_write_text, get_logger, read_json
 
 logger = get_logger(__name__)
