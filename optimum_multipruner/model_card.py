@@ -247,13 +247,29 @@ def _recovery(recovery: Optional[dict[str, Any]]) -> str:
         f"* tokens seen: {f'{tokens:,}' if isinstance(tokens, int) else tokens or 'unknown'}",
         f"* teacher: {display_path(recovery.get('teacher') or config.get('teacher') or 'the dense original')}",
     ]
-    if config.get("dataset"):
-        lines.append(f"* training data: `{display_path(config['dataset'])}`")
+    sources = recovery.get("data") or [{"source": source} for source in _as_list(config.get("dataset"))]
+    if sources:
+        lines.append("* training data: " + ", ".join(_source_line(source) for source in sources))
+    if config.get("quantization"):
+        lines.append(f"* weights: {config['quantization']}, learned with the teacher (quantization-aware, group size "
+                     f"{config.get('quantization_group_size')})")
     if isinstance(first, (int, float)) and isinstance(final, (int, float)):
         lines.append(f"* distillation loss: {first:.4f} at the first logged step, {final:.4f} at the last")
     if recovery.get("data_sha256"):
         lines.append(f"* training data SHA-256: `{recovery['data_sha256']}`")
     return "\n".join(lines)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if not value else [value] if isinstance(value, str) else list(value)
+
+
+def _source_line(usage: dict[str, Any]) -> str:
+    """A training source by name, with its share of the tokens and its passes when the record has them."""
+    line = f"`{display_path(usage['source'])}`"
+    if "tokens" in usage:
+        line += f" ({usage['tokens']:,} tokens, {usage['epochs']:g} passes)"
+    return line
 
 
 def _loading(gguf: bool) -> str:

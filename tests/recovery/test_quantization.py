@@ -143,3 +143,30 @@ def test_the_dense_model_may_learn_its_own_int4_weights(teacher, tokenizer, trai
     assert is_fake_quantized(pruner.model)
     with pytest.raises(ValueError, match="this one is dense"):
         MultiPruner(copy.deepcopy(teacher), tokenizer).recover(config(training_file, quantization=None), teacher)
+
+
+def test_cli_recover_to_int4_writes_the_ir_and_mixes_sources(teacher, tokenizer, training_file, tmp_path, capsys):
+    from testing_utils import run_optimum_cli
+
+    student = pruned_copy(teacher)
+    record = PruningRecord(model_type=get_adapter(student).model_type, num_hidden_layers=4,
+                           dense_parameters=dense_parameter_count(student.config, get_adapter(student)),
+                           structure=STRUCTURE, weight_reorder=False, source="tests")
+    for folder, model in (("pruned", student), ("dense", teacher)):
+        model.save_pretrained(tmp_path / folder)
+        tokenizer.save_pretrained(tmp_path / folder)
+    record.save(tmp_path / "pruned")
+    second = tmp_path / "second.jsonl"
+    second.write_text("".join(json.dumps({"text": row}) + "\n" for row in make_text(100, seed=6)), encoding="utf-8")
+    run_optimum_cli("multipruner", "recover", "-m", str(tmp_path / "pruned"), "--teacher", str(tmp_path / "dense"),
+                    "--dataset", f"{training_file},{second}", "--dataset-weights", "3,1", "--max-tokens", "256",
+                    "--sequence-length", "32", "--weight-format", "int4", "--group-size", "16",
+                    "--quantization-lora-rank", "4", str(tmp_path / "ir"))
+    assert "an int4 OpenVINO IR in" in capsys.readouterr().out
+    assert (tmp_path / "ir" / "openvino_model.xml").is_file()
+    recovery = json.loads((tmp_path / "ir" / RECORD_NAME).read_text(encoding="utf-8"))["recovery"]
+    assert recovery["config"]["quantization"] == "int4" and recovery["config"]["quantization_group_size"] == 16
+    assert [source["sequences"] for source in recovery["data"]] == [6, 2]
+    card = (tmp_path / "ir" / "README.md").read_text(encoding="utf-8")
+    assert "`train.jsonl` (192 tokens, 1 passes), `second.jsonl` (64 tokens, 1 passes)" in card
+    assert "* weights: int4, learned with the teacher (quantization-aware, group size 16)" in card

@@ -1,4 +1,5 @@
-"""`optimum-cli multipruner recover`: distil the dense model into a pruned checkpoint (full fine-tuning or LoRA)."""
+"""`optimum-cli multipruner recover`: distil the dense model into a pruned checkpoint (full fine-tuning or LoRA), or
+into an int4 OpenVINO IR (quantization-aware, `--weight-format int4`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import os
 from argparse import ArgumentParser, Namespace
 from typing import Any, Optional
 
-from .common import DTYPES, MultiPrunerSubcommand, check_model_source, parse_bool, parse_list
+from .common import DTYPES, MultiPrunerSubcommand, check_model_source, parse_bool, parse_floats, parse_list
 
 # RecoveryConfig fields offered as options (kebab-case), with their type and help; the rest come from --config
 OPTIONS: dict[str, tuple[Any, str]] = {
-    "dataset": (str, "training text: local .txt/.json/.jsonl/.parquet file or Hub data set (never evaluation text)"),
+    "dataset": (parse_list, "training text: local .txt/.json/.jsonl/.parquet file or Hub data set (never "
+                            "evaluation text), or several, comma-separated, mixed by --dataset-weights"),
+    "dataset_weights": (parse_floats, "comma-separated share of each --dataset source (default: equal)"),
+    "max_epochs": (int, "passes a run may make over a source's text (default 1: a larger budget is refused)"),
     "max_tokens": (int, "token budget of the run"),
     "method": (str, "full (every weight trains) or lora (PEFT adapters, merged back at the end); default full"),
     "sequence_length": (int, "tokens per training sequence (default 512)"),
@@ -22,6 +26,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "gradient_accumulation_steps": (int, "micro-batches per optimizer step (default 1)"),
     "distillation_weight": (float, "share of the KL-to-teacher term; the rest is next-token CE (default 1)"),
     "temperature": (float, "softmax temperature of the KL term (default 1)"),
+    "hidden_state_weight": (float, "weight of the final-hidden-state term, 1 - cosine to the teacher's (default 0)"),
     "lora_rank": (int, "LoRA rank (default 16)"),
     "lora_alpha": (float, "LoRA alpha (default 32)"),
     "lora_target_modules": (parse_list, "comma-separated module names, or all-linear (default)"),
@@ -32,7 +37,16 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "gradient_checkpointing": (parse_bool, "recompute activations in the backward pass (true/false)"),
     "teacher_device": (str, "device of the teacher, e.g. cuda:1 (default: the student's)"),
     "text_column": (str, "text column of table-like files (default text)"),
+    "quantization": (str, "int4: quantization-aware distillation (NNCF FQ_LORA); the output is an int4 OpenVINO IR"),
+    "quantization_group_size": (int, "int4 group size (default 64)"),
+    "quantization_ratio": (float, "share of the linear layers in int4, the rest int8 (default 1.0)"),
+    "quantization_init": (str, "awq_scale_estimation (default) or rtn: how the int4 weights start"),
+    "quantization_lora_rank": (int, "rank of the quantized weights' trainable adapters (default 32)"),
+    "quantization_scale_learning_rate": (float, "learning rate of the quantizer scales (default 1e-5)"),
 }
+# the names optimum-cli export openvino gives the same settings
+ALIASES = {"quantization": "--weight-format", "quantization_group_size": "--group-size",
+           "quantization_ratio": "--ratio"}
 
 
 class RecoverCommand(MultiPrunerSubcommand):
@@ -46,7 +60,8 @@ class RecoverCommand(MultiPrunerSubcommand):
         parser.add_argument("output", help="folder of the recovered checkpoint")
         parser.add_argument("--config", help="recovery_config.json with any RecoveryConfig fields (options override)")
         for name, (kind, help_text) in OPTIONS.items():
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=help_text)
+            flags = [f"--{name.replace('_', '-')}", *([ALIASES[name]] if name in ALIASES else [])]
+            parser.add_argument(*flags, dest=name, type=kind, help=help_text)
         parser.add_argument("--training-args", type=json.loads, metavar="JSON",
                             help='further transformers TrainingArguments, e.g. \'{"fsdp": "full_shard"}\'')
         parser.add_argument("--checkpoint-dir", help="folder of resumable checkpoints (default: none are written)")
@@ -75,12 +90,19 @@ class RecoverCommand(MultiPrunerSubcommand):
         dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
         pruner = MultiPruner.from_pretrained(args.model, dtype=dtype)
         pruner.recover(config, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
-        pruner.save_pretrained(args.output, overwrite=args.overwrite)
         from optimum_multipruner.distributed import is_main_process
 
+        if config.quantization is None:
+            pruner.save_pretrained(args.output, overwrite=args.overwrite)
+        elif is_main_process():  # the trained int4 weights live in the IR
+            from optimum_multipruner.exporters import export_openvino
+
+            export_openvino(pruner.model, args.output, overwrite=args.overwrite, tokenizer=pruner.tokenizer,
+                            record=pruner.record)
         if is_main_process():
             tokens = pruner.record.recovery["tokens_seen"] if pruner.record is not None else config.max_tokens
-            print(f"Recovered {args.model} on {tokens:,} tokens; saved to {args.output}")
+            kind = "an int4 OpenVINO IR in" if config.quantization else "saved to"
+            print(f"Recovered {args.model} on {tokens:,} tokens; {kind} {args.output}")
 
 
 def _within(path: str, folder: str) -> bool:
@@ -121,6 +143,10 @@ def recovery_values(args: Namespace) -> dict[str, Any]:
             raise ValueError(f"{args.config} must hold a JSON object of RecoveryConfig fields.")
     given = {name: getattr(args, name) for name in (*OPTIONS, "teacher", "training_args")}
     values.update({name: value for name, value in given.items() if value is not None})
+    if isinstance(values.get("dataset"), tuple):  # one source stays a string
+        values["dataset"] = values["dataset"][0] if len(values["dataset"]) == 1 else list(values["dataset"])
+    if isinstance(values.get("dataset_weights"), tuple):
+        values["dataset_weights"] = list(values["dataset_weights"])
     targets = values.get("lora_target_modules")
     if isinstance(targets, tuple):  # one word (all-linear) stays a string, as PEFT takes it
         values["lora_target_modules"] = targets[0] if len(targets) == 1 and targets[0] == "all-linear" else list(targets)
