@@ -13,13 +13,19 @@ continues from its last checkpoint. Stages, in order (`--stages` runs a subset):
 * `pytorch`: WikiText-2 perplexity of every model in PyTorch (fp32) on the first `--pytorch-windows` test windows of
   2048 tokens (default 40): the numbers of the recovery goals (share of the gap to dense that recovery closes).
 * `export`: every model to int4 (group size 64 for every model: 64 divides the hidden size 576 and every pruned
-  width, so no layer falls back to another group size) and int8 (per-channel) IRs.
+  width, so no layer falls back to another group size) and int8 (per-channel) IRs; the dense and the recovered models
+  also to `int4_awq`: NNCF's data-aware int4 (AWQ + scale estimation, no training) on the search's calibration text,
+  the best int4 a user can make without training.
+* `qat`: quantization-aware distillation to int4 (`RecoveryConfig.quantization="int4"`, NNCF FQ_LORA, AWQ + scale
+  estimation start, same token budget and text) of the dense model (`dense_qat`: the fair baseline at equal effort)
+  and of each recovered model (`pruned{10,20}_qat`), each written as its int4 IR.
 * `evaluate`: per IR, WikiText-2 perplexity on the first 40 test windows of 2048 tokens and the 5-task zero-shot mean
   (PIQA, WinoGrande, HellaSwag, ARC-e, ARC-c; first 200 items each; standard errors), int4 IRs first.
 * `speed`: openvino-genai TTFT, TPOT and throughput of every int8/int4 IR, all compiled at once and run interleaved
   (order reversed every round), prompt 128, 32 new tokens, `--repetitions` runs after one warm-up.
 * `report`: benchmarks/results/frontier.json, frontier.md (the table) and frontier.png (quality against time per
-  output token, one point per IR, size as label).
+  output token, one point per IR, size as label, the Pareto front drawn and, for a few latency budgets, the point a
+  user would pick).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 from optimum_multipruner import MultiPruner
 from optimum_multipruner.benchmark import measure_interleaved
@@ -37,7 +43,7 @@ from optimum_multipruner.recovery import RecoveryConfig
 from optimum_multipruner.utils import atomic_write_text, get_logger, read_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-from smollm2 import ASSETS, DEFAULT_WIKITEXT, load_smollm2, prepare_smollm2  # noqa: E402
+from smollm2 import ASSETS, DEFAULT_WIKITEXT, LOCAL_ALPACA, load_smollm2, prepare_smollm2  # noqa: E402
 
 logger = get_logger("frontier")
 
@@ -45,23 +51,36 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RECORDS = {ratio: os.path.join(HERE, "results", "smollm2", f"multipruner_44_52_4_{ratio}", "pruning_record.json")
            for ratio in (10, 20)}
 C4_FILES = [os.path.join(ASSETS, "c4-redpajama-sample", f"sample_c4-rp{i}.jsonl") for i in (1, 2)]
-STAGES = ("models", "recover", "pytorch", "export", "evaluate", "speed", "report")
-FORMATS = ("int4", "int8")
+STAGES = ("models", "recover", "pytorch", "export", "qat", "evaluate", "speed", "report")
+FORMATS = ("int4", "int8", "int4_awq")
+QAT_MODELS = {"dense_qat": "dense", "pruned10_qat": "pruned10_recovered", "pruned20_qat": "pruned20_recovered"}
+AWQ_CALIBRATION_ROWS = 40  # the search's calibration rows (first set): the same text for data-aware int4
+LATENCY_BUDGETS = (0.75, 0.85, 1.0)  # TPOT budgets, as shares of the best dense int4's, a user picks an IR for
 INT4_GROUP_SIZE = 64
 WIKITEXT_WINDOWS = 40
 ZERO_SHOT_LIMIT = 200
 
 
-def recovery_config(max_tokens: int, teacher: str, dataset: str) -> RecoveryConfig:
+def recovery_config(max_tokens: int, teacher: str, dataset: str, **overrides: Any) -> RecoveryConfig:
     """The frontier's recovery: full fine-tuning on KL to the dense model, AdamW 1e-4 after 10 warm-up steps, then
-    constant (so a later run can extend the budget), 2 sequences of 512 tokens per step."""
-    return RecoveryConfig(teacher=teacher, dataset=dataset, max_tokens=max_tokens, sequence_length=512,
-                          learning_rate=1e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=10,
-                          per_device_train_batch_size=2, save_steps=10, logging_steps=5)
+    constant (so a later run can extend the budget), 2 sequences of 512 tokens per step; `overrides` replace fields
+    (the quantization-aware runs: `quantization="int4"`, adapters at 1e-4 and scales at 1e-5, NNCF's example)."""
+    values = dict(teacher=teacher, dataset=dataset, max_tokens=max_tokens, sequence_length=512, learning_rate=1e-4,
+                  lr_scheduler_type="constant_with_warmup", warmup_steps=10, per_device_train_batch_size=2,
+                  save_steps=10, logging_steps=5)
+    return RecoveryConfig(**{**values, **overrides})
 
 
 def model_names() -> list[str]:
     return ["dense", *(f"pruned{ratio}{suffix}" for ratio in RECORDS for suffix in ("", "_recovered"))]
+
+
+def ir_names() -> list[tuple[str, str]]:
+    """Every IR of the frontier as (model, format): each PyTorch model as int4 and int8, the dense and recovered ones
+    also as data-aware int4, and the quantization-aware models as int4."""
+    names = [(name, fmt) for name in model_names() for fmt in FORMATS
+             if fmt != "int4_awq" or name == "dense" or name.endswith("_recovered")]
+    return names + [(name, "int4") for name in QAT_MODELS]
 
 
 class Frontier:
@@ -148,16 +167,59 @@ class Frontier:
 
         from optimum_multipruner.exporters import export_openvino
 
-        int4 = OVWeightQuantizationConfig(bits=4, sym=False, group_size=INT4_GROUP_SIZE, ratio=1.0)
-        for weight_format in FORMATS:
-            for name in model_names():
-                output = self.ir_dir(name, weight_format)
-                if os.path.isdir(self.model_dir(name)) and (not os.path.isdir(output) or self.stale(name, output)):
-                    export_openvino(self.model_dir(name), output, weight_format=weight_format,
-                                    quantization_config=int4 if weight_format == "int4" else None, overwrite=True)
-                    for result in (f"{name}_{weight_format}.json", "speed.json"):
-                        if os.path.isfile(self.path("results", result)):
-                            os.remove(self.path("results", result))
+        configs = {"int4": OVWeightQuantizationConfig(bits=4, sym=False, group_size=INT4_GROUP_SIZE, ratio=1.0),
+                   "int8": None,
+                   "int4_awq": OVWeightQuantizationConfig(bits=4, sym=False, group_size=INT4_GROUP_SIZE, ratio=1.0,
+                                                          dataset=self.calibration_rows(), awq=True,
+                                                          scale_estimation=True,
+                                                          num_samples=AWQ_CALIBRATION_ROWS)}
+        for name, weight_format in ir_names():
+            if name in QAT_MODELS:
+                continue  # written by the `qat` stage
+            output = self.ir_dir(name, weight_format)
+            if os.path.isdir(self.model_dir(name)) and (not os.path.isdir(output) or self.stale(name, output)):
+                export_openvino(self.model_dir(name), output, weight_format=weight_format[:4],
+                                quantization_config=configs[weight_format], overwrite=True)
+                self.forget_results(name, weight_format)
+
+    def forget_results(self, name: str, weight_format: str) -> None:
+        """Drop the measurements of an IR written anew (and the interleaved timings, which include it)."""
+        for result in (f"{name}_{weight_format}.json", "speed.json"):
+            if os.path.isfile(self.path("results", result)):
+                os.remove(self.path("results", result))
+
+    def calibration_rows(self) -> list[str]:
+        """The Alpaca rows of the search's first calibration set (the text data-aware int4 calibrates on)."""
+        import random
+
+        from optimum_multipruner.data import load_text_rows, sample_rows
+
+        rows = load_text_rows(LOCAL_ALPACA)
+        return sample_rows(rows, AWQ_CALIBRATION_ROWS, random.Random(42), LOCAL_ALPACA)
+
+    def qat(self) -> None:
+        """Quantization-aware distillation of the dense and recovered models, each written as its int4 IR."""
+        from optimum_multipruner.exporters import export_openvino
+
+        from optimum_multipruner.recovery import recover
+
+        for name, source in QAT_MODELS.items():
+            output, run_file = self.ir_dir(name, "int4"), self.path("results", f"{name}_run.json")
+            done = os.path.isdir(output) and os.path.isfile(run_file) and read_json(run_file)["tokens_seen"] >= \
+                self.max_tokens
+            if done or not os.path.isdir(self.model_dir(source)):
+                continue
+            config = recovery_config(self.max_tokens, self.model_dir("dense"), self.training_text(),
+                                     quantization="int4", quantization_group_size=INT4_GROUP_SIZE)
+            pruner = MultiPruner.from_pretrained(self.model_dir(source))
+            checkpoints = self.path("recovery-checkpoints", name)
+            report = recover(pruner.model, config, tokenizer=pruner.tokenizer, checkpoint_dir=checkpoints,
+                             resume=os.path.isdir(checkpoints))
+            if pruner.record is not None:
+                pruner.record.recovery = report
+            export_openvino(pruner.model, output, tokenizer=pruner.tokenizer, record=pruner.record, overwrite=True)
+            atomic_write_text(run_file, json.dumps(report, indent=2) + "\n")
+            self.forget_results(name, "int4")
 
     def stale(self, name: str, ir: str) -> bool:
         """Whether the IR was exported from an earlier state of the model (a recovery extended since)."""
@@ -170,23 +232,23 @@ class Frontier:
         from optimum_multipruner.evaluation import evaluate_perplexity, evaluate_zero_shot
 
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir("dense"))
-        for weight_format in FORMATS:  # int4 first: the comparison that matters most
-            for name in model_names():
-                ir, result_file = self.ir_dir(name, weight_format), self.path("results", f"{name}_{weight_format}.json")
-                if os.path.isfile(result_file) or not os.path.isdir(ir):
-                    continue
-                logger.warning("Evaluating %s", ir)
-                model = OVModelForCausalLM.from_pretrained(ir, ov_config={"INFERENCE_PRECISION_HINT": "f32"})
-                result = {"wikitext2": evaluate_perplexity(model, tokenizer, DEFAULT_WIKITEXT, 2048,
-                                                           WIKITEXT_WINDOWS, progress=False),
-                          "zero_shot": evaluate_zero_shot(model, tokenizer, limit=ZERO_SHOT_LIMIT, data_dir=ASSETS)}
-                atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
+        int4_first = sorted(ir_names(), key=lambda ir: ir[1] == "int8")  # the comparison that matters most
+        for name, weight_format in int4_first:
+            ir, result_file = self.ir_dir(name, weight_format), self.path("results", f"{name}_{weight_format}.json")
+            if os.path.isfile(result_file) or not os.path.isdir(ir):
+                continue
+            logger.warning("Evaluating %s", ir)
+            model = OVModelForCausalLM.from_pretrained(ir, ov_config={"INFERENCE_PRECISION_HINT": "f32"})
+            result = {"wikitext2": evaluate_perplexity(model, tokenizer, DEFAULT_WIKITEXT, 2048,
+                                                       WIKITEXT_WINDOWS, progress=False),
+                      "zero_shot": evaluate_zero_shot(model, tokenizer, limit=ZERO_SHOT_LIMIT, data_dir=ASSETS)}
+            atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
 
     def speed(self) -> None:
         result_file = self.path("results", "speed.json")
         if os.path.isfile(result_file):
             return
-        irs = {f"{name}_{fmt}": self.ir_dir(name, fmt) for name in model_names() for fmt in ("int8", "int4")}
+        irs = {f"{name}_{fmt}": self.ir_dir(name, fmt) for name, fmt in ir_names() if os.path.isdir(self.ir_dir(name, fmt))}
         models, runs = measure_interleaved(irs, prompt_length=128, new_tokens=32, repetitions=self.repetitions,
                                            warmup=1, engine="genai")
         atomic_write_text(result_file, json.dumps({"models": models, "runs": runs}, indent=2) + "\n")
@@ -196,7 +258,12 @@ class Frontier:
         results = {"int4_group_size": INT4_GROUP_SIZE, "wikitext_windows": WIKITEXT_WINDOWS,
                    "pytorch_wikitext_windows": self.pytorch_windows,
                    "zero_shot_limit": ZERO_SHOT_LIMIT, "repetitions": self.repetitions,
-                   "recovery": recovery_summaries(self), "rows": rows, "goals": goals(rows)}
+                   "recovery": recovery_summaries(self), "rows": rows, "goals": goals(rows),
+                   "pareto_front": [f"{row['model']} {row['format']}" for row in pareto_front(rows)]}
+        baseline = best_dense_int4(rows)
+        if baseline is not None and "tpot_s" in baseline:
+            results["picks"] = {f"TPOT <= {share:g}x best dense int4": f"{row['model']} {row['format']}"
+                                for share, row in picks(rows, baseline["tpot_s"]).items()}
         atomic_write_text(os.path.join(HERE, "results", "frontier.json"), json.dumps(results, indent=2) + "\n")
         atomic_write_text(os.path.join(HERE, "results", "frontier.md"), format_table(results) + "\n")
         plot(rows, os.path.join(HERE, "results", "frontier.png"))
@@ -220,55 +287,82 @@ def frontier_rows(frontier: Frontier) -> list[dict[str, Any]]:
     speed = read_json(frontier.path("results", "speed.json"))["models"] if os.path.isfile(
         frontier.path("results", "speed.json")) else {}
     rows = []
-    for name in model_names():
-        for weight_format in ("pytorch", *FORMATS):
-            result_file = frontier.path("results", f"{name}_{weight_format}.json")
-            timing = speed.get(f"{name}_{weight_format}")
-            if not os.path.isfile(result_file) and not timing:
-                continue
-            result = read_json(result_file) if os.path.isfile(result_file) else {}
-            row = {"model": name, "format": weight_format}
-            if "wikitext2" in result:
-                row["wikitext2"] = result["wikitext2"]["perplexity"]
-            if "zero_shot" in result:
-                row["zero_shot_mean"] = result["zero_shot"]["mean"]
-                row["zero_shot_stderr"] = result["zero_shot"]["mean_stderr"]
-            if timing:
-                row.update({key: timing[key] for key in ("ttft_s", "tpot_s", "throughput_tokens_per_s",
-                                                         "size_bytes")})
-            rows.append(row)
-    baseline = next((row for row in rows if row["model"] == "dense" and row["format"] == "int4"), None)
+    for name, weight_format in [(name, "pytorch") for name in model_names()] + ir_names():
+        result_file = frontier.path("results", f"{name}_{weight_format}.json")
+        timing = speed.get(f"{name}_{weight_format}")
+        if not os.path.isfile(result_file) and not timing:
+            continue
+        result = read_json(result_file) if os.path.isfile(result_file) else {}
+        row = {"model": name, "format": weight_format}
+        if "wikitext2" in result:
+            row["wikitext2"] = result["wikitext2"]["perplexity"]
+        if "zero_shot" in result:
+            row["zero_shot_mean"] = result["zero_shot"]["mean"]
+            row["zero_shot_stderr"] = result["zero_shot"]["mean_stderr"]
+        if timing:
+            row.update({key: timing[key] for key in ("ttft_s", "tpot_s", "throughput_tokens_per_s", "size_bytes")})
+        rows.append(row)
+    return with_ratios(rows)
+
+
+def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each IR row's perplexity and TPOT over the best training-free dense int4 IR's (the lower perplexity of plain
+    and data-aware int4: the best int4 a user can make without training)."""
+    baseline = best_dense_int4(rows)
     for row in rows:
-        if baseline and "tpot_s" in row and "tpot_s" in baseline:
+        if baseline is None or row["format"] == "pytorch":
+            continue
+        row["baseline"] = f"dense {baseline['format']}"
+        if "tpot_s" in row and "tpot_s" in baseline:
             row["tpot_vs_dense_int4"] = row["tpot_s"] / baseline["tpot_s"]
-        if baseline and "wikitext2" in row and row["format"] != "pytorch":  # IRs on the same 40 windows
+        if "wikitext2" in row:  # IRs on the same 40 windows
             row["ppl_vs_dense_int4"] = row["wikitext2"] / baseline["wikitext2"]
     return rows
 
 
+def best_dense_int4(rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The dense int4 IR row (plain or data-aware) of lowest perplexity, or None."""
+    dense_int4 = [row for row in rows if row["model"] == "dense" and row["format"] in ("int4", "int4_awq")
+                  and "wikitext2" in row]
+    return min(dense_int4, key=lambda row: row["wikitext2"], default=None)
+
+
 def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's goals: share of the PyTorch (fp32) WikiText-2 gap recovery closes; int4 quality and TPOT against
-    dense int4."""
+    """Issue 26's goals: the share of the PyTorch (fp32) WikiText-2 gap recovery closes; the best int4 IR of each
+    recovered pruned model (plain, data-aware or quantization-aware) against the best training-free dense int4 IR,
+    in perplexity and TPOT; and, reported whatever it is, against the dense model with the same quantization-aware
+    distillation."""
     ppl = {(row["model"], row["format"]): row for row in rows}
     result = {}
-    for ratio, target in ((10, 0.75), (20, 0.60)):
+    for ratio, target in ((10, 0.75), (20, 0.65)):
         keys = [("dense", "pytorch"), (f"pruned{ratio}", "pytorch"), (f"pruned{ratio}_recovered", "pytorch")]
         if all(key in ppl for key in keys):
             dense, pruned, recovered = (ppl[key]["wikitext2"] for key in keys)
             closed = (pruned - recovered) / (pruned - dense)
             result[f"gap_closed_{ratio}"] = {"value": closed, "goal": target, "met": closed >= target}
-    for ratio, max_ppl, max_tpot in ((10, 1.15, 0.87), (20, 1.30, 0.75)):
-        row = ppl.get((f"pruned{ratio}_recovered", "int4"))
-        if row and "tpot_vs_dense_int4" in row and "ppl_vs_dense_int4" in row:
-            result[f"int4_{ratio}"] = {"ppl_ratio": row["ppl_vs_dense_int4"], "tpot_ratio": row["tpot_vs_dense_int4"],
-                                       "goal": [max_ppl, max_tpot],
-                                       "met": row["ppl_vs_dense_int4"] <= max_ppl and row["tpot_vs_dense_int4"] <= max_tpot}
+    for ratio, max_ppl, max_tpot in ((10, 1.10, 0.85), (20, 1.25, 0.75)):
+        candidates = [ppl[key] for key in ((f"pruned{ratio}_recovered", "int4"), (f"pruned{ratio}_recovered",
+                                                                                 "int4_awq"), (f"pruned{ratio}_qat",
+                                                                                               "int4"))
+                      if key in ppl and "tpot_vs_dense_int4" in ppl[key] and "ppl_vs_dense_int4" in ppl[key]]
+        if not candidates:
+            continue
+        best = min(candidates, key=lambda row: row["wikitext2"])
+        goal = {"ir": f"{best['model']} {best['format']}", "baseline": best["baseline"],
+                "ppl_ratio": best["ppl_vs_dense_int4"], "tpot_ratio": best["tpot_vs_dense_int4"],
+                "goal": [max_ppl, max_tpot],
+                "met": best["ppl_vs_dense_int4"] <= max_ppl and best["tpot_vs_dense_int4"] <= max_tpot}
+        qat = ppl.get(("dense_qat", "int4"))
+        if qat and "wikitext2" in qat and "tpot_s" in qat and "tpot_s" in best:
+            goal["vs_dense_qat"] = {"ppl_ratio": best["wikitext2"] / qat["wikitext2"],
+                                    "tpot_ratio": best["tpot_s"] / qat["tpot_s"]}
+        result[f"int4_{ratio}"] = goal
     return result
 
 
 def format_table(results: dict[str, Any]) -> str:
     lines = ["| model | IR | WikiText-2 PPL | zero-shot mean (± se) | TTFT ms | TPOT ms | tokens/s | size MB | "
-             "PPL / dense int4 | TPOT / dense int4 |", "|" + "---|" * 10]
+             "PPL / best dense int4 | TPOT / best dense int4 |", "|" + "---|" * 10]
     for row in results["rows"]:
         def cell(key, scale=1.0, digits=2):
             return f"{row[key] * scale:.{digits}f}" if key in row else "-"
@@ -284,29 +378,67 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The IR rows no other row beats in both time per output token and perplexity, fastest first."""
+    points = sorted((row for row in rows if "tpot_s" in row and "wikitext2" in row),
+                    key=lambda row: (row["tpot_s"], row["wikitext2"]))
+    front = []
+    for row in points:
+        if not front or row["wikitext2"] < front[-1]["wikitext2"]:
+            front.append(row)
+    return front
+
+
+def picks(rows: list[dict[str, Any]], baseline_tpot_s: float) -> dict[float, dict[str, Any]]:
+    """For each of `LATENCY_BUDGETS` (shares of `baseline_tpot_s`), the IR of lowest perplexity within it (a point of
+    the Pareto front); budgets no IR meets are left out."""
+    chosen = {}
+    for share in LATENCY_BUDGETS:
+        within = [row for row in pareto_front(rows) if row["tpot_s"] <= share * baseline_tpot_s]
+        if within:
+            chosen[share] = min(within, key=lambda row: row["wikitext2"])
+    return chosen
+
+
 def plot(rows: list[dict[str, Any]], path: str) -> None:
-    """WikiText-2 perplexity against time per output token, one point per int8/int4 IR, labelled with its size."""
+    """WikiText-2 perplexity against time per output token, one point per IR, labelled with its size; the Pareto
+    front as a line, and for latency budgets of 0.75x, 0.85x and 1x the best dense int4's TPOT, the IR to pick."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-    figure, axis = plt.subplots(figsize=(9, 6))
-    colours = {"dense": "black", "pruned10": "tab:orange", "pruned10_recovered": "tab:red",
-               "pruned20": "tab:cyan", "pruned20_recovered": "tab:blue"}
+    figure, axis = plt.subplots(figsize=(10, 6.5))
+    colours = dict(zip(model_names() + list(QAT_MODELS), plt.get_cmap("tab10").colors))
+    markers = {"int8": "o", "int4": "s", "int4_awq": "D"}
     for row in rows:
         if "tpot_s" not in row or "wikitext2" not in row:
             continue
-        marker = "o" if row["format"] == "int8" else "s"
-        axis.scatter(row["tpot_s"] * 1000, row["wikitext2"], color=colours[row["model"]], marker=marker,
+        axis.scatter(row["tpot_s"] * 1000, row["wikitext2"], color=colours[row["model"]], marker=markers[row["format"]],
                      label=f"{row['model']} {row['format']}")
         axis.annotate(f"{row['size_bytes'] / 1e6:.0f} MB", (row["tpot_s"] * 1000, row["wikitext2"]),
-                      textcoords="offset points", xytext=(5, 4), fontsize=8)
+                      textcoords="offset points", xytext=(5, 4), fontsize=7)
+    front = pareto_front(rows)
+    if front:
+        axis.plot([row["tpot_s"] * 1000 for row in front], [row["wikitext2"] for row in front], color="grey",
+                  linestyle="--", linewidth=1, label="Pareto front")
+    baseline = best_dense_int4(rows)
+    if baseline is not None and "tpot_s" in baseline:
+        for share, row in picks(rows, baseline["tpot_s"]).items():
+            budget = share * baseline["tpot_s"]
+            axis.axvline(budget * 1000, color="lightgrey", linewidth=0.8)
+            axis.annotate(f"pick for <= {budget * 1000:.1f} ms: {row['model']} {row['format']}",
+                          (row["tpot_s"] * 1000, row["wikitext2"]), textcoords="offset points", xytext=(8, -14),
+                          fontsize=7, arrowprops={"arrowstyle": "->", "color": "grey"})
     axis.set_xlabel("time per output token (ms, openvino-genai, CPU)")
     axis.set_ylabel(f"WikiText-2 perplexity (first {WIKITEXT_WINDOWS} windows of 2048)")
     axis.set_yscale("log")
-    axis.set_title("SmolLM2-135M: dense vs MultiPruner 10% / 20%, with and without recovery (o int8, s int4)")
-    axis.legend(fontsize=7, ncol=2)
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 20, 30, 50 rather than 2 x 10^1
+    axis.yaxis.set_major_formatter(plain)
+    axis.yaxis.set_minor_formatter(plain)
+    axis.set_title("SmolLM2-135M: dense vs MultiPruner 10% / 20% IRs (o int8, s int4, D data-aware int4)")
+    axis.legend(fontsize=6, ncol=2)
     figure.tight_layout()
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
     figure.savefig(tmp, format="png", dpi=100)
