@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -206,3 +207,9 @@ def require_asset(path):
     if not os.path.exists(path):
         pytest.skip(f"{MISSING_ASSET}: {path}")
     return path
+
+
+def write_jsonl(path, rows) -> str:
+    """`rows` as a JSON-lines file of `{"text": row}` records at `path`; returns the path as a string."""
+    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows), encoding="utf-8")
+    return str(path)

@@ -2,11 +2,10 @@
 the teacher's beyond what the logit loss alone does)."""
 
 import copy
-import json
 
 import pytest
 import torch
-from testing_utils import make_text
+from testing_utils import make_text, write_jsonl
 
 from optimum_multipruner import get_adapter
 from optimum_multipruner.modeling import to_pruned_model
@@ -38,7 +37,7 @@ def final_hidden(model, sequences):
 def test_the_hidden_state_term_pulls_the_final_hidden_state_to_the_teachers(trained_model, tokenizer, tmp_path):
     teacher = trained_model("llama")
     training_file = tmp_path / "train.jsonl"
-    training_file.write_text("".join(json.dumps({"text": row}) + "\n" for row in make_text(300, seed=5)))
+    write_jsonl(training_file, make_text(300, seed=5))
     held_out = tokenizer("\n\n".join(make_text(40, seed=11)), return_tensors="pt").input_ids[:, :256].view(-1, 64)
     distances = {}
     for weight in (0.0, 20.0):

@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from testing_utils import make_text
+from testing_utils import make_text, write_jsonl
 
 from optimum_multipruner.recovery.generation import MANIFEST_SUFFIX, PARTIAL_SUFFIX, generate_teacher_text
 
@@ -15,13 +15,7 @@ SETTINGS = dict(num_sequences=6, new_tokens=12, prefix_tokens=4, temperature=0.8
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
     path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in make_text(40, seed=9)), encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture
-def teacher(trained_model):
-    return trained_model("llama")
+    return write_jsonl(path, make_text(40, seed=9))
 
 
 def test_rows_continue_real_prefixes_and_a_second_call_reuses_the_file(teacher, tokenizer, prompts, tmp_path):

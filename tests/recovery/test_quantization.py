@@ -9,7 +9,7 @@ import openvino as ov
 import pytest
 import torch
 from optimum.intel import OVModelForCausalLM
-from testing_utils import make_text
+from testing_utils import make_text, run_optimum_cli, write_jsonl
 
 from optimum_multipruner import MultiPruner, get_adapter
 from optimum_multipruner.exporters import export_openvino
@@ -32,13 +32,7 @@ IR_MAX_RELATIVE, IR_MEAN_RELATIVE = 0.02, 0.003
 @pytest.fixture(scope="module")
 def training_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("qat") / "train.jsonl"
-    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in make_text(400, seed=5)), encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture
-def teacher(trained_model):
-    return trained_model("llama")
+    return write_jsonl(path, make_text(400, seed=5))
 
 
 def pruned_copy(teacher):
@@ -146,8 +140,6 @@ def test_the_dense_model_may_learn_its_own_int4_weights(teacher, tokenizer, trai
 
 
 def test_cli_recover_to_int4_writes_the_ir_and_mixes_sources(teacher, tokenizer, training_file, tmp_path, capsys):
-    from testing_utils import run_optimum_cli
-
     student = pruned_copy(teacher)
     record = PruningRecord(model_type=get_adapter(student).model_type, num_hidden_layers=4,
                            dense_parameters=dense_parameter_count(student.config, get_adapter(student)),
@@ -157,7 +149,7 @@ def test_cli_recover_to_int4_writes_the_ir_and_mixes_sources(teacher, tokenizer,
         tokenizer.save_pretrained(tmp_path / folder)
     record.save(tmp_path / "pruned")
     second = tmp_path / "second.jsonl"
-    second.write_text("".join(json.dumps({"text": row}) + "\n" for row in make_text(100, seed=6)), encoding="utf-8")
+    write_jsonl(second, make_text(100, seed=6))
     run_optimum_cli("multipruner", "recover", "-m", str(tmp_path / "pruned"), "--teacher", str(tmp_path / "dense"),
                     "--dataset", f"{training_file},{second}", "--dataset-weights", "3,1", "--max-tokens", "256",
                     "--sequence-length", "32", "--weight-format", "int4", "--group-size", "16",

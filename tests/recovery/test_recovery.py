@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from testing_utils import make_model, make_text, run_optimum_cli
+from testing_utils import make_model, make_text, run_optimum_cli, write_jsonl
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 import optimum_multipruner  # noqa: F401  (registers the pruned model types)
@@ -49,19 +49,13 @@ def config(training_file, **overrides):
 @pytest.fixture(scope="module")
 def training_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("recovery") / "train.jsonl"
-    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in make_text(600, seed=5)), encoding="utf-8")
-    return str(path)
+    return write_jsonl(path, make_text(600, seed=5))
 
 
 @pytest.fixture(scope="module")
 def held_out(tokenizer):
     ids = tokenizer("\n\n".join(make_text(80, seed=11)), return_tensors="pt").input_ids[0]
     return ids[: len(ids) // 64 * 64].view(-1, 64)  # text the recovery never sees
-
-
-@pytest.fixture
-def teacher(trained_model):
-    return trained_model("llama")
 
 
 def mean_nll(model, sequences) -> float:

@@ -1,25 +1,19 @@
 """Training text of a recovery run: several sources mixed by weight, prefix-stable (an extended run reads the shorter
 run's text first), more than one pass only where allowed, and what each source gave recorded."""
 
-import json
 
 import pytest
-from testing_utils import make_text
+from testing_utils import make_text, write_jsonl
 
 from optimum_multipruner.recovery.data import packed_training_text, source_schedule
 
 SEQUENCE_LENGTH = 16
 
 
-def write_rows(path, rows):
-    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows), encoding="utf-8")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sources")
-    return write_rows(folder / "a.jsonl", make_text(200, seed=1)), write_rows(folder / "b.jsonl", ["zzz qqq xxx"] * 50)
+    return write_jsonl(folder / "a.jsonl", make_text(200, seed=1)), write_jsonl(folder / "b.jsonl", ["zzz qqq xxx"] * 50)
 
 
 def pack(tokenizer, sources, num_sequences, **kwargs):
