@@ -56,6 +56,7 @@ def fake_quantize(model: nn.Module, config: RecoveryConfig, calibration: torch.T
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
     from nncf.torch.function_hook.wrapper import get_hook_storage
 
+    check_group_size(model, config.quantization_group_size)
     # NNCF compiles its CPU extension on first use and gives up after 60 s by default, which a busy machine exceeds;
     # an explicit setting of the user's wins
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
@@ -74,6 +75,20 @@ def fake_quantize(model: nn.Module, config: RecoveryConfig, calibration: torch.T
         if getattr(quantizer, "num_bits", None) == 4 and hasattr(quantizer, "enable_gradients"):
             quantizer.enable_gradients()
     return model
+
+
+def check_group_size(model: nn.Module, group_size: int) -> None:
+    """`ValueError` unless `group_size` divides the input width of every linear layer int4 applies to (all but the
+    output head), so that no layer silently falls back to another precision."""
+    head = model.get_output_embeddings()
+    widths = {name: module.in_features for name, module in model.named_modules()
+              if isinstance(module, nn.Linear) and module is not head}
+    misfits = {name: width for name, width in widths.items() if width % group_size}
+    if misfits:
+        name, width = next(iter(misfits.items()))
+        raise ValueError(f"`quantization_group_size` {group_size} does not divide the input width of {len(misfits)} "
+                         f"linear layers (e.g. {name}: {width}); choose a group size that divides every pruned width "
+                         f"(widths here: {sorted(set(widths.values()))}).")
 
 
 def parameter_groups(model: nn.Module, learning_rate: float, scale_learning_rate: float) -> list[dict[str, Any]]:

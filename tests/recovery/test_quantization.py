@@ -113,6 +113,8 @@ def test_quantization_aware_settings_and_saving_are_checked(teacher, tokenizer, 
         config(training_file, method="lora")
     with pytest.raises(ValueError, match="quantization"):
         config(training_file, quantization="int3")
+    with pytest.raises(ValueError, match=r"does not divide the input width of .* layers \(e\.g\. model\.layers\.0"):
+        recover(pruned_copy(teacher), config(training_file, quantization_group_size=48), teacher, tokenizer)
     student = pruned_copy(teacher)
     record = PruningRecord(model_type=get_adapter(student).model_type, num_hidden_layers=4,
                            dense_parameters=dense_parameter_count(student.config, get_adapter(student)),
