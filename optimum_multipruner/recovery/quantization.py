@@ -56,7 +56,6 @@ def fake_quantize(model: nn.Module, config: RecoveryConfig, calibration: torch.T
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
     from nncf.torch.function_hook.wrapper import get_hook_storage
 
-    check_group_size(model, config.quantization_group_size)
     # NNCF compiles its CPU extension on first use and gives up after 60 s by default, which a busy machine exceeds;
     # an explicit setting of the user's wins
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")

@@ -72,6 +72,10 @@ def recover(model: nn.Module, config: RecoveryConfig, teacher: Union[nn.Module, 
     warn_unless_teacher_is_origin(model, teacher)
     if config.method == "lora":
         check_lora_targets(model, config.lora_target_modules)
+    if config.quantization is not None:
+        from .quantization import check_group_size
+
+        check_group_size(model, config.quantization_group_size)
     resume_from = _check_checkpoint_dir(checkpoint_dir, resume)
 
     checkpoints = checkpoint_dir is not None
