@@ -180,6 +180,21 @@ def trial_traces(model, adapter):
     return inert, leaking
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_head_logits_from_the_last_layer_output_are_the_model_logits(family):
+    """What the accelerated scorer computes from cached hidden states (Granite's `logits_scaling`, Gemma 2's final
+    soft-capping included) is what the model's forward gives."""
+    model = make_model(family)
+    adapter = get_adapter(model)
+    outputs = []
+    hook = adapter.decoder_layers(model)[-1].register_forward_hook(
+        lambda module, args, output: outputs.append(output[0] if isinstance(output, tuple) else output))
+    with torch.no_grad():
+        logits = model(IDS).logits
+        hook.remove()
+        torch.testing.assert_close(adapter.head_logits(model, outputs[0]), logits, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("family", [*FAMILIES, "toyfamily"])
 def test_a_trial_of_every_candidate_kind_leaves_the_model_as_it_was(family, request):
     if family == "toyfamily":
