@@ -104,7 +104,7 @@ def test_export_loads_without_the_plugin(exported, tmp_path):
         "irs, prompt = json.loads(sys.argv[1]), torch.tensor([json.loads(sys.argv[2])])\n"
         "out = {}\n"
         "for family, ir in irs.items():\n"
-        "    model = OVModelForCausalLM.from_pretrained(ir, ov_config={'KV_CACHE_PRECISION': 'f32'})\n"
+        f"    model = OVModelForCausalLM.from_pretrained(ir, ov_config={F32!r})\n"
         "    tokens = model.generate(input_ids=prompt, max_new_tokens=8, do_sample=False, pad_token_id=3)\n"
         "    out[family] = [type(model).__name__, tokens[0].tolist()]\n"
         "assert not any(name.startswith('optimum_multipruner') for name in sys.modules)\n"
