@@ -394,7 +394,7 @@ def _write(data):
 # --------------------------------------------------------------------------- bad input
 def test_unsupported_architecture_names_the_supported_families(tokenizer):
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=320))
-    with pytest.raises(ValueError, match="llama, mistral, phi3, qwen2, qwen3"):
+    with pytest.raises(ValueError, match="gemma2, gemma3_text, granite, llama, mistral, olmo2, phi3, qwen2, qwen3, smollm3"):
         MultiPruner(model, tokenizer)
 
 
