@@ -7,6 +7,7 @@ query heads, KV heads and MLP width). Its model class applies that structure in 
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import sys
@@ -24,9 +25,38 @@ PRUNED_CONFIG_CLASSES: dict[str, type] = {}
 PRUNED_MODEL_CLASSES: dict[str, type] = {}
 
 
+def kept_layer_types(config) -> Optional[list[str]]:
+    """The kind (`config.layer_types` entry: sliding window or full) of each kept attention, in KV-cache slot order;
+    `None` for a config without `layer_types` or without a `pruning` section."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None or getattr(config, "pruning", None) is None:
+        return None
+    return [kind for kind, heads in zip(layer_types, config.pruning["num_key_value_heads"]) if heads]
+
+
+def _cache_view(config, kinds: list[str]):
+    """A copy of `config` describing the KV cache of the kept attentions: one layer per slot, of its layer's kind."""
+    view = copy.copy(config)
+    view.pruning = None  # the view is already compact
+    view.layer_types = kinds
+    view.num_hidden_layers = len(kinds)
+    return view
+
+
 def _make_pruned_classes(adapter: ArchitectureAdapter) -> tuple[type, type]:
     model_type = PRUNED_MODEL_TYPE_PREFIX + adapter.model_type
     module = sys.modules[__name__]
+
+    def get_text_config(self, decoder=None, encoder=None):
+        """As the family's, but the decoder config every transformers cache is built from (`DynamicCache`,
+        `StaticCache`, `generate`) has one layer per kept attention, of that attention's kind: slots are compact
+        (`surgery.compact_cache_slots`), and a slot read by the index of `layer_types` would get another layer's
+        kind (a sliding-window slot for a full attention or the reverse)."""
+        text_config = adapter.config_class.get_text_config(self, decoder=decoder, encoder=encoder)
+        kinds = kept_layer_types(self)
+        if not decoder or text_config is not self or kinds is None or len(kinds) == len(self.layer_types):
+            return text_config
+        return _cache_view(self, kinds)
 
     config_class = type(
         f"MultiPruned{adapter.stem}Config",
@@ -37,6 +67,7 @@ def _make_pruned_classes(adapter: ArchitectureAdapter) -> tuple[type, type]:
             "__annotations__": {"pruning": Optional[dict]},
             "model_type": model_type,
             "pruning": None,
+            "get_text_config": get_text_config,
         },
     )
 

@@ -7,11 +7,12 @@ import sys
 
 import pytest
 import torch
-from testing_utils import FAMILIES, make_model, make_pruned_model
-from transformers import AutoModelForCausalLM
+from testing_utils import GEMMA3_MIXED_KINDS, FAMILIES, make_model, make_pruned_model, zero_pruned_units
+from transformers import AutoModelForCausalLM, DynamicCache
 
 import optimum_multipruner  # noqa: F401  (registers the pruned model types)
 from optimum_multipruner.architectures import get_adapter
+from optimum_multipruner.modeling import kept_layer_types
 from optimum_multipruner.structure import PrunedStructure
 from optimum_multipruner.surgery import ZeroAttention, read_structure
 
@@ -117,3 +118,30 @@ def test_cached_generation_with_attention_less_layer_zero_and_left_padding(famil
     cached = model.generate(input_ids, use_cache=True, **kwargs)
     uncached = model.generate(input_ids, use_cache=False, **kwargs)
     assert torch.equal(cached, uncached)
+
+
+def test_gemma3_cache_masks_and_rope_follow_the_kinds_of_the_kept_attentions(tmp_path):
+    """Attention removed from a full (0) and a sliding-window (1) layer of a tiny Gemma 3 whose window (4) is shorter
+    than the prompt: the pruned model, cached, and its reloaded checkpoint give the logits of the dense model with
+    those sub-blocks skipped, at prefill and at every decode step."""
+    structure = PrunedStructure(*GEMMA3_MIXED_KINDS)
+    reference = make_model("gemma3_text")
+    zero_pruned_units(reference, structure)
+    pruned = make_pruned_model("gemma3_text", structure)
+    assert kept_layer_types(pruned.config) == ["sliding_attention", "full_attention"]
+    assert DynamicCache(config=pruned.config).is_sliding == [True, False]  # by index it would be [False, True]
+    pruned.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert reloaded.config.layer_types == pruned.config.layer_types  # each layer's own kind, RoPE base with it
+
+    input_ids = torch.randint(4, 320, (2, 12), generator=torch.Generator().manual_seed(3))
+    attention_mask = torch.ones_like(input_ids)
+    input_ids[0, :3], attention_mask[0, :3] = 3, 0  # left padding
+    kwargs = dict(attention_mask=attention_mask, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=3,
+                  return_dict_in_generate=True, output_logits=True)
+    expected = reference.generate(input_ids, **kwargs)
+    for model in (pruned, reloaded):
+        actual = model.generate(input_ids, **kwargs)
+        assert torch.equal(actual.sequences, expected.sequences)
+        for step, (a, b) in enumerate(zip(actual.logits, expected.logits)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"step {step}")

@@ -26,6 +26,9 @@ from optimum_multipruner.surgery import ZeroAttention
 
 BRANCH_OUTPUTS = {"attention": "self_attn.o_proj", "mlp": "mlp.down_proj"}
 SILENT_ATTENTION = 2  # the layer whose attention `model_with_a_silent_attention` keeps silent
+# About 12 s a family (training): of the four families of issue 29, Gemma 3 (sandwich norms, mixed layer kinds) runs
+# here; benchmarks/family_search.py checks the planted block on larger models of all four (benchmarks/RESULTS.md).
+PLANTED_FAMILIES = [family for family in FAMILIES if family not in ("gemma2", "smollm3", "olmo2")]
 
 
 def block_search_config(calibration_file, **overrides):
@@ -83,7 +86,7 @@ def model_with_a_silent_attention(tokenizer, calibration_file):
     return get
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", PLANTED_FAMILIES)
 def test_planted_useless_block_is_removed_first(family, model_with_a_silent_attention, tokenizer, calibration_file):
     """In a model trained on the calibration text with one attention kept silent (it adds exactly nothing), the search
     removes that attention first, and the calibration perplexity after that step is exactly the starting one."""
@@ -391,7 +394,7 @@ def _write(data):
 # --------------------------------------------------------------------------- bad input
 def test_unsupported_architecture_names_the_supported_families(tokenizer):
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=320))
-    with pytest.raises(ValueError, match="llama, mistral, phi3, qwen2, qwen3"):
+    with pytest.raises(ValueError, match="gemma2, gemma3_text, granite, llama, mistral, olmo2, phi3, qwen2, qwen3, smollm3"):
         MultiPruner(model, tokenizer)
 
 

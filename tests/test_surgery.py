@@ -1,10 +1,11 @@
 """Physical surgery equals the dense model with the same units zeroed."""
 
 import copy
+from inspect import signature
 
 import pytest
 import torch
-from testing_utils import FAMILIES, make_model, parameter_count_by_hand
+from testing_utils import EXACT_WIDTH_NORMS, FAMILIES, make_model, parameter_count_by_hand, zero_pruned_units
 
 from optimum_multipruner.architectures import get_adapter
 from optimum_multipruner.surgery import (
@@ -23,18 +24,6 @@ INPUT = torch.randint(4, 320, (2, 24), generator=torch.Generator().manual_seed(0
 STRUCTURE = PrunedStructure(
     num_attention_heads=[0, 2, 4, 2], num_key_value_heads=[0, 1, 2, 1], intermediate_size=[64, 0, 256, 128]
 )
-
-
-def zero_pruned_units(model, structure: PrunedStructure) -> None:
-    """Reference: zero the o_proj columns of removed query heads and the down_proj columns of removed channels."""
-    adapter = get_adapter(model)
-    layout = adapter.attention_layout(model.config)
-    with torch.no_grad():
-        for layer, kv, width in zip(
-            adapter.decoder_layers(model), structure.num_key_value_heads, structure.intermediate_size
-        ):
-            layer.self_attn.o_proj.weight[:, kv * layout.group_width :] = 0
-            layer.mlp.down_proj.weight[:, width:] = 0
 
 
 def logits(model, input_ids=INPUT):
@@ -106,9 +95,10 @@ def test_weight_reordering_sorts_by_l1_score_and_preserves_function(family):
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_slicing_equals_zeroed_dense_model(family, attn_implementation):
-    reference = make_model(family, attn_implementation=attn_implementation)
+    overrides = EXACT_WIDTH_NORMS.get(family, {})
+    reference = make_model(family, attn_implementation=attn_implementation, **overrides)
     zero_pruned_units(reference, STRUCTURE)
-    pruned = make_model(family, attn_implementation=attn_implementation)
+    pruned = make_model(family, attn_implementation=attn_implementation, **overrides)
     apply_structure(pruned, get_adapter(pruned), STRUCTURE)
     torch.testing.assert_close(logits(pruned), logits(reference), atol=1e-5, rtol=1e-5)
     assert read_structure(pruned, get_adapter(pruned)) == STRUCTURE
@@ -127,7 +117,9 @@ def test_removed_block_equals_skipping_it(family):
     structure.num_attention_heads[2] = structure.num_key_value_heads[2] = 0
     apply_structure(model, adapter, structure)
     assert isinstance(layer.self_attn, ZeroAttention)
-    position_embeddings = model.model.rotary_emb(hidden, torch.arange(8)[None])
+    rotary = model.model.rotary_emb  # Gemma 3 has one RoPE base per layer kind
+    kind = {"layer_type": model.config.layer_types[2]} if "layer_type" in signature(rotary.forward).parameters else {}
+    position_embeddings = rotary(hidden, torch.arange(8)[None], **kind)
     with torch.no_grad():
         out = layer(hidden, position_embeddings=position_embeddings)
         expected = reference(hidden, position_embeddings=position_embeddings)

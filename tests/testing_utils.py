@@ -9,13 +9,17 @@ import random
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
     GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    Olmo2Config,
     Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    SmolLM3Config,
 )
 
 VOCAB_SIZE = 320
@@ -42,15 +46,54 @@ _COMMON = dict(
 GRANITE_MULTIPLIERS = dict(embedding_multiplier=4.0, attention_multiplier=0.125, residual_multiplier=0.5,
                            logits_scaling=2.0)
 
+# Gemma's sliding window (4) is shorter than the test sequences, so a layer given the wrong kind gives other numbers;
+# Gemma 3 has two full-attention layers (0 and 3) among sliding ones, and RoPE bases 1e6 (full) and 1e4 (sliding).
+GEMMA = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=4)
+GEMMA3_LAYER_TYPES = ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+# `num_attention_heads`, `num_key_value_heads`, `intermediate_size` of a tiny Gemma 3 without the attentions of layer 0
+# (full) and layer 1 (sliding): the kept ones (sliding, full) sit in cache slots 0 and 1, whose kinds by index in
+# `layer_types` would be the other way round. `PrunedStructure(*GEMMA3_MIXED_KINDS)`.
+GEMMA3_MIXED_KINDS = ([0, 0, 4, 2], [0, 0, 2, 1], [256, 128, 0, 256])
+
 CONFIGS = {
+    "gemma2": lambda: Gemma2Config(**_COMMON, **GEMMA),
+    "gemma3_text": lambda: Gemma3TextConfig(**_COMMON, **GEMMA, layer_types=GEMMA3_LAYER_TYPES),
     "granite": lambda: GraniteConfig(**_COMMON, **GRANITE_MULTIPLIERS),
     "llama": lambda: LlamaConfig(**_COMMON, head_dim=16),
     "mistral": lambda: MistralConfig(**_COMMON, head_dim=16, sliding_window=32),
+    "olmo2": lambda: Olmo2Config(**_COMMON),
     "qwen2": lambda: Qwen2Config(**_COMMON),
     "qwen3": lambda: Qwen3Config(**_COMMON, head_dim=16),
     "phi3": lambda: Phi3Config(**_COMMON),
+    "smollm3": lambda: SmolLM3Config(**_COMMON),  # layer 3 has no RoPE (`no_rope_layers`)
 }
 FAMILIES = sorted(CONFIGS)
+
+
+# OLMo 2's q/k norms average over the whole projection width: with a negligible epsilon, zeroing the removed rows and scaling
+# the norm weights by sqrt(kept / dense width) makes the dense model compute exactly what the sliced one does.
+EXACT_WIDTH_NORMS = {"olmo2": {"rms_norm_eps": 1e-30}}  # not 0: a removed branch's post-norm sees zeros
+
+
+def zero_pruned_units(model, structure: PrunedStructure) -> None:
+    """Reference: zero the o_proj columns of removed query heads and the down_proj columns of removed channels (and
+    for OLMo 2, see `EXACT_WIDTH_NORMS`, the removed q/k rows, rescaling the q/k norms)."""
+    from optimum_multipruner import get_adapter
+
+    adapter = get_adapter(model)
+    layout = adapter.attention_layout(model.config)
+    with torch.no_grad():
+        for layer, kv, width in zip(
+            adapter.decoder_layers(model), structure.num_key_value_heads, structure.intermediate_size
+        ):
+            attention = layer.self_attn
+            attention.o_proj.weight[:, kv * layout.group_width :] = 0
+            layer.mlp.down_proj.weight[:, width:] = 0
+            if model.config.model_type == "olmo2" and 0 < kv < layout.num_kv_heads:
+                for projection, norm, kept in ((attention.q_proj, attention.q_norm, kv * layout.group_width),
+                                               (attention.k_proj, attention.k_norm, kv * layout.head_dim)):
+                    projection.weight[kept:] = 0
+                    norm.weight *= (kept / projection.out_features) ** 0.5
 
 
 def make_text(num_rows: int = 400, seed: int = 0) -> list[str]:
@@ -178,10 +221,12 @@ def run_optimum_cli(*argv: str) -> None:
 def parameter_count_by_hand(config, structure=None) -> int:
     """All parameters of a tiny model of `config` pruned to `structure` (dense when `None`), counted from the shapes
     without the package: embeddings, `lm_head` unless tied, the final norm and, per layer, the kept q/k/v/o rows
-    (+ q/k/v biases for Qwen2, q/k norms for Qwen3), gate/up/down channels and the pre-norm of each kept branch."""
+    (+ q/k/v biases for Qwen2, q/k norms over head_dim for Qwen3 and Gemma 3, over the kept width for OLMo 2),
+    gate/up/down channels and the norms of each kept branch (one, two for Gemma's sandwich norms)."""
     hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
-    family = config.model_type.split("_")[-1]  # "multipruner_qwen2" -> "qwen2"
+    family = config.model_type.removeprefix("multipruner_")
+    norms_per_branch = 2 if family in ("gemma2", "gemma3_text") else 1
     layers = range(config.num_hidden_layers)
     kept_kv = structure.num_key_value_heads if structure else [kv_heads for _ in layers]
     kept_width = structure.intermediate_size if structure else [config.intermediate_size for _ in layers]
@@ -189,11 +234,12 @@ def parameter_count_by_hand(config, structure=None) -> int:
     for kv, width in zip(kept_kv, kept_width):
         if kv:
             q_rows, kv_rows = kv * heads // kv_heads * head_dim, kv * head_dim
-            total += (q_rows + 2 * kv_rows) * hidden + q_rows * hidden + hidden
+            total += (q_rows + 2 * kv_rows) * hidden + q_rows * hidden + norms_per_branch * hidden
             total += (q_rows + 2 * kv_rows) if family == "qwen2" else 0
-            total += 2 * head_dim if family == "qwen3" else 0
+            total += 2 * head_dim if family in ("qwen3", "gemma3_text") else 0
+            total += q_rows + kv_rows if family == "olmo2" else 0
         if width:
-            total += 3 * width * hidden + hidden
+            total += 3 * width * hidden + norms_per_branch * hidden
     return total
 
 MISSING_ASSET = "missing data asset"

@@ -11,7 +11,15 @@ import pkgutil
 
 from optimum_multipruner_constants import PRUNED_MODEL_TYPE_PREFIX
 
-from .base import ADAPTERS, PRE_NORM_LAYER, ArchitectureAdapter, AttentionLayout, DecoderLayerLayout, register_adapter
+from .base import (
+    ADAPTERS,
+    PRE_NORM_LAYER,
+    SANDWICH_NORM_LAYER,
+    ArchitectureAdapter,
+    AttentionLayout,
+    DecoderLayerLayout,
+    register_adapter,
+)
 
 
 for _module in pkgutil.iter_modules(__path__):
@@ -44,6 +52,7 @@ def get_adapter(model_or_config) -> ArchitectureAdapter:
 __all__ = [
     "ADAPTERS",
     "PRE_NORM_LAYER",
+    "SANDWICH_NORM_LAYER",
     "ArchitectureAdapter",
     "AttentionLayout",
     "DecoderLayerLayout",

@@ -64,6 +64,15 @@ PRE_NORM_LAYER = DecoderLayerLayout(
 Only for families whose layer really is this; a post-norm family (norms on the branch outputs, e.g. OLMo2's
 `post_attention_layernorm` + `post_feedforward_layernorm`) names its own norms."""
 
+SANDWICH_NORM_LAYER = DecoderLayerLayout(
+    attention="self_attn",
+    mlp="mlp",
+    attention_norms=("input_layernorm", "post_attention_layernorm"),
+    mlp_norms=("pre_feedforward_layernorm", "post_feedforward_layernorm"),
+)
+"""`h = x + post_attention_layernorm(self_attn(input_layernorm(x)))`, and the MLP between
+`pre_feedforward_layernorm` and `post_feedforward_layernorm` (Gemma 2 and 3): a removed branch takes both its norms."""
+
 
 def select_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     """A new `nn.Linear` keeping output rows (`dim=0`, bias too) or input columns (`dim=1`) `index`, in that order.
@@ -121,6 +130,9 @@ class ArchitectureAdapter:
     config_class: ClassVar[type]
     causal_lm_class: ClassVar[type]
     layer_layout: ClassVar[DecoderLayerLayout]
+    openvino_max_transformers_version: ClassVar[Optional[str]] = None
+    """The newest transformers (optimum's `"x.y.99"` = any x.y) with which this family's pruned OpenVINO export was
+    verified, where optimum-intel's stock export config caps transformers lower; `None` keeps the stock cap."""
 
     # ----------------------------------------------------------------- navigation
     @staticmethod
@@ -181,15 +193,10 @@ class ArchitectureAdapter:
         """Why whole attention branches cannot be removed from a model with `config`, or `None` if they can.
 
         A pruned model gives each kept attention the KV-cache slot of its rank among kept attentions
-        (`surgery.compact_cache_slots`), while transformers picks each slot's cache and mask kind from
-        `config.layer_types`; in a model mixing sliding-window and full attention, slots would get the wrong kind.
+        (`surgery.compact_cache_slots`), and its config gives each slot the kind (`layer_types`: sliding window or full)
+        of the layer that attention came from (`modeling.kept_layer_types`); masks, rotary embeddings and NoPE follow
+        each layer's own kind. Every family carries that; a family that cannot overrides this with its reason.
         """
-        kinds = sorted(set(getattr(config, "layer_types", None) or ()))
-        if len(kinds) > 1:
-            return (
-                f"the model mixes sliding-window and full attention layers ({kinds}), and removing attention blocks "
-                "from such a model is not supported"
-            )
         return None
 
     def gguf_blocker(self, config) -> Optional[str]:

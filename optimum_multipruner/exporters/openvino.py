@@ -111,7 +111,7 @@ def _make_export_config(base_type: str) -> type:
     stock = TasksManager.get_exporter_config_constructor(
         "openvino", model_type=base_type, task=TASKS[-1], library_name="transformers"
     ).func
-    return with_past_key_values(
+    config_class = with_past_key_values(
         stock,
         PrunedPastKeyValuesGenerator,
         _add_past_key_values,
@@ -119,6 +119,10 @@ def _make_export_config(base_type: str) -> type:
         doc=f"`{stock.__name__}` for `{PRUNED_MODEL_TYPE_PREFIX}{base_type}` checkpoints.",
         module=__name__,
     )
+    verified = ADAPTERS[base_type].openvino_max_transformers_version
+    if verified is not None:
+        config_class.MAX_TRANSFORMERS_VERSION = verified
+    return config_class
 
 
 def register_openvino_export() -> None:

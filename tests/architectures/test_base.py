@@ -27,14 +27,19 @@ from optimum_multipruner.candidates import (
     candidates_for,
     trial,
 )
-from optimum_multipruner.modeling import PRUNED_CONFIG_CLASSES, PRUNED_MODEL_CLASSES, register_pruned_models
+from optimum_multipruner.modeling import (
+    PRUNED_CONFIG_CLASSES,
+    PRUNED_MODEL_CLASSES,
+    kept_layer_types,
+    register_pruned_models,
+)
 from optimum_multipruner.structure import PrunedStructure
 from optimum_multipruner.surgery import apply_structure, read_structure, remove_mlp
 
 # Layer 0 without attention, layer 1 without MLP.
 REMOVES_ATTENTION = PrunedStructure([0, 4, 4, 4], [0, 2, 2, 2], [256, 0, 256, 256])
 MIXED_ATTENTION = dict(
-    use_sliding_window=True, sliding_window=32,
+    use_sliding_window=True, sliding_window=8,
     layer_types=["full_attention", "full_attention", "sliding_attention", "sliding_attention"],
 )
 
@@ -102,14 +107,19 @@ class ToyForCausalLM(LlamaForCausalLM):
 
 
 @pytest.fixture
-def toy_family():
-    """A family added the way a new adapter file adds one: a single registered class (removed afterwards)."""
+def toy_family(request):
+    """A family added the way a new adapter file adds one: a single registered class (removed afterwards); with a
+    parameter (`indirect`), the reason its adapter gives for refusing attention-block removal."""
+    blocker = getattr(request, "param", None)
 
     @register_adapter
     class ToyAdapter(ArchitectureAdapter):
         model_type, display_name, stem = "toyfamily", "Toy", "Toy"
         config_class, causal_lm_class = ToyConfig, ToyForCausalLM
         layer_layout = PRE_NORM_LAYER
+
+        def attention_removal_blocker(self, config):
+            return blocker
 
     try:
         yield ADAPTERS["toyfamily"]
@@ -168,6 +178,21 @@ def trial_traces(model, adapter):
             if not (same_weights and after_modules == modules and torch.equal(after_logits, logits)):
                 leaking.append(candidate)
     return inert, leaking
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_head_logits_from_the_last_layer_output_are_the_model_logits(family):
+    """What the accelerated scorer computes from cached hidden states (Granite's `logits_scaling`, Gemma 2's final
+    soft-capping included) is what the model's forward gives."""
+    model = make_model(family)
+    adapter = get_adapter(model)
+    outputs = []
+    hook = adapter.decoder_layers(model)[-1].register_forward_hook(
+        lambda module, args, output: outputs.append(output[0] if isinstance(output, tuple) else output))
+    with torch.no_grad():
+        logits = model(IDS).logits
+        hook.remove()
+        torch.testing.assert_close(adapter.head_logits(model, outputs[0]), logits, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("family", [*FAMILIES, "toyfamily"])
@@ -241,27 +266,44 @@ def test_a_post_norm_layer_is_refused_under_a_pre_norm_layout_and_pruned_right_u
 
 
 # --------------------------------------------------------------------------- attention removal policy
-def test_mixed_sliding_and_full_attention_forbids_removing_attention():
-    uniform, mixed = make_model("qwen2"), make_model("qwen2", **MIXED_ATTENTION)
-    adapter = get_adapter(mixed)
-    assert adapter.attention_removal_blocker(uniform.config) is None
-    assert "mixes sliding-window and full attention" in adapter.attention_removal_blocker(mixed.config)
-    REMOVES_ATTENTION.validate(uniform.config, adapter)
-    before = state(mixed)
-    with pytest.raises(ValueError, match="Layer 0 has its attention removed, but the model mixes"):
-        apply_structure(mixed, adapter, REMOVES_ATTENTION)
-    with pytest.raises(ValueError, match="Layer 0 has its attention removed"):
-        MultiPruner(mixed).apply(PruningRecord("qwen2", 4, 0, REMOVES_ATTENTION, weight_reorder=True))
-    assert_unchanged(mixed, before)
-    narrower = PrunedStructure([4, 2, 4, 4], [2, 1, 2, 2], [256, 0, 128, 256])  # no attention removed: fine
-    apply_structure(mixed, adapter, narrower)
-    assert read_structure(mixed, adapter) == narrower
+def test_mixed_sliding_and_full_attention_loses_attention_blocks_with_their_kinds():
+    """Qwen2 with sliding-window layers after `max_window_layers`: attention blocks go, and the kept ones keep their
+    kinds (cached generation = uncached; Gemma 3's test in test_modeling checks the logits against the dense model)."""
+    mixed = make_model("qwen2", **MIXED_ATTENTION)
+    assert get_adapter(mixed).attention_removal_blocker(mixed.config) is None
+    pruned = MultiPruner(mixed).apply(PruningRecord("qwen2", 4, 0, REMOVES_ATTENTION, weight_reorder=True))
+    assert read_structure(pruned, get_adapter(pruned)) == REMOVES_ATTENTION
+    assert kept_layer_types(pruned.config) == ["full_attention", "sliding_attention", "sliding_attention"]
+    ids = torch.randint(4, 320, (1, 40), generator=torch.Generator().manual_seed(0))  # longer than the window
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=3)
+    assert torch.equal(pruned.generate(ids, use_cache=True, **kwargs), pruned.generate(ids, use_cache=False, **kwargs))
 
 
-def test_search_that_could_remove_attention_is_refused_before_it_starts(tokenizer, calibration_file, tmp_path):
-    model = make_model("qwen2", **MIXED_ATTENTION)
+BLOCKED = "the toy cache cannot tell its layers' kinds"
+
+
+@pytest.mark.parametrize("toy_family", [BLOCKED], indirect=True)
+def test_a_family_that_cannot_carry_its_kinds_forbids_removing_attention(toy_family):
+    model = make_toy_model()
+    assert toy_family.attention_removal_blocker(model.config) == BLOCKED
+    REMOVES_ATTENTION.validate(make_model("llama").config, get_adapter("llama"))
     before = state(model)
-    with pytest.raises(ValueError, match=r"may remove attention blocks, but the model mixes .*block_types"):
+    with pytest.raises(ValueError, match=f"Layer 0 has its attention removed, but {BLOCKED}"):
+        apply_structure(model, toy_family, REMOVES_ATTENTION)
+    with pytest.raises(ValueError, match="Layer 0 has its attention removed"):
+        MultiPruner(model).apply(PruningRecord("toyfamily", 4, 0, REMOVES_ATTENTION, weight_reorder=True))
+    assert_unchanged(model, before)
+    narrower = PrunedStructure([4, 2, 4, 4], [2, 1, 2, 2], [256, 0, 128, 256])  # no attention removed: fine
+    apply_structure(model, toy_family, narrower)
+    assert read_structure(model, toy_family) == narrower
+
+
+@pytest.mark.parametrize("toy_family", [BLOCKED], indirect=True)
+def test_search_that_could_remove_attention_is_refused_before_it_starts(toy_family, tokenizer, calibration_file,
+                                                                       tmp_path):
+    model = make_toy_model()
+    before = state(model)
+    with pytest.raises(ValueError, match=f"may remove attention blocks, but {BLOCKED}.*block_types"):
         MultiPruner(model, tokenizer).prune(search_config(calibration_file), progress=False,
                                             checkpoint_dir=tmp_path / "progress")
     assert_unchanged(model, before)
@@ -271,4 +313,4 @@ def test_search_that_could_remove_attention_is_refused_before_it_starts(tokenize
     pruned = pruner.prune(search_config(calibration_file, block_types=("mlp",), max_steps=2), progress=False)
     assert pruner.record.steps[0].action == "remove_mlp" and len(pruner.record.steps) == 2
     assert all(pruner.record.structure.num_key_value_heads)  # no attention removed
-    assert type(pruned).__name__ == "MultiPrunedQwen2ForCausalLM"
+    assert type(pruned).__name__ == "MultiPrunedToyForCausalLM"

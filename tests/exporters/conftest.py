@@ -8,7 +8,7 @@ from testing_utils import make_tokenizer, run_optimum_cli
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """`exported(family)` -> (pruned checkpoint folder, IR folder)."""
+    """`exported(family, structure=STRUCTURE)` -> (pruned checkpoint folder, IR folder)."""
     from optimum_multipruner import get_adapter
     from optimum_multipruner.record import RECORD_NAME, PruningRecord
     from optimum_multipruner.surgery import dense_parameter_count
@@ -16,10 +16,12 @@ def exported(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("openvino")
     cache = {}
 
-    def get(family):
-        if family not in cache:
-            checkpoint, ir = workdir / f"{family}_pruned", workdir / f"{family}_ov"
-            model = pruned_model(family)
+    def get(family, structure=STRUCTURE):
+        key = family, str(structure.to_dict())
+        if key not in cache:
+            name = family if structure == STRUCTURE else f"{family}_{len(cache)}"
+            checkpoint, ir = workdir / f"{name}_pruned", workdir / f"{name}_ov"
+            model = pruned_model(family, structure)
             model.save_pretrained(checkpoint)
             make_tokenizer().save_pretrained(checkpoint)
             adapter = get_adapter(model)
@@ -27,12 +29,12 @@ def exported(tmp_path_factory):
                 model_type=adapter.model_type,
                 num_hidden_layers=model.config.num_hidden_layers,
                 dense_parameters=dense_parameter_count(model.config, adapter),
-                structure=STRUCTURE,
+                structure=structure,
                 weight_reorder=False,
                 source="tests/exporters",
             ).save(checkpoint / RECORD_NAME)
             run_optimum_cli("export", "openvino", "--model", str(checkpoint), str(ir))
-            cache[family] = str(checkpoint), str(ir)
-        return cache[family]
+            cache[key] = str(checkpoint), str(ir)
+        return cache[key]
 
     return get

@@ -10,9 +10,9 @@ import openvino as ov
 import openvino_genai
 import pytest
 import torch
-from exported_models import F32, PAD
+from exported_models import F32, MIXED_KINDS, PAD
 from optimum.intel import OVModelForCausalLM
-from testing_utils import FAMILIES
+from testing_utils import FAMILIES, GEMMA
 from transformers import AutoTokenizer
 
 PROMPT = "the model prunes heads and channels of every layer"
@@ -30,6 +30,17 @@ def generation_config() -> openvino_genai.GenerationConfig:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_llm_pipeline_generates_the_tokens_of_optimum_intel(family, exported):
     _, ir = exported(family)
+    assert_pipelines_generate_the_tokens_of_optimum_intel(ir, family)
+
+
+def test_llm_pipeline_on_gemma3_without_a_full_and_a_sliding_window_attention(exported):
+    """The kept attentions keep their kinds in openvino-genai too (the prompt is longer than the window of 4)."""
+    _, ir = exported("gemma3_text", MIXED_KINDS)
+    assert len(AutoTokenizer.from_pretrained(ir)(PROMPT).input_ids) > GEMMA["sliding_window"]
+    assert_pipelines_generate_the_tokens_of_optimum_intel(ir, "gemma3_text")
+
+
+def assert_pipelines_generate_the_tokens_of_optimum_intel(ir: str, family: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(ir)
     inputs = tokenizer(PROMPT, return_tensors="pt")
     reference = OVModelForCausalLM.from_pretrained(ir, ov_config=F32)

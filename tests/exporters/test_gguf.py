@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from exported_models import STRUCTURE
-from testing_utils import make_model, make_pruned_model, make_text, make_tokenizer
+from testing_utils import FAMILIES, make_model, make_pruned_model, make_text, make_tokenizer
 
 from optimum_multipruner import MultiPruner, export_gguf, get_adapter
 from optimum_multipruner.exporters.gguf import ZERO_MLP_WIDTH, DeciLayer, deci_layers, llama3_rope_factors
@@ -24,9 +24,13 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 EXPORTED_FAMILIES = ("llama", "mistral", "phi3")
 REFUSED = {
+    "gemma2": "Gemma's sandwich norms",
+    "gemma3_text": "Gemma's sandwich norms",
     "granite": "Granite's embedding, attention, residual and logit multipliers",
+    "olmo2": "no norms on the branch outputs and no Q/K RMSNorms over the projection width",
     "qwen2": "Q bias",
     "qwen3": "per-head Q/K RMSNorms",
+    "smollm3": "no NoPE layers",
 }
 TOLERANCE = 1e-3
 # prompt logits of f16 / q8_0 files against PyTorch's float32: measured 3.3e-4 (f16) and 9.1e-3 (q8_0); another
@@ -155,6 +159,10 @@ def test_deci_layers_encode_what_llama_cpp_cannot_load_or_run():
         DeciLayer(heads=2, kv_heads=1, ffn_length=128),
     ]
     assert deci_layers(OTHER_STRUCTURE)[1:3] == [DeciLayer(0, 0, 0), DeciLayer(0, 0, 128)]  # as llama.cpp reads them
+
+
+def test_every_family_is_exported_or_refused_with_its_reason():
+    assert sorted([*EXPORTED_FAMILIES, *REFUSED]) == FAMILIES
 
 
 @pytest.mark.parametrize("family", sorted(REFUSED))

@@ -16,10 +16,10 @@ import sys
 import openvino as ov
 import pytest
 import torch
-from exported_models import F32, PAD, STRUCTURE, pruned_model
+from exported_models import F32, MIXED_KINDS, PAD, STRUCTURE, pruned_model
 from optimum.intel import OVModelForCausalLM
 from safetensors.torch import load_file
-from testing_utils import FAMILIES, run_optimum_cli
+from testing_utils import FAMILIES, make_model, run_optimum_cli, zero_pruned_units
 from transformers import AutoModelForCausalLM
 
 import optimum_multipruner  # registers the pruned model types
@@ -74,6 +74,22 @@ def test_cli_export_matches_pytorch(family, exported):
     assert torch.equal(expected.sequences, actual.sequences)
 
 
+def test_gemma3_ir_follows_the_kinds_of_the_kept_attentions(exported):
+    """Gemma 3 without the attentions of a full (0) and a sliding-window (1) layer, window 4 shorter than the prompts:
+    the IR's prefill and cached decode logits are those of the dense model with the sub-blocks skipped, and its tokens
+    those of the pruned PyTorch model."""
+    checkpoint, ir = exported("gemma3_text", MIXED_KINDS)
+    dense = make_model("gemma3_text", seed=7)  # the seed `exported` prunes
+    zero_pruned_units(dense, MIXED_KINDS)
+    model = OVModelForCausalLM.from_pretrained(ir, ov_config=F32)
+    expected, actual = generate(dense), generate(model)
+    delta = max((a - b).abs().max().item() for a, b in zip(expected.logits, actual.logits))
+    assert delta < TOLERANCE, f"max |delta logit| {delta:.2e} over prefill and decode"
+    assert torch.equal(expected.sequences, actual.sequences)
+    pruned = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    assert torch.equal(generate(pruned).sequences, actual.sequences)
+
+
 def test_export_loads_without_the_plugin(exported, tmp_path):
     """A process that never imports optimum_multipruner loads every family's IR and generates the same tokens."""
     expected, irs = {}, {}
@@ -88,7 +104,7 @@ def test_export_loads_without_the_plugin(exported, tmp_path):
         "irs, prompt = json.loads(sys.argv[1]), torch.tensor([json.loads(sys.argv[2])])\n"
         "out = {}\n"
         "for family, ir in irs.items():\n"
-        "    model = OVModelForCausalLM.from_pretrained(ir, ov_config={'KV_CACHE_PRECISION': 'f32'})\n"
+        f"    model = OVModelForCausalLM.from_pretrained(ir, ov_config={F32!r})\n"
         "    tokens = model.generate(input_ids=prompt, max_new_tokens=8, do_sample=False, pad_token_id=3)\n"
         "    out[family] = [type(model).__name__, tokens[0].tolist()]\n"
         "assert not any(name.startswith('optimum_multipruner') for name in sys.modules)\n"
