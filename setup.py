@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "psutil",  # free RAM for the search's memory check
     "accelerate>=1.1",  # transformers' Trainer (recovery after pruning)
     "peft>=0.15",  # LoRA recovery
+    "torchao>=0.12",  # nncf.strip of a quantization-aware recovery (int4 weights with decompressors)
 ]
 
 GGUF_REQUIRE = ["gguf"]  # `export --format gguf` (the `gguf` writer alone, without llama.cpp's Python bindings)
