@@ -43,7 +43,7 @@ from optimum_multipruner.recovery import RecoveryConfig
 from optimum_multipruner.utils import atomic_write_text, get_logger, read_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-from smollm2 import ASSETS, DEFAULT_WIKITEXT, LOCAL_ALPACA, load_smollm2, prepare_smollm2  # noqa: E402
+from smollm2 import ASSETS, DEFAULT_WIKITEXT, LOCAL_ALPACA, prepare_smollm2, pruned_smollm2  # noqa: E402
 
 logger = get_logger("frontier")
 
@@ -102,11 +102,7 @@ class Frontier:
     # ------------------------------------------------------------------ stages
     def models(self) -> None:
         for ratio, record in RECORDS.items():
-            if not os.path.isdir(self.model_dir(f"pruned{ratio}")):
-                model, tokenizer = load_smollm2()
-                pruner = MultiPruner(model, tokenizer)
-                pruner.apply(record)
-                pruner.save_pretrained(self.model_dir(f"pruned{ratio}"))
+            pruned_smollm2(record, self.model_dir(f"pruned{ratio}"))
 
     def training_text(self) -> str:
         """The two local C4 sample files as one JSON-lines file (written once)."""

@@ -36,7 +36,14 @@ from optimum_multipruner.recovery import RecoveryConfig
 from optimum_multipruner.utils import atomic_write_text, get_logger, read_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-from smollm2 import ASSETS, DEFAULT_WIKITEXT, calibration_text, load_smollm2, prepare_smollm2  # noqa: E402
+from smollm2 import (  # noqa: E402
+    ASSETS,
+    DEFAULT_WIKITEXT,
+    calibration_text,
+    load_smollm2,
+    prepare_smollm2,
+    pruned_smollm2,
+)
 
 logger = get_logger("recovery_recipes")
 
@@ -124,13 +131,7 @@ class Study:
                                    progress=False)["perplexity"]
 
     def student(self) -> MultiPruner:
-        folder = self.path("pruned10")
-        if not os.path.isdir(folder):
-            model, tokenizer = load_smollm2()
-            pruner = MultiPruner(model, tokenizer)
-            pruner.apply(RECORD)
-            pruner.save_pretrained(folder)
-        return MultiPruner.from_pretrained(folder)
+        return MultiPruner.from_pretrained(pruned_smollm2(RECORD, self.path("pruned10")))
 
     def teacher_text(self) -> str:
         """C4 training prefixes continued by the dense model (generated once, resumable)."""

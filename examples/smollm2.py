@@ -122,6 +122,17 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, P
     return model, tokenizer
 
 
+def pruned_smollm2(record: str, folder: str) -> str:
+    """SmolLM2-135M pruned to `record` (a pruning record file), saved to `folder` once; returns `folder`."""
+    if not os.path.isdir(folder):
+        from optimum_multipruner import MultiPruner
+
+        pruner = MultiPruner(*load_smollm2())
+        pruner.apply(record)
+        pruner.save_pretrained(folder)
+    return folder
+
+
 def held_out_sequences(
     tokenizer: PreTrainedTokenizerBase,
     rows: list[str],
