@@ -71,6 +71,7 @@ def generate_teacher_text(teacher: nn.Module, tokenizer, output_file: Union[str,
     with open(partial, "a", encoding="utf-8") as handle:
         if done == 0:
             handle.write(json.dumps({"settings": settings}) + "\n")
+            handle.flush()
         for start in range(done, num_sequences, batch_size):
             batch = torch.tensor(prefixes[start:start + batch_size], dtype=torch.long, device=device)
             torch.manual_seed(seed + start // batch_size)
@@ -125,6 +126,9 @@ def _complete_rows(partial: str, settings: dict[str, Any]) -> int:
     if not os.path.isfile(partial):
         return 0
     lines = open(partial, encoding="utf-8").read().split("\n")
+    if len(lines) == 1:  # killed before its header line was whole: nothing was generated yet
+        os.remove(partial)
+        return 0
     try:
         header = json.loads(lines[0])["settings"]
     except (ValueError, KeyError, TypeError):

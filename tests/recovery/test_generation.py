@@ -42,6 +42,10 @@ def test_an_interrupted_generation_resumes_to_the_same_bytes(teacher, tokenizer,
     output = generate_teacher_text(teacher, tokenizer, tmp_path / "b.jsonl", prompts=prompts, **SETTINGS)
     assert open(output, "rb").read() == whole
     assert not partial.exists()
+    killed_at_once = tmp_path / f"c.jsonl{PARTIAL_SUFFIX}"  # killed before its header line was written whole
+    killed_at_once.write_text(header[:20], encoding="utf-8")
+    output = generate_teacher_text(teacher, tokenizer, tmp_path / "c.jsonl", prompts=prompts, **SETTINGS)
+    assert open(output, "rb").read() == whole
 
 
 def test_a_file_from_other_settings_or_edited_since_is_refused(teacher, tokenizer, prompts, tmp_path):
