@@ -80,7 +80,9 @@ def teacher_fingerprint(teacher: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(teacher.state_dict().items()):
         flat = tensor.detach().reshape(-1)
-        index = torch.linspace(0, max(flat.numel() - 1, 0), min(FINGERPRINT_SAMPLES, flat.numel())).long()
+        count = min(FINGERPRINT_SAMPLES, flat.numel())
+        # integer spacing: float positions (linspace) round past the last index beyond 2^24 values
+        index = torch.arange(count, dtype=torch.long) * (flat.numel() - 1) // max(count - 1, 1)
         sample = flat[index.to(flat.device)].float().cpu()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         digest.update(sample.numpy().tobytes())

@@ -4,7 +4,9 @@ is not the student's dense origin is flagged."""
 import copy
 import logging
 
+import torch
 from testing_utils import make_model
+from torch import nn
 
 from optimum_multipruner import get_adapter
 from optimum_multipruner.modeling import to_pruned_model
@@ -40,3 +42,13 @@ def test_a_teacher_that_is_not_the_students_origin_is_flagged(caplog):
         assert caplog.records == []
         warn_unless_teacher_is_origin(student, make_model("llama", seed=3))  # same shapes, other weights
     assert "probably not the dense model the student was pruned from" in caplog.text
+
+
+def test_the_teacher_fingerprint_samples_the_last_value_of_a_tensor_beyond_float_positions():
+    """SmolLM2's embedding has 28,311,552 values: float-spaced sample positions rounded past its last index."""
+    module = nn.Module()
+    module.weight = nn.Parameter(torch.zeros(2**24 + 3))
+    before = teacher_fingerprint(module)
+    with torch.no_grad():
+        module.weight[-1] = 1.0
+    assert teacher_fingerprint(module) != before
