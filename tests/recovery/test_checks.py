@@ -45,9 +45,9 @@ def test_a_teacher_that_is_not_the_students_origin_is_flagged(caplog):
 
 
 def test_the_teacher_fingerprint_samples_the_last_value_of_a_tensor_beyond_float_positions():
-    """SmolLM2's embedding has 28,311,552 values: float-spaced sample positions rounded past its last index."""
+    """SmolLM2's embedding has 28,311,552 values: float-spaced sample positions rounded past its last (odd) index."""
     module = nn.Module()
-    module.weight = nn.Parameter(torch.zeros(2**24 + 3))
+    module.weight = nn.Parameter(torch.zeros(2**24 + 2))
     before = teacher_fingerprint(module)
     with torch.no_grad():
         module.weight[-1] = 1.0
