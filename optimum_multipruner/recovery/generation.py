@@ -55,8 +55,8 @@ def generate_teacher_text(teacher: nn.Module, tokenizer, output_file: Union[str,
                 "seed": seed, "batch_size": batch_size, "teacher_sha256": state_dict_hash(teacher)}
     manifest_file = output_file + MANIFEST_SUFFIX
     if os.path.exists(output_file):
-        if os.path.isfile(manifest_file) and read_json(manifest_file).get("settings") == settings \
-                and read_json(manifest_file).get("sha256") == file_sha256(output_file):
+        manifest = read_json(manifest_file) if os.path.isfile(manifest_file) else {}
+        if manifest.get("settings") == settings and manifest.get("sha256") == file_sha256(output_file):
             logger.info("Teacher text %s is already generated with these settings; reusing it.", output_file)
             return output_file
         raise FileExistsError(f"{output_file} exists and was not generated with these settings (or was changed "
