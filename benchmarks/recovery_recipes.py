@@ -152,11 +152,11 @@ class Study:
             self.results[name] = {"selection": self.measure(model), "wikitext2": self.wikitext(model)}
             self.save()
 
-    def run_arm(self, name: str) -> None:
-        arm = self.results["arms"].setdefault(name, {"settings": ARMS[name], "curve": {}})
-        if "wikitext2" in arm:
-            return
-        settings = {**COMMON, **ARMS[name]}
+    def recover(self, pruner: MultiPruner, settings: dict[str, Any], checkpoints: str,
+                results: dict[str, Any]) -> torch.nn.Module:
+        """`pruner.recover` with `settings` over COMMON on the C4 training file (plus teacher text if asked), the
+        selection curve halfway and at the end kept in `results["curve"]`; returns the recovered model in eval mode."""
+        settings = {**COMMON, **settings}
         dataset = self.path("c4_train.jsonl")
         if settings.pop("teacher_text", False):
             dataset = [dataset, self.teacher_text()]
@@ -164,16 +164,22 @@ class Study:
         tokens_per_step = config.sequence_length * config.per_device_train_batch_size \
             * config.gradient_accumulation_steps
         steps = math.ceil(config.max_tokens / tokens_per_step)
-        pruner = self.student()
-        checkpoints = self.path("arms", name, "checkpoints")
+        results.setdefault("curve", {})
         start = time.perf_counter()
-        curve = SelectionCurve(sorted({max(1, steps // 2), steps}), self.measure, arm, self.save)
+        curve = SelectionCurve(sorted({max(1, steps // 2), steps}), self.measure, results, self.save)
         pruner.recover(config, checkpoint_dir=checkpoints, resume=os.path.isdir(checkpoints), callbacks=[curve])
         model = pruner.model.eval()
-        arm["seconds_last_run"] = time.perf_counter() - start
-        arm["tokens_seen"] = pruner.record.recovery["tokens_seen"]
-        arm["loss_curve"] = pruner.record.recovery["loss_curve"]
-        arm["final"] = self.measure(model) if str(steps) not in arm["curve"] else arm["curve"][str(steps)]
+        results["seconds_last_run"] = time.perf_counter() - start
+        results["tokens_seen"] = pruner.record.recovery["tokens_seen"]
+        results["loss_curve"] = pruner.record.recovery["loss_curve"]
+        results["final"] = self.measure(model) if str(steps) not in results["curve"] else results["curve"][str(steps)]
+        return model
+
+    def run_arm(self, name: str) -> None:
+        arm = self.results["arms"].setdefault(name, {"settings": ARMS[name], "curve": {}})
+        if "wikitext2" in arm:
+            return
+        model = self.recover(self.student(), ARMS[name], self.path("arms", name, "checkpoints"), arm)
         arm["wikitext2"] = self.wikitext(model)
         self.save()
 
