@@ -9,6 +9,9 @@ arm is one `MultiPruner.recover` run at the same token budget; arms are chosen o
   training file (`c4_train.jsonl` in the work folder holds every other document of both sample files);
 * held-out Alpaca: the results table's held-out Alpaca sequences (rows in neither calibration set of the search).
 
+The `int4-*` arms are quantization-aware distillation (int4 weights, NNCF FQ_LORA), measured fake-quantized in
+PyTorch, also before their first step (the int4 start: AWQ + scale estimation or round-to-nearest); `*-after` arms start
+from the `base` arm's recovered model, `int4-awq-joint` from the pruned model with the budget of both runs.
 WikiText-2 (first `--wikitext-windows` test windows of 2048) is measured at the end of each arm for the report only.
 Selection perplexity is measured before training (once, shared), halfway and at the end (a `TrainerCallback`), so
 every arm has a short curve. One command, resumable: a finished arm is skipped, an interrupted one continues from its
@@ -24,10 +27,10 @@ import os
 import random
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import torch
-from transformers import TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from optimum_multipruner import MultiPruner
 from optimum_multipruner.evaluation import evaluate_perplexity
@@ -57,6 +60,7 @@ SELECTION_SEQUENCES = 12  # of the held-out C4 documents
 
 # Every arm: RecoveryConfig fields over the common ones (full fine-tuning, KL at T=1, 1 x 512 tokens per step).
 COMMON = dict(sequence_length=SEQUENCE_LENGTH, save_steps=10, logging_steps=5, warmup_steps=6)
+QUANTIZATION_AWARE = dict(quantization="int4", learning_rate=1e-4, lr_scheduler_type="cosine")
 ARMS: dict[str, dict[str, Any]] = {
     "base": dict(learning_rate=5e-5, lr_scheduler_type="constant_with_warmup"),  # RecoveryConfig's default
     "lr2e-4": dict(learning_rate=2e-4, lr_scheduler_type="constant_with_warmup"),
@@ -68,6 +72,12 @@ ARMS: dict[str, dict[str, Any]] = {
     "hidden": dict(learning_rate=5e-5, lr_scheduler_type="constant_with_warmup", hidden_state_weight=1.0),
     # half the sequences from C4 prefixes continued by the teacher (`teacher_text`), half real C4
     "teacher-mix": dict(learning_rate=5e-5, lr_scheduler_type="constant_with_warmup", teacher_text=True),
+    # int4 quantization-aware distillation (NNCF FQ_LORA; adapters at 1e-4, scales at 1e-5 as NNCF's example), measured
+    # fake-quantized: after the `base` arm's float recovery (AWQ + scale estimation or round-to-nearest start), or
+    # jointly from the pruned model at the same total budget (twice the arm budget: float + int4 of the others)
+    "int4-awq-after": dict(QUANTIZATION_AWARE, start_from="base"),
+    "int4-rtn-after": dict(QUANTIZATION_AWARE, quantization_init="rtn", start_from="base"),
+    "int4-awq-joint": dict(QUANTIZATION_AWARE, budget_factor=2),
 }
 TEACHER_TEXT = dict(num_sequences=64, new_tokens=480, prefix_tokens=32, temperature=0.7, top_p=0.95, seed=0,
                     batch_size=32)
@@ -78,6 +88,9 @@ class SelectionCurve(TrainerCallback):
 
     def __init__(self, steps: list[int], measure, results: dict[str, Any], save) -> None:
         self.steps, self.measure, self.results, self.save = steps, measure, results, save
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.on_step_end(args, state, control, model=model)  # step 0 when asked: e.g. int4 before its training
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         key = str(state.global_step)
@@ -130,8 +143,16 @@ class Study:
         return evaluate_perplexity(model, self.tokenizer, DEFAULT_WIKITEXT, 2048, self.wikitext_windows,
                                    progress=False)["perplexity"]
 
-    def student(self) -> MultiPruner:
-        return MultiPruner.from_pretrained(pruned_smollm2(RECORD, self.path("pruned10")))
+    def student(self, start_from: Optional[str] = None) -> MultiPruner:
+        """The pruned 10% model, or the model arm `start_from` recovered (its last checkpoint)."""
+        if start_from is None:
+            return MultiPruner.from_pretrained(pruned_smollm2(RECORD, self.path("pruned10")))
+        checkpoints = self.path("arms", start_from, "checkpoints")
+        last = max((name for name in os.listdir(checkpoints) if name.startswith("checkpoint-")),
+                   key=lambda name: int(name.split("-")[1]))
+        if "wikitext2" not in self.results["arms"].get(start_from, {}):
+            raise ValueError(f"arm {start_from} is not finished; run it first.")
+        return MultiPruner(AutoModelForCausalLM.from_pretrained(os.path.join(checkpoints, last)), self.tokenizer)
 
     def teacher_text(self) -> str:
         """C4 training prefixes continued by the dense model (generated once, resumable)."""
@@ -157,16 +178,19 @@ class Study:
         """`pruner.recover` with `settings` over COMMON on the C4 training file (plus teacher text if asked), the
         selection curve halfway and at the end kept in `results["curve"]`; returns the recovered model in eval mode."""
         settings = {**COMMON, **settings}
+        settings.pop("start_from", None)
         dataset = self.path("c4_train.jsonl")
         if settings.pop("teacher_text", False):
             dataset = [dataset, self.teacher_text()]
-        config = RecoveryConfig(teacher=self.dense_dir, dataset=dataset, max_tokens=self.max_tokens, **settings)
+        max_tokens = self.max_tokens * settings.pop("budget_factor", 1)
+        config = RecoveryConfig(teacher=self.dense_dir, dataset=dataset, max_tokens=max_tokens, **settings)
         tokens_per_step = config.sequence_length * config.per_device_train_batch_size \
             * config.gradient_accumulation_steps
         steps = math.ceil(config.max_tokens / tokens_per_step)
         results.setdefault("curve", {})
         start = time.perf_counter()
-        curve = SelectionCurve(sorted({max(1, steps // 2), steps}), self.measure, results, self.save)
+        measured = {max(1, steps // 2), steps} | ({0} if config.quantization else set())
+        curve = SelectionCurve(sorted(measured), self.measure, results, self.save)
         pruner.recover(config, checkpoint_dir=checkpoints, resume=os.path.isdir(checkpoints), callbacks=[curve])
         model = pruner.model.eval()
         results["seconds_last_run"] = time.perf_counter() - start
@@ -179,7 +203,8 @@ class Study:
         arm = self.results["arms"].setdefault(name, {"settings": ARMS[name], "curve": {}})
         if "wikitext2" in arm:
             return
-        model = self.recover(self.student(), ARMS[name], self.path("arms", name, "checkpoints"), arm)
+        model = self.recover(self.student(ARMS[name].get("start_from")), ARMS[name],
+                             self.path("arms", name, "checkpoints"), arm)
         arm["wikitext2"] = self.wikitext(model)
         self.save()
 
@@ -200,6 +225,11 @@ class Study:
         for name, arm in self.results["arms"].items():
             if "wikitext2" not in arm:
                 continue
+            if "0" in arm["curve"]:  # int4 before its training
+                start = arm["curve"]["0"]
+                selection = (closed(start["c4"], "c4") + closed(start["alpaca"], "alpaca")) / 2
+                lines.append(f"| {name}, 0 tokens | {start['c4']:.2f} | {start['alpaca']:.2f} | "
+                             f"{100 * selection:.1f}% | - | - |")
             final = arm["final"]
             selection = (closed(final["c4"], "c4") + closed(final["alpaca"], "alpaca")) / 2
             wiki = (pruned["wikitext2"] - arm["wikitext2"]) / (pruned["wikitext2"] - dense["wikitext2"])
