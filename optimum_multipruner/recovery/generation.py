@@ -29,18 +29,21 @@ logger = get_logger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"
 PARTIAL_SUFFIX = ".partial"
+IR_MODEL = "openvino_model.xml"
 
 
-def generate_teacher_text(teacher: nn.Module, tokenizer, output_file: Union[str, os.PathLike], num_sequences: int,
-                          new_tokens: int, prompts: Optional[str] = None, prefix_tokens: int = 32,
+def generate_teacher_text(teacher: Union[nn.Module, str, os.PathLike], tokenizer, output_file: Union[str, os.PathLike],
+                          num_sequences: int, new_tokens: int, prompts: Optional[str] = None, prefix_tokens: int = 32,
                           temperature: float = 0.7, top_p: float = 0.95, seed: int = 0, batch_size: int = 8,
-                          text_column: str = "text", progress: bool = True) -> str:
+                          text_column: str = "text", progress: bool = True, device: str = "CPU") -> str:
     """Write `num_sequences` rows `{"text": prefix + continuation}` to `output_file` and return its path.
 
-    Each prefix is the first `prefix_tokens` tokens of a document of `prompts` (a training text source, documents in
-    `random.Random(seed)` order, shorter ones skipped); without `prompts`, a prefix is one token drawn uniformly from
-    the vocabulary (plain sampling from the teacher). The teacher continues it by `new_tokens` sampled tokens
-    (`temperature`, nucleus `top_p`), stopping early at EOS. Batch `b` samples under `torch.manual_seed(seed + b)`, so
+    `teacher` is the dense model: a PyTorch module (sampled with `generate`), or the folder of its OpenVINO IR
+    (sampled by openvino-genai's `LLMPipeline` on `device`, the faster engine on Intel CPUs and GPUs; the IR needs no
+    tokenizer models). Each prefix is the first `prefix_tokens` tokens of a document of `prompts` (a training text
+    source, documents in `random.Random(seed)` order, shorter ones skipped); without `prompts`, a prefix is one token
+    drawn uniformly from the vocabulary (plain sampling from the teacher). The teacher continues it by `new_tokens`
+    sampled tokens (`temperature`, nucleus `top_p`), stopping early at EOS. Batch `b` samples with seed `seed + b`, so
     the text does not depend on where a run was interrupted.
     """
     output_file = os.fspath(output_file)
@@ -50,9 +53,10 @@ def generate_teacher_text(teacher: nn.Module, tokenizer, output_file: Union[str,
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     if not temperature > 0 or not 0 < top_p <= 1:
         raise ValueError(f"`temperature` must be > 0 and `top_p` in (0, 1], got {temperature!r} and {top_p!r}.")
+    engine = _TorchSampler(teacher, tokenizer) if isinstance(teacher, nn.Module) else _GenaiSampler(teacher, device)
     settings = {"num_sequences": num_sequences, "new_tokens": new_tokens, "prompts": prompts,
                 "prefix_tokens": prefix_tokens if prompts else 1, "temperature": temperature, "top_p": top_p,
-                "seed": seed, "batch_size": batch_size, "teacher_sha256": state_dict_hash(teacher)}
+                "seed": seed, "batch_size": batch_size, "teacher_sha256": engine.fingerprint(), **engine.settings}
     manifest_file = output_file + MANIFEST_SUFFIX
     if os.path.exists(output_file):
         manifest = read_json(manifest_file) if os.path.isfile(manifest_file) else {}
@@ -61,29 +65,23 @@ def generate_teacher_text(teacher: nn.Module, tokenizer, output_file: Union[str,
             return output_file
         raise FileExistsError(f"{output_file} exists and was not generated with these settings (or was changed "
                               "since); choose another file or remove it.")
-    prefixes = _prefixes(tokenizer, prompts, num_sequences, prefix_tokens, seed, text_column,
-                         teacher.get_input_embeddings().num_embeddings)
+    prefixes = _prefixes(tokenizer, prompts, num_sequences, prefix_tokens, seed, text_column, engine.vocab_size)
     partial = output_file + PARTIAL_SUFFIX
     done = _complete_rows(partial, settings)
-    teacher.eval()
-    device = next(teacher.parameters()).device
     bar = tqdm(total=num_sequences, initial=done, unit="seq", desc="teacher text", disable=not progress)
     with open(partial, "a", encoding="utf-8") as handle:
         if done == 0:
             handle.write(json.dumps({"settings": settings}) + "\n")
             handle.flush()
         for start in range(done, num_sequences, batch_size):
-            batch = torch.tensor(prefixes[start:start + batch_size], dtype=torch.long, device=device)
-            torch.manual_seed(seed + start // batch_size)
-            with torch.no_grad():
-                output = teacher.generate(batch, attention_mask=torch.ones_like(batch), do_sample=True,
-                                          temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=new_tokens,
-                                          min_new_tokens=1, pad_token_id=tokenizer.eos_token_id,
-                                          eos_token_id=tokenizer.eos_token_id)
-            for row in output.tolist():
-                if tokenizer.eos_token_id in row[batch.shape[1]:]:
-                    row = row[: batch.shape[1] + row[batch.shape[1]:].index(tokenizer.eos_token_id)]
-                handle.write(json.dumps({"text": tokenizer.decode(row, skip_special_tokens=False)}) + "\n")
+            batch = prefixes[start:start + batch_size]
+            continuations = engine.sample(batch, seed + start // batch_size, new_tokens, temperature, top_p,
+                                          tokenizer.eos_token_id)
+            for prefix, continuation in zip(batch, continuations):
+                if tokenizer.eos_token_id in continuation:
+                    continuation = continuation[: continuation.index(tokenizer.eos_token_id)]
+                handle.write(json.dumps({"text": tokenizer.decode(prefix + continuation, skip_special_tokens=False)})
+                             + "\n")
             handle.flush()
             os.fsync(handle.fileno())
             bar.update(len(batch))
@@ -94,6 +92,66 @@ def generate_teacher_text(teacher: nn.Module, tokenizer, output_file: Union[str,
                                                 indent=2) + "\n")
     os.remove(partial)
     return output_file
+
+
+class _TorchSampler:
+    """Sampling with the PyTorch teacher's `generate` (prefixes of one batch have one length)."""
+
+    settings: dict[str, Any] = {}  # the manifests of PyTorch-generated files predate engines: nothing added
+
+    def __init__(self, teacher: nn.Module, tokenizer) -> None:
+        self.teacher, self.pad_token_id = teacher.eval(), tokenizer.eos_token_id
+        self.vocab_size = teacher.get_input_embeddings().num_embeddings
+
+    def fingerprint(self) -> str:
+        return state_dict_hash(self.teacher)
+
+    def sample(self, prefixes: list[list[int]], seed: int, new_tokens: int, temperature: float, top_p: float,
+               eos_token_id: Optional[int]) -> list[list[int]]:
+        batch = torch.tensor(prefixes, dtype=torch.long, device=next(self.teacher.parameters()).device)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            output = self.teacher.generate(batch, attention_mask=torch.ones_like(batch), do_sample=True,
+                                           temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=new_tokens,
+                                           min_new_tokens=1, pad_token_id=self.pad_token_id,
+                                           eos_token_id=eos_token_id)
+        return [row[batch.shape[1]:] for row in output.tolist()]
+
+
+class _GenaiSampler:
+    """Sampling with openvino-genai's `LLMPipeline` over the teacher's IR folder (seeded by `rng_seed`)."""
+
+    def __init__(self, ir_folder: Union[str, os.PathLike], device: str) -> None:
+        self.folder = os.fspath(ir_folder)
+        if not os.path.isfile(os.path.join(self.folder, IR_MODEL)):
+            raise ValueError(f"The teacher must be a PyTorch model or an OpenVINO IR folder; {self.folder} has no "
+                             f"{IR_MODEL}.")
+        import openvino as ov
+        import openvino_genai
+
+        self.ov, self.genai = ov, openvino_genai
+        self.pipeline = openvino_genai.LLMPipeline(self.folder, device)
+        self.vocab_size = read_json(os.path.join(self.folder, "config.json"))["vocab_size"]
+        self.settings = {"engine": "openvino-genai"}
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for name in (IR_MODEL, IR_MODEL.replace(".xml", ".bin")):
+            digest.update(file_sha256(os.path.join(self.folder, name)).encode())
+        return digest.hexdigest()
+
+    def sample(self, prefixes: list[list[int]], seed: int, new_tokens: int, temperature: float, top_p: float,
+               eos_token_id: Optional[int]) -> list[list[int]]:
+        import numpy as np
+
+        config = self.genai.GenerationConfig()
+        config.do_sample, config.temperature, config.top_p = True, temperature, top_p
+        config.max_new_tokens, config.min_new_tokens, config.rng_seed = new_tokens, 1, seed
+        if eos_token_id is not None:
+            config.eos_token_id = eos_token_id
+        ids = np.array(prefixes, dtype=np.int64)  # [batch, prefix_tokens]
+        inputs = self.genai.TokenizedInputs(self.ov.Tensor(ids), self.ov.Tensor(np.ones_like(ids)))
+        return [list(row) for row in self.pipeline.generate(inputs, config).tokens]
 
 
 def file_sha256(path: Union[str, os.PathLike]) -> str:

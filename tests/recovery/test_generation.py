@@ -66,3 +66,25 @@ def test_a_file_from_other_settings_or_edited_since_is_refused(teacher, tokenize
 def test_without_prompts_each_row_starts_from_one_random_token(teacher, tokenizer, tmp_path):
     output = generate_teacher_text(teacher, tokenizer, tmp_path / "plain.jsonl", **SETTINGS)
     assert len(open(output, encoding="utf-8").read().splitlines()) == 6
+
+
+def test_the_teachers_openvino_ir_samples_through_openvino_genai_seeded_and_resumable(teacher, tokenizer, prompts,
+                                                                                      tmp_path):
+    from optimum_multipruner import export_openvino
+
+    ir = export_openvino(teacher, tmp_path / "ir", weight_format="fp32")
+    output = generate_teacher_text(ir, tokenizer, tmp_path / "ov.jsonl", prompts=prompts, **SETTINGS)
+    whole = open(output, encoding="utf-8").read()
+    rows = [json.loads(line)["text"] for line in whole.splitlines()]
+    prefixes = [tokenizer.decode(tokenizer(row, add_special_tokens=False).input_ids[:4]) for row in make_text(40, 9)]
+    assert len(rows) == 6 and all(any(row.startswith(prefix) for prefix in prefixes) for row in rows)
+    assert all(len(tokenizer(row, add_special_tokens=False).input_ids) > 4 for row in rows)
+    settings = json.loads(open(output + MANIFEST_SUFFIX, encoding="utf-8").read())["settings"]
+    assert settings["engine"] == "openvino-genai"
+    partial = tmp_path / f"again.jsonl{PARTIAL_SUFFIX}"  # killed after the first batch of 4 rows
+    partial.write_text("\n".join([json.dumps({"settings": settings}), *whole.splitlines()[:4]]) + "\n",
+                       encoding="utf-8")
+    assert open(generate_teacher_text(ir, tokenizer, tmp_path / "again.jsonl", prompts=prompts, **SETTINGS),
+                encoding="utf-8").read() == whole
+    with pytest.raises(ValueError, match="OpenVINO IR folder"):
+        generate_teacher_text(str(tmp_path), tokenizer, tmp_path / "x.jsonl", prompts=prompts, **SETTINGS)
