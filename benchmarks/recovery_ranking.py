@@ -20,7 +20,14 @@ import os
 from typing import Any
 
 import torch
-from recovery_recipes import ARMS, HERE, Study, logger  # noqa: E402 (benchmarks/ on sys.path: run as a script)
+from recovery_recipes import (  # benchmarks/ is on sys.path: run as a script
+    ARMS,
+    HERE,
+    Study,
+    add_study_arguments,
+    chosen,
+    logger,
+)
 
 from optimum_multipruner import MultiPruner
 from optimum_multipruner.evaluation import evaluate_zero_shot
@@ -101,18 +108,12 @@ class Ranking(Study):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="recipes-work")
+    add_study_arguments(parser, "record", wikitext_windows=8)
     parser.add_argument("--records", default=",".join(RECORDS), help=f"comma-separated subset of {','.join(RECORDS)}")
     parser.add_argument("--arm", default="base", choices=sorted(ARMS), help="the recovery recipe of every record")
-    parser.add_argument("--max-tokens", type=int, default=30_720, help="recovery budget of every record (tokens)")
-    parser.add_argument("--selection-docs", type=int, default=24, help="C4 documents held out as selection text")
-    parser.add_argument("--wikitext-windows", type=int, default=8, help="WikiText-2 windows of 2048")
     parser.add_argument("--zero-shot-limit", type=int, default=100, help="items of each zero-shot task")
     args = parser.parse_args()
-    records = [record.strip() for record in args.records.split(",") if record.strip()]
-    unknown = sorted(set(records) - set(RECORDS))
-    if unknown:
-        parser.error(f"unknown records {unknown}; choose from {', '.join(RECORDS)}")
+    records = chosen(parser, args.records, RECORDS, "record")
     ranking = Ranking(args.workdir, args.max_tokens, args.selection_docs, args.wikitext_windows,
                       args.zero_shot_limit, args.arm)
     ranking.dense()

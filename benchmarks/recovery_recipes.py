@@ -238,18 +238,29 @@ class Study:
         return "\n".join(lines)
 
 
+def add_study_arguments(parser: argparse.ArgumentParser, unit: str, wikitext_windows: int) -> None:
+    """The options every study over this work folder shares (`unit`: what one run is, e.g. "arm")."""
+    parser.add_argument("--workdir", default="recipes-work")
+    parser.add_argument("--max-tokens", type=int, default=30_720, help=f"recovery budget of every {unit} (tokens)")
+    parser.add_argument("--selection-docs", type=int, default=24, help="C4 documents held out as selection text")
+    parser.add_argument("--wikitext-windows", type=int, default=wikitext_windows, help="WikiText-2 windows of 2048")
+
+
+def chosen(parser: argparse.ArgumentParser, value: str, names, unit: str) -> list[str]:
+    """The comma-separated `value`, each one of `names` (a parser error names the others)."""
+    picked = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = sorted(set(picked) - set(names))
+    if unknown:
+        parser.error(f"unknown {unit}s {unknown}; choose from {', '.join(names)}")
+    return picked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="recipes-work")
+    add_study_arguments(parser, "arm", wikitext_windows=4)
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
-    parser.add_argument("--max-tokens", type=int, default=30_720, help="recovery budget of every arm (tokens)")
-    parser.add_argument("--selection-docs", type=int, default=24, help="C4 documents held out as selection text")
-    parser.add_argument("--wikitext-windows", type=int, default=4, help="WikiText-2 windows of 2048 (report only)")
     args = parser.parse_args()
-    arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()]
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
-        parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+    arms = chosen(parser, args.arms, ARMS, "arm")
     study = Study(args.workdir, args.max_tokens, args.selection_docs, args.wikitext_windows)
     study.references()
     for arm in arms:
