@@ -99,8 +99,9 @@ class Ranking(Study):
             method, ratio = record.rsplit("_", 1)
             before, final = entry["before"], entry["final"]
             lines.append(
-                f"| {METHODS[method]} | {ratio}% | {before['selection']['c4']:.2f} / {before['selection']['alpaca']:.2f}"
-                f" → {final['c4']:.2f} / {final['alpaca']:.2f} | {before['wikitext2']:.2f} → {entry['wikitext2']:.2f} "
+                f"| {METHODS[method]} | {ratio}% | {before['selection']['c4']:.2f} / "
+                f"{before['selection']['alpaca']:.2f} → {final['c4']:.2f} / {final['alpaca']:.2f} | "
+                f"{before['wikitext2']:.2f} → {entry['wikitext2']:.2f} "
                 f"| {closed(before['wikitext2'], entry['wikitext2'], dense['wikitext2'])} | "
                 f"{100 * entry['zero_shot']['mean']:.1f} ± {100 * entry['zero_shot']['mean_stderr']:.1f} |")
         return "\n".join(lines)
