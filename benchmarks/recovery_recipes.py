@@ -71,7 +71,10 @@ ARMS: dict[str, dict[str, Any]] = {
     "lora": dict(method="lora", lora_rank=64, lora_alpha=128, learning_rate=5e-4, lr_scheduler_type="cosine"),
     "hidden": dict(learning_rate=5e-5, lr_scheduler_type="constant_with_warmup", hidden_state_weight=1.0),
     # half the sequences from C4 prefixes continued by the teacher (`teacher_text`), half real C4
-    "teacher-mix": dict(learning_rate=5e-5, lr_scheduler_type="constant_with_warmup", teacher_text=True),
+    "teacher-mix": dict(learning_rate=5e-5, lr_scheduler_type="constant_with_warmup", teacher_text="mix"),
+    # only the teacher-continued text (a second pass where generation stopped early at EOS)
+    "teacher-only": dict(learning_rate=5e-5, lr_scheduler_type="constant_with_warmup", teacher_text="only",
+                         max_epochs=2),
     # int4 quantization-aware distillation (NNCF FQ_LORA; adapters at 1e-4, scales at 1e-5 as NNCF's example), measured
     # fake-quantized: after the `base` arm's float recovery (AWQ + scale estimation or round-to-nearest start), or
     # jointly from the pruned model at the same total budget (twice the arm budget: float + int4 of the others)
@@ -180,8 +183,9 @@ class Study:
         settings = {**COMMON, **settings}
         settings.pop("start_from", None)
         dataset = self.path("c4_train.jsonl")
-        if settings.pop("teacher_text", False):
-            dataset = [dataset, self.teacher_text()]
+        teacher_text = settings.pop("teacher_text", None)
+        if teacher_text is not None:
+            dataset = self.teacher_text() if teacher_text == "only" else [dataset, self.teacher_text()]
         max_tokens = self.max_tokens * settings.pop("budget_factor", 1)
         config = RecoveryConfig(teacher=self.dense_dir, dataset=dataset, max_tokens=max_tokens, **settings)
         tokens_per_step = config.sequence_length * config.per_device_train_batch_size \
