@@ -17,7 +17,7 @@ from .compensation import DEFAULT_COMPENSATION_ALPHA
 from .configuration import MultiPrunerConfig
 from .devices import check_placement
 from .model_card import write_model_card
-from .modeling import check_finite_weights
+from .modeling import check_finite_weights, register_pruned_models
 from .record import RECORD_NAME, PruningRecord
 from .scoring import ModelEvaluator
 from .search import prune
@@ -76,6 +76,7 @@ class MultiPruner:
         `recover` it. `model_kwargs` go to `AutoModelForCausalLM.from_pretrained` (`dtype`, `device_map`, ...)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        register_pruned_models()
         model = AutoModelForCausalLM.from_pretrained(pruned_directory, **model_kwargs)
         pruner = cls(model, AutoTokenizer.from_pretrained(pruned_directory))
         if os.path.isfile(os.path.join(pruned_directory, RECORD_NAME)):

@@ -22,11 +22,13 @@ from safetensors.torch import load_file
 from testing_utils import FAMILIES, make_model, run_optimum_cli, zero_pruned_units
 from transformers import AutoModelForCausalLM
 
-import optimum_multipruner  # registers the pruned model types
+import optimum_multipruner
 from optimum_multipruner.architectures import ADAPTERS
 from optimum_multipruner.exporters import export_openvino, rewrite_exported_config
 from optimum_multipruner.exporters.openvino import EXPORT_CONFIGS, default_weight_format, kept_kv_heads
 from optimum_multipruner.record import RECORD_NAME
+
+optimum_multipruner.register_pruned_models()  # AutoModelForCausalLM loads the pruned checkpoints
 
 TOLERANCE = 1e-4
 NEW_TOKENS = 6  # the prefill step plus five cached decode steps

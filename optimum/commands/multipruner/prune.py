@@ -2,16 +2,13 @@
 
 Every `MultiPrunerConfig` field is an option (`--field-name`; the fields of `fast_search` are `--fast-search-name`),
 built from the dataclass fields: their type hints, and the `help`, `choices` and `advanced` of their metadata.
-optimum-cli builds the parsers at every start-up, when the library (torch) must not be imported, so `configuration.py`
-(standard library only) is loaded on its own, without the package.
+optimum-cli builds the parsers at every start-up, when the library (torch) must not be imported: the package imports
+lazily and `optimum_multipruner.configuration` imports only the standard library.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
-import sys
 import types
 import typing
 from argparse import ArgumentParser
@@ -28,8 +25,6 @@ from .common import (
     parse_list,
 )
 
-CONFIG_FILE = "configuration.py"
-_STANDALONE_CONFIG_MODULE = "_multipruner_cli_configuration"  # the name it is loaded under, apart from the package
 _SCALARS: dict[type, tuple[Callable[[str], Any], str]] = {
     int: (int, "N"), float: (float, "X"), str: (str, "TEXT"), bool: (parse_bool, "BOOL")
 }
@@ -96,22 +91,6 @@ def _option_type(hint: Any) -> tuple[Callable[[str], Any], Optional[str]]:
     return str, "VALUE"
 
 
-def configuration_module() -> types.ModuleType:
-    """`optimum_multipruner/configuration.py`, loaded on its own: the package itself imports torch."""
-    module = sys.modules.get(_STANDALONE_CONFIG_MODULE)
-    if module is not None:
-        return module
-    spec = importlib.util.find_spec("optimum_multipruner")  # locates the package; imports nothing
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("optimum_multipruner is not installed.")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), CONFIG_FILE)
-    module_spec = importlib.util.spec_from_file_location(_STANDALONE_CONFIG_MODULE, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[_STANDALONE_CONFIG_MODULE] = module  # the dataclasses resolve their type hints through it
-    module_spec.loader.exec_module(module)
-    return module
-
-
 def _default_text(value: Any) -> Optional[str]:
     """A default as it is typed on the command line, or None (no default shown for None)."""
     if value is None:
@@ -149,7 +128,9 @@ def _field_options(config: Any, prefix: tuple[str, ...] = ()) -> list[ConfigOpti
 
 def config_options() -> tuple[ConfigOption, ...]:
     """One option per `MultiPrunerConfig` field (and per field of its `fast_search`), in field order."""
-    return tuple(_field_options(configuration_module().MultiPrunerConfig()))
+    from optimum_multipruner.configuration import MultiPrunerConfig  # standard library only
+
+    return tuple(_field_options(MultiPrunerConfig()))
 
 
 def config_values(args, options: tuple[ConfigOption, ...]) -> dict[str, Any]:
