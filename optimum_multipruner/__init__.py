@@ -18,6 +18,7 @@ from .version import __version__
 _LAZY_NAMES = {
     "ADAPTERS": ".architectures",
     "get_adapter": ".architectures",
+    "CompensationConfig": ".configuration",
     "FastSearchConfig": ".configuration",
     "MultiPrunerConfig": ".configuration",
     "enable_lazy_openvino_registration": ".exporters",
@@ -49,6 +50,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CompensationConfig",
     "FastSearchConfig",
     "MultiPruner",
     "MultiPrunerConfig",

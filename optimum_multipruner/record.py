@@ -70,7 +70,7 @@ class PruningRecord:
     # What recovery after pruning did (`MultiPruner.recover`): its config, teacher, tokens seen, the SHA-256 of its
     # training token ids and the loss curve. None for a model that was not recovered.
     recovery: Optional[dict[str, Any]] = None
-    # Set when the kept weights were refitted after pruning (`compensate=True`): the ridge strength, the calibration
+    # Set when the kept weights were refitted after pruning (`compensation`): the ridge strength, the calibration
     # text and each refit's reconstruction error (see `compensation.py`). Written only when set.
     compensation: Optional[dict[str, Any]] = None
 

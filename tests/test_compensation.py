@@ -6,7 +6,7 @@ import pytest
 import torch
 from testing_utils import make_model, search_config
 
-from optimum_multipruner import MultiPruner, PruningRecord, count_parameters, get_adapter
+from optimum_multipruner import CompensationConfig, MultiPruner, PruningRecord, count_parameters, get_adapter
 from optimum_multipruner.data import build_calibration_sets
 from optimum_multipruner.structure import PrunedStructure
 from optimum_multipruner.surgery import has_attention, has_mlp
@@ -54,7 +54,7 @@ def test_compensation_lowers_the_reconstruction_error_of_every_narrowed_branch(t
     record = record_of(NARROWED, calibration_file)
     plain = MultiPruner(make_model("llama"), tokenizer).apply(record)
     pruner = MultiPruner(make_model("llama"), tokenizer)
-    compensated = pruner.apply(record, compensate=True, compensation_alpha=1e-3)
+    compensated = pruner.apply(record, compensation=CompensationConfig(alpha=1e-3))
     sequences = build_calibration_sets(search_config(calibration_file), tokenizer, 320)["width"][:8]
 
     before = branch_errors(plain, make_model("llama"), sequences)
@@ -77,7 +77,7 @@ def test_no_narrowed_branch_leaves_the_weights_unchanged(structure, tokenizer, c
     record = record_of(structure, calibration_file)
     plain = MultiPruner(make_model("llama"), tokenizer).apply(record).state_dict()
     pruner = MultiPruner(make_model("llama"), tokenizer)
-    compensated = pruner.apply(record, compensate=True).state_dict()
+    compensated = pruner.apply(record, compensation=CompensationConfig()).state_dict()
     assert plain.keys() == compensated.keys()
     assert all(torch.equal(plain[name], compensated[name]) for name in plain)
     assert pruner.record.compensation["refits"] == []
@@ -98,7 +98,7 @@ def test_removed_units_that_contribute_nothing_leave_the_weights_unchanged(token
     record = record_of(NARROWED, calibration_file)
     plain = MultiPruner(silenced(), tokenizer).apply(record).state_dict()
     pruner = MultiPruner(silenced(), tokenizer)
-    compensated = pruner.apply(record, compensate=True, compensation_alpha=1e-3).state_dict()
+    compensated = pruner.apply(record, compensation=CompensationConfig(alpha=1e-3)).state_dict()
     for name in plain:
         torch.testing.assert_close(compensated[name], plain[name], atol=2e-5, rtol=1e-4)
 
@@ -106,7 +106,7 @@ def test_removed_units_that_contribute_nothing_leave_the_weights_unchanged(token
 def test_prune_with_compensation_equals_apply_with_compensation(tokenizer, calibration_file, tmp_path, caplog):
     config = search_config(calibration_file, target_ratio=0.1, pruning_distribution=(0, 80, 20))
     pruner = MultiPruner(make_model("llama"), tokenizer)
-    pruned = pruner.prune(config, progress=False, compensate=True, compensation_alpha=0.05)
+    pruned = pruner.prune(config, progress=False, compensation=CompensationConfig(alpha=0.05))
     compensation = pruner.record.compensation
     assert compensation["alpha"] == 0.05 and compensation["refits"]
     calibration = build_calibration_sets(config, tokenizer, 320)
@@ -114,7 +114,7 @@ def test_prune_with_compensation_equals_apply_with_compensation(tokenizer, calib
     path = pruner.record.save(tmp_path / "record.json")
     assert PruningRecord.load(path).compensation == compensation
 
-    again = MultiPruner(make_model("llama"), tokenizer).apply(path, compensate=True, compensation_alpha=0.05)
+    again = MultiPruner(make_model("llama"), tokenizer).apply(path, compensation=CompensationConfig(alpha=0.05))
     expected = pruned.state_dict()
     for name, value in again.state_dict().items():
         torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=1e-5)
@@ -130,15 +130,15 @@ def test_bad_compensation_input_is_refused_before_any_change(tokenizer, calibrat
     model = make_model("llama")
     dense = {name: value.clone() for name, value in model.state_dict().items()}
     with pytest.raises(ValueError, match="tokenizer"):
-        MultiPruner(model).apply(record, compensate=True)
+        MultiPruner(model).apply(record, compensation=CompensationConfig())
     with pytest.raises(ValueError, match="positive"):
-        MultiPruner(model, tokenizer).apply(record, compensate=True, compensation_alpha=0)
+        MultiPruner(model, tokenizer).apply(record, compensation=CompensationConfig(alpha=0))
     imported = record_of(NARROWED, calibration_file)
     imported.config = None
     with pytest.raises(ValueError, match="calibration"):
-        MultiPruner(model, tokenizer).apply(imported, compensate=True)
+        MultiPruner(model, tokenizer).apply(imported, compensation=CompensationConfig())
     with pytest.raises(ValueError, match="positive"):
-        MultiPruner(model, tokenizer).prune(search_config(calibration_file), compensate=True, compensation_alpha=-1.0)
+        MultiPruner(model, tokenizer).prune(search_config(calibration_file), compensation=CompensationConfig(alpha=-1.0))
     layers = get_adapter(model).decoder_layers(model)
     assert all(has_attention(layer, get_adapter(model)) and has_mlp(layer, get_adapter(model)) for layer in layers)
     assert all(torch.equal(value, dense[name]) for name, value in model.state_dict().items())

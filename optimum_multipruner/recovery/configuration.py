@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
-from ..configuration import _check_known_fields, _check_positive_int
-from ..utils import atomic_write_text, read_json
+from ..config_base import ConfigMixin, check_positive_int
 
 RECOVERY_CONFIG_NAME = "recovery_config.json"
 
@@ -28,7 +24,7 @@ RESUMABLE_CHANGES = ("max_tokens", "teacher", "teacher_device")
 
 
 @dataclass
-class RecoveryConfig:
+class RecoveryConfig(ConfigMixin):
     """Configuration of a recovery run: the pruned model (student) is trained to match the dense model (teacher).
 
     The loss is `distillation_weight * T^2 * KL(p_teacher^T || p_student^T) + (1 - distillation_weight) * CE`, per
@@ -78,6 +74,9 @@ class RecoveryConfig:
         training_args (`dict`): further `TrainingArguments` fields (e.g. `{"fsdp": "full_shard"}`, `{"optim":
             "adamw_torch_fused"}`); they override the ones derived from this config.
     """
+
+    CONFIG_NAME: ClassVar[str] = RECOVERY_CONFIG_NAME
+    SORT_JSON_KEYS: ClassVar[bool] = False
 
     dataset: Union[str, list[str]]
     max_tokens: int
@@ -140,7 +139,7 @@ class RecoveryConfig:
                 _check_number("dataset_weights", weight, low=0.0, low_open=True)
         for name in ("max_tokens", "max_epochs", "sequence_length", "per_device_train_batch_size",
                      "gradient_accumulation_steps", "lora_rank", "logging_steps", "head_chunk_size"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "save_steps", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -174,7 +173,7 @@ class RecoveryConfig:
             raise ValueError(f"`quantization_init` must be one of {QUANTIZATION_INITS}, got "
                              f"{self.quantization_init!r}.")
         for name in ("quantization_group_size", "quantization_lora_rank"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         _check_number("quantization_ratio", self.quantization_ratio, low=0.0, high=1.0, low_open=True)
         _check_number("quantization_scale_learning_rate", self.quantization_scale_learning_rate, low=0.0)
         if not isinstance(self.training_args, dict):
@@ -192,30 +191,6 @@ class RecoveryConfig:
         if self.max_tokens != saved.max_tokens and not self.length_free_schedule:
             differing.append("max_tokens (the schedule depends on the run's length)")
         return differing
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RecoveryConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"A recovery config must be a JSON object, got {type(data).__name__}.")
-        _check_known_fields(cls, data, "RecoveryConfig")
-        return cls(**data)
-
-    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> str:
-        """Write `recovery_config.json` into `save_directory` (atomically) and return its path."""
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, RECOVERY_CONFIG_NAME)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: Union[str, os.PathLike]) -> "RecoveryConfig":
-        """Read a `recovery_config.json` file, or the one inside a folder."""
-        if os.path.isdir(path):
-            path = os.path.join(path, RECOVERY_CONFIG_NAME)
-        return cls.from_dict(read_json(path))
 
 
 def _check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:

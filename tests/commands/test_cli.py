@@ -194,7 +194,8 @@ def test_prune_writes_a_pruned_checkpoint(pruned_dir, dense_dir, calibration_fil
     blockpruner = os.path.join(os.path.dirname(pruned_dir), "blockpruner")
     config_file = os.path.join(os.path.dirname(pruned_dir), "search.json")
     with open(config_file, "w", encoding="utf-8") as handle:
-        json.dump({"calibration_dataset": calibration_file, "target_ratio": 0.9}, handle)
+        json.dump({"config_type": "MultiPrunerConfig", "calibration_dataset": calibration_file, "target_ratio": 0.9},
+                  handle)  # a saved config's type tag is no field
     run_optimum_cli("multipruner", "prune", "-m", dense_dir, blockpruner, "--config", config_file, "--blockpruner",
                     *SEARCH_OPTIONS)  # options override the file: target ratio 0.3
     with open(os.path.join(blockpruner, "pruning_record.json"), encoding="utf-8") as handle:

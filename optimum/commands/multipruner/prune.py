@@ -134,8 +134,9 @@ def config_options() -> tuple[ConfigOption, ...]:
 
 
 def config_values(args, options: tuple[ConfigOption, ...]) -> dict[str, Any]:
-    """The `MultiPrunerConfig` fields of `--config` (any version's keys) with those given as options over them."""
-    from optimum_multipruner.configuration import upgrade_config_dict
+    """The `MultiPrunerConfig` fields of `--config` (any version's keys, with or without its type tag) with those
+    given as options over them."""
+    from optimum_multipruner.configuration import MultiPrunerConfig
 
     values: dict[str, Any] = {}
     if args.config:
@@ -144,7 +145,7 @@ def config_values(args, options: tuple[ConfigOption, ...]) -> dict[str, Any]:
         values = read_json(args.config)
         if not isinstance(values, dict):
             raise ValueError(f"--config {args.config} must hold a JSON object of MultiPrunerConfig fields.")
-        values = upgrade_config_dict(values)
+        values = MultiPrunerConfig.fields_from_dict(values)
     for option in options:
         value = getattr(args, option.name)
         if value is None:
