@@ -19,11 +19,12 @@ Config = TypeVar("Config", bound="ConfigMixin")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", advanced: bool = False,
-           choices: Optional[tuple[Any, ...]] = None, **kwargs: Any) -> Any:
-    """A config field with what the command line shows of it: `help` (one line), `choices`, and `advanced` for
-    implementation knobs a user never needs (settable, but listed apart in `--help`)."""
-    return dataclasses.field(default=default, metadata={"help": help, "advanced": advanced, "choices": choices},
-                             **kwargs)
+           choices: Optional[tuple[Any, ...]] = None, aliases: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """A config field with what the command line shows of it: `help` (one line), `choices`, `advanced` for
+    implementation knobs a user never needs (settable, but listed apart in `--help`), and further flags (`aliases`,
+    e.g. the name optimum-intel's CLI gives the same setting)."""
+    metadata = {"help": help, "advanced": advanced, "choices": choices, "aliases": aliases}
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 class ConfigMixin:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Union
 
-from ..config_base import ConfigMixin, check_positive_int
+from ..config_base import ConfigMixin, check_positive_int, option
 
 RECOVERY_CONFIG_NAME = "recovery_config.json"
 
@@ -78,42 +78,49 @@ class RecoveryConfig(ConfigMixin):
     CONFIG_NAME: ClassVar[str] = RECOVERY_CONFIG_NAME
     SORT_JSON_KEYS: ClassVar[bool] = False
 
-    dataset: Union[str, list[str]]
-    max_tokens: int
-    teacher: Optional[str] = None
-    dataset_weights: Optional[list[float]] = None
-    max_epochs: int = 1
-    text_column: str = "text"
-    sequence_length: int = 512
-    method: str = "full"
-    learning_rate: float = 5e-5
-    lr_scheduler_type: str = "constant_with_warmup"
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    distillation_weight: float = 1.0
-    temperature: float = 1.0
-    hidden_state_weight: float = 0.0
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: Union[str, list[str]] = "all-linear"
-    quantization: Optional[str] = None
-    quantization_group_size: int = 64
-    quantization_ratio: float = 1.0
-    quantization_init: str = "awq_scale_estimation"
-    quantization_lora_rank: int = 32
-    quantization_scale_learning_rate: float = 1e-5
-    save_steps: int = 50
-    logging_steps: int = 10
-    seed: int = 42
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    teacher_device: Optional[str] = None
-    head_chunk_size: int = 512
-    training_args: dict[str, Any] = field(default_factory=dict)
+    dataset: Union[str, list[str]] = option(
+        help="training text: local .txt/.json/.jsonl/.parquet file or Hub data set (never evaluation text), or several, "
+        "comma-separated, mixed by --dataset-weights")
+    max_tokens: int = option(help="token budget of the run")
+    teacher: Optional[str] = option(None, "the dense model it was pruned from: folder or Hub id")
+    dataset_weights: Optional[list[float]] = option(
+        None, "comma-separated share of each --dataset source (default: equal)")
+    max_epochs: int = option(1, "passes a run may make over a source's text (a larger budget is refused)")
+    text_column: str = option("text", "text column of table-like files")
+    sequence_length: int = option(512, "tokens per training sequence")
+    method: str = option("full", "full (every weight trains) or lora (PEFT adapters, merged back at the end)",
+                         choices=METHODS)
+    learning_rate: float = option(5e-5, "AdamW learning rate")
+    lr_scheduler_type: str = option("constant_with_warmup", "transformers schedule name", choices=LR_SCHEDULERS)
+    warmup_steps: int = option(10, "warm-up optimizer steps")
+    weight_decay: float = option(0.0, "AdamW weight decay", advanced=True)
+    max_grad_norm: float = option(1.0, "gradient clipping norm", advanced=True)
+    per_device_train_batch_size: int = option(1, "sequences per step and process")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    distillation_weight: float = option(1.0, "share of the KL-to-teacher term; the rest is next-token CE")
+    temperature: float = option(1.0, "softmax temperature of the KL term")
+    hidden_state_weight: float = option(0.0, "weight of the final-hidden-state term, 1 - cosine to the teacher's")
+    lora_rank: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.0, "LoRA dropout")
+    lora_target_modules: Union[str, list[str]] = option("all-linear", "comma-separated module names, or all-linear")
+    quantization: Optional[str] = option(
+        None, "int4: quantization-aware distillation (NNCF FQ_LORA); the output is an int4 OpenVINO IR",
+        choices=QUANTIZATIONS, aliases=("--weight-format",))
+    quantization_group_size: int = option(64, "int4 group size", aliases=("--group-size",))
+    quantization_ratio: float = option(1.0, "share of the linear layers in int4, the rest int8", aliases=("--ratio",))
+    quantization_init: str = option("awq_scale_estimation", "how the int4 weights start", choices=QUANTIZATION_INITS)
+    quantization_lora_rank: int = option(32, "rank of the quantized weights' trainable adapters")
+    quantization_scale_learning_rate: float = option(1e-5, "learning rate of the quantizer scales")
+    save_steps: int = option(50, "a resumable checkpoint every N optimizer steps in --checkpoint-dir")
+    logging_steps: int = option(10, "loss-curve resolution in optimizer steps")
+    seed: int = option(42, "seed of the document order")
+    bf16: bool = option(False, "train in bf16 mixed precision")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
+    teacher_device: Optional[str] = option(None, "device of the teacher, e.g. cuda:1 (default: the student's)")
+    head_chunk_size: int = option(512, "positions per chunk of the teacher's output head", advanced=True)
+    training_args: dict[str, Any] = option(
+        help='further transformers TrainingArguments, e.g. \'{"fsdp": "full_shard"}\'', default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("dataset", "dataset_weights", "lora_target_modules"):

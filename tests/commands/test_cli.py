@@ -14,7 +14,8 @@ import torch
 from testing_utils import run_optimum_cli, save_checkpoint
 
 from optimum.commands.multipruner.common import load_model_and_tokenizer
-from optimum.commands.multipruner.prune import NONE, PruneCommand, _option_type, config_options, config_values
+from optimum.commands.multipruner.options import NONE, _option_type
+from optimum.commands.multipruner.prune import PruneCommand, search_options, search_values
 from optimum_multipruner import FastSearchConfig, MultiPrunerConfig
 from optimum_multipruner.exporters.openvino_command import prepare_openvino_export_args
 
@@ -71,7 +72,8 @@ def test_help_lists_the_commands_without_importing_the_library(tmp_path):
         "assert not heavy, heavy\n"
         "ours = {name for name in sys.modules if name.startswith('optimum_multipruner.')}\n"
         "assert ours <= {'optimum_multipruner.config_base', 'optimum_multipruner.configuration', "
-        "'optimum_multipruner.version'}, ours  # the lazy package and its configs\n"
+        "'optimum_multipruner.version', 'optimum_multipruner.recovery', 'optimum_multipruner.recovery.configuration'}, "
+        "ours  # the lazy packages and their configs\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -114,7 +116,7 @@ def test_export_openvino_hook_only_touches_pruned_checkpoints(pruned_dir, dense_
 
 # --------------------------------------------------------------------------- prune options from MultiPrunerConfig
 def test_prune_options_cover_every_config_field():
-    options = config_options()
+    options = search_options()
     defaults = MultiPrunerConfig()
     paths = [(field.name,) for field in dataclasses.fields(MultiPrunerConfig) if field.name != "fast_search"]
     paths[paths.index(("search_mode",)) + 1:] = [
@@ -149,7 +151,10 @@ def test_prune_options_cover_every_config_field():
         (tuple[str, ...], "attention, mlp", ("attention", "mlp")),
         (tuple[float, float, float], "1,2,3", (1.0, 2.0, 3.0)),
         (Optional[tuple[int, ...]], "4,8", (4, 8)),
-        (dict[str, int], "{}", "{}"),  # other types pass through as text, for validate() to check
+        (list[float], "3,1", (3.0, 1.0)),
+        (Union[str, list[str]], "a.jsonl,b.jsonl", ("a.jsonl", "b.jsonl")),  # one source or several
+        (dict[str, int], '{"a": 1}', {"a": 1}),  # JSON
+        (set[int], "{}", "{}"),  # other types pass through as text, for validate() to check
     ],
 )
 def test_option_types_follow_the_type_hints(hint, text, expected):
@@ -173,7 +178,7 @@ def test_none_on_the_command_line_sets_an_optional_field_over_the_config_file(tm
     PruneCommand.parse_args(parser)  # the parser `optimum-cli multipruner prune` builds
     args = parser.parse_args(["-m", "dense", "out", "--config", str(config_file), "--fast-search-screen", "none",
                               "--max-steps", "3"])
-    values = config_values(args, config_options())
+    values = search_values(args)
     assert values == {"fast_search": {"screen": None, "keep": 0.25}, "target_ratio": 0.3, "max_steps": 3}
     assert MultiPrunerConfig(**values).fast_search == FastSearchConfig(screen=None, keep=0.25)
 

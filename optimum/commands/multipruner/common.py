@@ -67,14 +67,6 @@ def parse_list(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def parse_floats(value: str) -> tuple[float, ...]:
-    """Comma-separated numbers."""
-    try:
-        return tuple(float(part) for part in parse_list(value))
-    except ValueError:
-        raise ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
-
-
 def parse_key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
