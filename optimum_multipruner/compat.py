@@ -95,7 +95,7 @@ CONVERT_TOKENIZERS = UpstreamName(
     "optimum.exporters.openvino.__main__", "maybe_convert_tokenizers",
     ("library_name", "output", "model", "preprocessors", "task"),
 )
-# `optimum-cli export openvino`: its `run` is wrapped at CLI start-up, and these parsed arguments are read or set.
+# `optimum-cli export openvino`: `export openvino-pruned` runs its `run`, and reads or sets these parsed arguments.
 OPENVINO_EXPORT_COMMAND_RUN = UpstreamName("optimum.commands.export.openvino", "OVExportCommand.run", ("self",))
 OPENVINO_EXPORT_COMMAND_ARGS = ("model", "output", "task", "weight_format", "quant_mode", "group_size_fallback",
                                 "cache_dir")

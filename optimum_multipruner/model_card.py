@@ -277,17 +277,18 @@ def _loading(gguf: bool) -> str:
     return "\n".join([
         "## How to load it",
         "",
-        "PyTorch (`pip install optimum-multipruner`; the import registers the pruned model types):",
+        "PyTorch (`pip install optimum-multipruner`; `register_pruned_models` registers the pruned model types):",
         "",
         "```python",
-        "import optimum_multipruner",
+        "from optimum_multipruner import register_pruned_models",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
+        "register_pruned_models()",
         'model = AutoModelForCausalLM.from_pretrained("<this folder or repo>")',
         'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")',
         "```",
         "",
-        "OpenVINO: `optimum-cli export openvino --model <this folder> --weight-format int8 model-ov` (after "
+        "OpenVINO: `optimum-cli export openvino-pruned --model <this folder> --weight-format int8 model-ov` (after "
         "`pip install optimum-multipruner`); the IR folder then loads without this package, with "
         '`OVModelForCausalLM.from_pretrained("model-ov")` or openvino-genai.',
     ] + ([

@@ -58,7 +58,7 @@ def test_save_pretrained_writes_a_card_the_hub_reads(tmp_path):
     assert set(data["tags"]) >= {"pruning", "multipruner"}
     assert table_rows(card.text) == structure_summary(str(tmp_path / "out"))["layers"]
     for expected in ("MultiPruner", "`44:52:4`", "13.250 after the last step (dense: block 12.500)",
-                     "import optimum_multipruner", "OVModelForCausalLM", "llama-cli", "| 1 | block | remove_attention"):
+                     "register_pruned_models()", "export openvino-pruned", "OVModelForCausalLM", "llama-cli", "| 1 | block | remove_attention"):
         assert expected in card.text
     assert "## Recovery" not in card.text and "## Evaluation" not in card.text
 

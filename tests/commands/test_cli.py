@@ -95,12 +95,17 @@ def test_two_copies_of_the_plugin_register_the_commands_once(tmp_path):
         assert "prune" in result.stdout
 
 
-def test_export_openvino_hook_only_touches_pruned_checkpoints(pruned_dir, dense_dir):
-    from optimum.commands.export.openvino import OVExportCommand
-    from optimum.commands.register.register_multipruner import _is_pruned_checkpoint
+def test_export_openvino_pruned_is_registered_and_patches_nothing(pruned_dir, dense_dir, capsys):
+    import optimum.commands.export.openvino as stock
+    from optimum.commands.export.base import ExportCommand
+    from optimum.commands.multipruner.export_openvino import PrunedOVExportCommand, is_pruned_checkpoint
+    from optimum.commands.register.register_multipruner import REGISTER_COMMANDS
 
-    assert getattr(OVExportCommand.run, "multipruner_wrapped", False)
-    assert not _is_pruned_checkpoint(dense_dir) and _is_pruned_checkpoint(pruned_dir)
+    assert (PrunedOVExportCommand, ExportCommand) in list(REGISTER_COMMANDS)  # as optimum-intel registers its own
+    assert stock.OVExportCommand.run.__module__ == stock.__name__  # the stock command is optimum-intel's, untouched
+    assert not is_pruned_checkpoint(dense_dir) and is_pruned_checkpoint(pruned_dir)
+    line = cli_error(capsys, "export", "openvino-pruned", "--model", dense_dir, os.path.join(dense_dir, "ir"))
+    assert "is not a pruned checkpoint" in line and "optimum-cli export openvino" in line
 
     def args(model, **values):
         defaults = dict(cache_dir=None, task="auto", weight_format=None, quant_mode=None, group_size_fallback=None)

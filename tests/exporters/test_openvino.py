@@ -1,4 +1,4 @@
-"""OpenVINO export of pruned checkpoints: the real `optimum-cli export openvino` entry point, parity with PyTorch.
+"""OpenVINO export of pruned checkpoints: the real `optimum-cli export openvino-pruned` entry point, parity with PyTorch.
 
 Every family is exported once per session (`conftest.exported`).
 
@@ -133,7 +133,7 @@ def test_cli_int4_export(exported, tmp_path):
     """int4 needs the group-size fallback the plugin adds: widths 32/64 are not multiples of the group size 128."""
     checkpoint, _ = exported("llama")
     ir = str(tmp_path / "llama_int4")
-    run_optimum_cli("export", "openvino", "--model", checkpoint, ir, "--weight-format", "int4",
+    run_optimum_cli("export", "openvino-pruned", "--model", checkpoint, ir, "--weight-format", "int4",
                     "--disable-convert-tokenizer")
     assert "u4" in weight_types(ir)
     model = OVModelForCausalLM.from_pretrained(ir)

@@ -38,6 +38,8 @@ class MultiPrunerSubcommand(BaseOptimumCLICommand):
     `MULTIPRUNER_DEBUG=1` the exception propagates with its traceback instead.
     """
 
+    GROUP = "multipruner"  # the command group its errors name
+
     def execute(self) -> None:
         raise NotImplementedError
 
@@ -48,7 +50,7 @@ class MultiPrunerSubcommand(BaseOptimumCLICommand):
             if os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no"):
                 raise
             message = " ".join(str(error).split()) or type(error).__name__
-            print(f"optimum-cli multipruner {self.COMMAND.name}: error: {message}", file=sys.stderr)
+            print(f"optimum-cli {self.GROUP} {self.COMMAND.name}: error: {message}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT_CODE)
 
 
