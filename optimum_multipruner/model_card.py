@@ -37,7 +37,7 @@ def write_model_card(
         model_config: the saved model's config (pruned or dense).
         record: its `PruningRecord`, or `None`. A non-empty `record.recovery` dict (keys "config", "tokens_seen",
             "data_sha256", "loss_curve") adds a "Recovery" section.
-        base_model: Hub id of the dense original; default `model_config._name_or_path` when it is a Hub id, else the
+        base_model: Hub id of the dense original; default `model_config.name_or_path` when it is a Hub id, else the
             `base_model` of the card in that local folder (a pruned checkpoint loaded to be recovered keeps it).
         evaluation_files: JSON files written by `optimum-cli multipruner evaluate --output`, shown as a table.
 
@@ -47,7 +47,7 @@ def write_model_card(
     """
     from .modeling import layer_summary
 
-    name_or_path = str(getattr(model_config, "_name_or_path", "") or "")
+    name_or_path = str(getattr(model_config, "name_or_path", "") or "")
     if base_model is None and name_or_path:
         base_model = _base_model_of(name_or_path)
     summary = layer_summary(model_config)

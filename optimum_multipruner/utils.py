@@ -1,4 +1,5 @@
-"""Small shared helpers: the library logger, atomic file writes and a callback run when a module is imported."""
+"""Small shared helpers: the library logger, atomic file writes, a callback run when a module is imported, and a file
+of a checkpoint folder or Hub repository."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 _LIBRARY_LOGGER = "optimum_multipruner"
 
@@ -196,3 +197,17 @@ def call_after_import(name: str, callback: Callable[[], None]) -> None:
         watcher = _ImportWatcher(name)
         sys.meta_path.insert(0, watcher)
     watcher.callbacks.append(callback)
+
+
+def source_file(source: str, name: str, cache_dir: Optional[str] = None) -> Optional[str]:
+    """`name` in a checkpoint folder or Hub repo, or `None` when it has none (or it is not cached, offline)."""
+    if os.path.isdir(source):
+        path = os.path.join(source, name)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(source, name, cache_dir=cache_dir)
+    except EntryNotFoundError:
+        return None
