@@ -78,11 +78,14 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def check_output_file(path: Union[str, os.PathLike], overwrite: bool) -> None:
-    """Refuse an output file that exists (unless `overwrite`), a directory in its place, or a missing folder.
+def check_output_file(path: Union[str, os.PathLike, None], overwrite: bool) -> None:
+    """Refuse an output file that exists (unless `overwrite`), a directory in its place, or a missing folder; `None`
+    (an optional output not asked for) passes.
 
     Only checks: nothing is created.
     """
+    if path is None:
+        return
     if os.path.isdir(path):
         raise IsADirectoryError(f"The output path {path} is a directory; give a file name.")
     if os.path.exists(path) and not overwrite:

@@ -1,5 +1,5 @@
 """What the `optimum-cli multipruner` sub-commands share: the base class that turns a user's mistake into one line,
-argument types, checks of the model and output paths made before any work, and loading a PyTorch model.
+argument types, the check of the model source made before any work, and loading a PyTorch model.
 
 Standard library only at module level: optimum-cli imports the commands at every start-up.
 """
@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from argparse import ArgumentParser, ArgumentTypeError, Namespace
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from optimum.commands.base import BaseOptimumCLICommand
 
@@ -136,19 +136,6 @@ def parse_max_memory(value: str) -> dict[Union[int, str], Union[int, str]]:
 
 
 # --------------------------------------------------------------------------- checks made before any work
-def check_new_file(path: Optional[str], overwrite: bool) -> None:
-    """Refuse an output file that exists (unless `overwrite`) or whose folder does not."""
-    if path is None:
-        return
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a directory; give a file name.")
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another file.")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"The folder of {path} does not exist; create {folder} first.")
-
-
 def _looks_like_path(model: str) -> bool:
     return os.path.isabs(model) or model.startswith((".", "~")) or model.endswith(("/", os.sep)) or model.count("/") > 1
 
