@@ -32,7 +32,7 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 from smollm2 import LOCAL_WIKITEXT, calibration_text, load_smollm2  # noqa: E402
 
-from optimum_multipruner import CompensationConfig, MultiPruner, MultiPrunerConfig  # noqa: E402
+from optimum_multipruner import CompensationConfig, MultiPruner  # noqa: E402
 from optimum_multipruner.data import build_calibration_sets  # noqa: E402
 from optimum_multipruner.evaluation import evaluate_perplexity  # noqa: E402
 from optimum_multipruner.nll import perplexity, reference_ignore_index  # noqa: E402
@@ -60,7 +60,7 @@ def run_configuration(record_path: str, alpha: Optional[float], wikitext_windows
     model, tokenizer = load_smollm2()
     pruner = MultiPruner(model, tokenizer)
     pruner.apply(record_path, compensation=None if alpha is None else CompensationConfig(alpha=alpha))
-    config = MultiPrunerConfig.from_dict(pruner.record.config)
+    config = pruner.record.config
     calibration = build_calibration_sets(config, tokenizer, model.get_input_embeddings().num_embeddings)
     text = calibration_text(tokenizer, config.num_calibration_samples_width, config.sequence_length, config.seed,
                             config.calibration_dataset)

@@ -87,7 +87,7 @@ def _compensation_text(model: nn.Module, tokenizer, record: PruningRecord) -> to
         raise ValueError("This record holds no search settings (an imported record), so it names no calibration "
                          "text to compensate on.")
     vocab_size = model.get_input_embeddings().num_embeddings
-    sets = build_calibration_sets(MultiPrunerConfig.from_dict(record.config), tokenizer, vocab_size)
+    sets = build_calibration_sets(record.config, tokenizer, vocab_size)
     return torch.cat(list(sets.values()))
 
 

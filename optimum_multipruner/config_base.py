@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from typing import Any, ClassVar, Optional, TypeVar, Union
@@ -16,6 +17,7 @@ from typing import Any, ClassVar, Optional, TypeVar, Union
 CONFIG_TYPE_KEY = "config_type"  # the type tag in a saved config file (never in `to_dict`, so records keep their bytes)
 
 Config = TypeVar("Config", bound="ConfigMixin")
+logger = logging.getLogger(__name__)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", advanced: bool = False,
@@ -72,6 +74,15 @@ class ConfigMixin:
         except TypeError as error:  # wrong value types from a hand-edited file
             raise ValueError(f"Invalid {cls.__name__}: {error}") from error
 
+    @classmethod
+    def from_dict_leniently(cls: type[Config], data: Any, where: str) -> Config:
+        """[`from_dict`] of a config stored in a file this package wrote long ago (e.g. a pruning record's): the fields
+        this version no longer has, at any depth, are dropped with a warning naming `where`, instead of refused."""
+        if isinstance(data, dict):
+            data = cls.upgrade_dict({key: value for key, value in data.items() if key != CONFIG_TYPE_KEY})
+            data = _known_fields(cls, data, where, cls.__name__)
+        return cls.from_dict(data)
+
     def to_json_string(self) -> str:
         """The saved file's text: the type tag and `to_dict()`."""
         data = {CONFIG_TYPE_KEY: self.config_type(), **self.to_dict()}
@@ -97,6 +108,22 @@ class ConfigMixin:
         if not os.path.isfile(file):
             raise FileNotFoundError(f"No {cls.__name__} found at {file}.")
         return cls.from_dict(read_json(file))
+
+
+def _known_fields(cls: type, data: dict[str, Any], where: str, path: str) -> dict[str, Any]:
+    """`data` without the keys that are no field of `cls` (each dropped with a warning), nested configs alike."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    known = {}
+    for key, value in data.items():
+        if key not in fields:
+            logger.warning("%s: ignoring `%s.%s`, which this version no longer has.", where, path, key)
+            continue
+        nested = fields[key].default_factory
+        if nested is not dataclasses.MISSING and isinstance(nested, type) and issubclass(nested, ConfigMixin) \
+                and isinstance(value, dict):
+            value = _known_fields(nested, value, where, f"{path}.{key}")
+        known[key] = value
+    return known
 
 
 def check_known_fields(cls: type, data: dict[str, Any], what: Optional[str] = None) -> None:

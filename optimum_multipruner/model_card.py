@@ -151,34 +151,32 @@ def _method_name(record) -> str:
         return "optimum-multipruner"
     if record.source != "optimum-multipruner":
         return f"a record of {record.source}, applied by optimum-multipruner"
-    distribution = (record.config or {}).get("pruning_distribution") or ()
-    return "BlockPruner" if [bool(share) for share in distribution] == [True, False, False] else "MultiPruner"
+    return "BlockPruner" if record.config is not None and record.config.is_blockpruner else "MultiPruner"
 
 
 def _method(record) -> str:
     if record is None:
         return ""
-    config = record.config or {}
+    config = record.config
     lines = ["## Method and settings", ""]
-    if config:
+    if config is not None:
         settings = {
-            "target ratio (share of all parameters)": config.get("target_ratio"),
-            "distribution blocks : MLP channels : heads": ":".join(
-                f"{share:g}" for share in config.get("pruning_distribution", ())),
-            "objective": config.get("importance_metric"),
-            "search mode": config.get("search_mode"),
-            "MLP channels per step": config.get("mlp_channel_group_size"),
-            "weight-magnitude reordering": config.get("weight_reorder"),
+            "target ratio (share of all parameters)": config.target_ratio,
+            "distribution blocks : MLP channels : heads": ":".join(f"{share:g}" for share in config.pruning_distribution),
+            "objective": config.importance_metric,
+            "search mode": config.search_mode,
+            "MLP channels per step": config.mlp_channel_group_size,
+            "weight-magnitude reordering": config.weight_reorder,
         }
-        lines += [f"* {key}: `{value}`" for key, value in settings.items() if value not in (None, "")]
+        lines += [f"* {key}: `{value}`" for key, value in settings.items()]
     lines.append(f"* steps: {len(record.steps)}; target reached: {record.target_reached}")
-    if config.get("calibration_dataset"):
+    if config is not None:
         lines.append(
-            f"* calibration data: `{display_path(config['calibration_dataset'])}` "
-            f"({config.get('num_calibration_samples_block')} "
-            f"block rows, {config.get('num_calibration_samples_width')} width rows, sequences of "
-            f"{config.get('sequence_length')} tokens, seed {config.get('seed')}), SHA-256 "
-            f"`{_file_sha256(config['calibration_dataset']) or 'unknown (a Hub data set or a file not here)'}`"
+            f"* calibration data: `{display_path(config.calibration_dataset)}` "
+            f"({config.num_calibration_samples_block} "
+            f"block rows, {config.num_calibration_samples_width} width rows, sequences of "
+            f"{config.sequence_length} tokens, seed {config.seed}), SHA-256 "
+            f"`{_file_sha256(config.calibration_dataset) or 'unknown (a Hub data set or a file not here)'}`"
         )
     last = next((step for step in reversed(record.steps) if step.perplexity is not None), None)
     if last is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from functools import cached_property
@@ -268,7 +269,7 @@ class GreedySearch:
             dense_parameters=self._dense_parameters,
             structure=read_structure(self.model, self.adapter),
             weight_reorder=reorder,
-            config=config.to_dict(),
+            config=copy.deepcopy(config),  # the settings searched with, whatever the caller does to `config` later
         )
 
     def _replay(self, record: PruningRecord, units: PruningUnits, source: Union[str, os.PathLike],

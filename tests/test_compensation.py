@@ -23,7 +23,7 @@ def record_of(structure: PrunedStructure, calibration_file: str) -> PruningRecor
     the first KV groups and channels are kept)."""
     model = make_model("llama")
     return PruningRecord(model_type="llama", num_hidden_layers=4, dense_parameters=count_parameters(model),
-                         structure=structure, weight_reorder=False, config=search_config(calibration_file).to_dict())
+                         structure=structure, weight_reorder=False, config=search_config(calibration_file))
 
 
 def branch(model, layer: int, kind: str):
