@@ -27,7 +27,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from optimum_multipruner.modeling import register_pruned_models
+import optimum_multipruner  # noqa: F401  (registers the pruned model types)
 from optimum_multipruner.nll import perplexity, reference_ignore_index
 from optimum_multipruner.utils import atomic_write_text, read_json
 
@@ -85,7 +85,6 @@ def main() -> None:
     print("| model | " + " | ".join(COLUMNS.values()) + " | held-out / set 1 |")
     print("|" + "---|" * (len(COLUMNS) + 2))
     table = {}
-    register_pruned_models()  # the pruned checkpoints load through AutoModelForCausalLM
     for name in names:
         state_file = os.path.join(args.work_dir, "runs", name + ".json")
         measured = read_json(state_file).get("calibration") if os.path.isfile(state_file) else None

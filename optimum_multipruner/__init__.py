@@ -1,10 +1,10 @@
 """optimum-multipruner: training-free structured pruning (MultiPruner, BlockPruner) for Hugging Face LLMs.
 
-The package imports lazily (module `__getattr__`, as `recovery/` does): `import optimum_multipruner` and its
-configuration modules load no torch, so `optimum-cli` builds its options from the configs at start-up for free. The
-first name taken from the package loads the library and registers the pruned model types (`multipruner_llama`, ...)
-with transformers' Auto classes; `register_pruned_models()` does it explicitly, before
-`AutoModelForCausalLM.from_pretrained(pruned_dir)` in a process that has used nothing else of the package.
+Importing the package registers the pruned model types (`multipruner_llama`, ...) with transformers' Auto classes,
+so `AutoModelForCausalLM.from_pretrained(pruned_dir)` works, and installs the import hook that registers their
+OpenVINO export configs once optimum-intel's exporter is imported (`OVModelForCausalLM.from_pretrained(pruned_dir,
+export=True)`; see `exporters.enable_lazy_openvino_registration`). The public names import on first use (module
+`__getattr__`, as `recovery/` does).
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .exporters import enable_lazy_openvino_registration
+from .modeling import register_pruned_models
 from .version import __version__
+
+register_pruned_models()
+enable_lazy_openvino_registration()  # OpenVINO export configs register when optimum's OpenVINO exporter is imported
 
 # public name -> the module (relative to this package) that defines it
 _LAZY_NAMES = {
@@ -21,10 +26,8 @@ _LAZY_NAMES = {
     "CompensationConfig": ".configuration",
     "FastSearchConfig": ".configuration",
     "MultiPrunerConfig": ".configuration",
-    "enable_lazy_openvino_registration": ".exporters",
     "export_gguf": ".exporters",
     "export_openvino": ".exporters",
-    "register_pruned_models": ".modeling",
     "MultiPruner": ".pruner",
     "PruningRecord": ".record",
     "PruningStep": ".record",
@@ -39,7 +42,6 @@ def __getattr__(name: str) -> Any:
         return tuple(sorted(__getattr__("ADAPTERS")))
     if name not in _LAZY_NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    importlib.import_module(".modeling", __name__).register_pruned_models()  # once the library is in use
     value = getattr(importlib.import_module(_LAZY_NAMES[name], __name__), name)
     globals()[name] = value  # later look-ups skip `__getattr__`
     return value

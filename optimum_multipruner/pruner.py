@@ -16,7 +16,7 @@ from .architectures import ArchitectureAdapter, get_adapter
 from .configuration import CompensationConfig, MultiPrunerConfig
 from .devices import check_placement
 from .model_card import write_model_card
-from .modeling import check_finite_weights, register_pruned_models
+from .modeling import check_finite_weights
 from .record import RECORD_NAME, PruningRecord
 from .scoring import ModelEvaluator
 from .search import prune
@@ -73,7 +73,6 @@ class MultiPruner:
         `recover` it. `model_kwargs` go to `AutoModelForCausalLM.from_pretrained` (`dtype`, `device_map`, ...)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        register_pruned_models()
         model = AutoModelForCausalLM.from_pretrained(pruned_directory, **model_kwargs)
         pruner = cls(model, AutoTokenizer.from_pretrained(pruned_directory))
         if os.path.isfile(os.path.join(pruned_directory, RECORD_NAME)):

@@ -10,13 +10,11 @@ import torch
 from testing_utils import GEMMA3_MIXED_KINDS, FAMILIES, make_model, make_pruned_model, zero_pruned_units
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from optimum_multipruner import register_pruned_models
+import optimum_multipruner  # noqa: F401  (registers the pruned model types)
 from optimum_multipruner.architectures import get_adapter
 from optimum_multipruner.modeling import kept_layer_types
 from optimum_multipruner.structure import PrunedStructure
 from optimum_multipruner.surgery import ZeroAttention, read_structure
-
-register_pruned_models()  # AutoModelForCausalLM loads the pruned checkpoints
 
 STRUCTURE = PrunedStructure(
     num_attention_heads=[0, 2, 4, 2], num_key_value_heads=[0, 1, 2, 1], intermediate_size=[64, 0, 256, 128]
@@ -67,12 +65,10 @@ def test_reload_is_exact_with_no_missing_or_unexpected_keys(saved_models, family
 
 
 def test_reload_in_a_fresh_process(saved_models, tmp_path):
-    """A new interpreter that only registers the pruned model types loads every family with identical logits."""
+    """A new interpreter that only imports the package loads every family with identical logits."""
     script = (
-        "import sys, torch\n"
+        "import sys, torch, optimum_multipruner\n"
         "from transformers import AutoModelForCausalLM\n"
-        "from optimum_multipruner import register_pruned_models\n"
-        "register_pruned_models()\n"
         "ids = torch.load(sys.argv[1])\n"
         "out = {}\n"
         "for family, path in zip(sys.argv[3::2], sys.argv[4::2]):\n"

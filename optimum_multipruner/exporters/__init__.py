@@ -3,9 +3,9 @@
 * `export_openvino(model_or_dir, output_dir, weight_format=None, overwrite=False)`: script entry point.
 * `export_gguf(model_or_dir, output_file, outtype="f16", overwrite=False)`: one GGUF file for llama.cpp.
 * `register_openvino_export()`: register the `multipruner_<family>` export configs with optimum's `TasksManager`.
-* `enable_lazy_openvino_registration()`: opt-in (nothing calls it for you): a `sys.meta_path` hook that registers
-  as soon as anything imports `optimum.exporters.openvino` (e.g. `OVModelForCausalLM.from_pretrained(pruned_dir,
-  export=True)`), at no import cost before that. `export_openvino` and the CLI register without it.
+* `enable_lazy_openvino_registration()`: installed by `import optimum_multipruner`: a `sys.meta_path` hook that
+  registers as soon as anything imports `optimum.exporters.openvino` (e.g. `OVModelForCausalLM.from_pretrained(
+  pruned_dir, export=True)` or the stock `optimum-cli export openvino`), at no import cost before that.
 * `finish_export(output_dir, ...)`: the base model type in the IR's `config.json`, the pruning record and the model
   card next to it.
 """

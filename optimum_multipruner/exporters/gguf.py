@@ -27,7 +27,7 @@ from optimum_multipruner_constants import GGUF_OUTTYPES
 
 from ..architectures import ArchitectureAdapter, get_adapter
 from ..model_card import MODEL_CARD_NAME, write_model_card
-from ..modeling import check_finite_weights, register_pruned_models
+from ..modeling import check_finite_weights
 from ..structure import PrunedStructure
 from ..surgery import read_structure
 from ..utils import atomic_file, check_output_file, get_logger, remove_stale_temporary_files, source_file
@@ -207,7 +207,6 @@ def _load(model_or_dir, tokenizer, record) -> tuple[nn.Module, Any, dict[str, st
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         source = str(model_or_dir)
-        register_pruned_models()
         model = AutoModelForCausalLM.from_pretrained(source, dtype="auto").eval()
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
         for key, name in (("record", RECORD_NAME), ("model_card", MODEL_CARD_NAME)):

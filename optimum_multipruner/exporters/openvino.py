@@ -28,7 +28,7 @@ from optimum_multipruner_constants import PRUNED_MODEL_TYPE_PREFIX, WEIGHT_FORMA
 
 from .. import compat
 from ..architectures import ADAPTERS, get_adapter
-from ..modeling import check_finite_weights, register_pruned_models
+from ..modeling import check_finite_weights
 from ..structure import PrunedStructure
 from ..surgery import dense_parameter_count
 from ..utils import atomic_directory, check_output_dir, get_logger
@@ -126,9 +126,7 @@ def _make_export_config(base_type: str) -> type:
 
 
 def register_openvino_export() -> None:
-    """Register an export config for every `multipruner_<family>` type with optimum's `TasksManager`, and the pruned
-    model types with transformers' Auto classes, which load the checkpoint to export (idempotent)."""
-    register_pruned_models()
+    """Register an export config for every `multipruner_<family>` type with optimum's `TasksManager` (idempotent)."""
     register = TasksManager.create_register("openvino", overwrite_existing=True)
     module = sys.modules[__name__]
     for base_type in ADAPTERS:

@@ -9,12 +9,11 @@ import torch
 from testing_utils import GRANITE_MULTIPLIERS, make_model, make_pruned_model, model_selector, search_config
 from transformers import AutoModelForCausalLM
 
-from optimum_multipruner import MultiPruner, register_pruned_models
+import optimum_multipruner  # noqa: F401  (registers the pruned model types)
+from optimum_multipruner import MultiPruner
 from optimum_multipruner.architectures import get_adapter
 from optimum_multipruner.data import build_sequences, load_text_rows
 from optimum_multipruner.structure import PrunedStructure
-
-register_pruned_models()  # AutoModelForCausalLM loads the pruned checkpoints
 
 INPUT = torch.randint(4, 320, (2, 16), generator=torch.Generator().manual_seed(0))
 

@@ -11,15 +11,14 @@ import torch
 from testing_utils import make_model, make_text, run_optimum_cli, write_jsonl
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from optimum_multipruner import MultiPruner, get_adapter, register_pruned_models
+import optimum_multipruner  # noqa: F401  (registers the pruned model types)
+from optimum_multipruner import MultiPruner, get_adapter
 from optimum_multipruner.modeling import to_pruned_model
 from optimum_multipruner.nll import token_kl
 from optimum_multipruner.record import RECORD_NAME, PruningRecord
 from optimum_multipruner.recovery import RECOVERY_CONFIG_NAME, RecoveryConfig, last_complete_checkpoint, recover
 from optimum_multipruner.structure import PrunedStructure
 from optimum_multipruner.surgery import apply_structure, dense_parameter_count
-
-register_pruned_models()  # AutoModelForCausalLM loads the pruned checkpoints
 
 # layer 0 without attention, layer 1 without MLP, uneven KV heads and MLP widths
 STRUCTURE = PrunedStructure(

@@ -221,11 +221,10 @@ def load_model_and_tokenizer(args: Namespace):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import optimum_multipruner  # noqa: F401  (registers the pruned model types)
     from optimum_multipruner.distributed import local_device
-    from optimum_multipruner.modeling import register_pruned_models
 
     check_model_loading_args(args)
-    register_pruned_models()  # a pruned checkpoint loads as its pruned class
     placement: dict[str, Any] = {}
     device_map = getattr(args, "device_map", None)
     if device_map is not None:

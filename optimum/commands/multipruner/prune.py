@@ -2,8 +2,7 @@
 
 Every `MultiPrunerConfig` field is an option (`--field-name`; the fields of `fast_search` are `--fast-search-name`),
 and every `CompensationConfig` field (`--compensation-alpha`, with `--compensate`), generated from the dataclass
-fields by `options.py`. optimum-cli builds the parsers at every start-up, when the library (torch) must not be
-imported: the package imports lazily and `optimum_multipruner.configuration` imports only the standard library.
+fields by `options.py` from the library's own `optimum_multipruner.configuration` (one copy of the classes).
 """
 
 from __future__ import annotations
