@@ -275,20 +275,21 @@ def _loading(gguf: bool) -> str:
     return "\n".join([
         "## How to load it",
         "",
-        "PyTorch (`pip install optimum-multipruner`; `register_pruned_models` registers the pruned model types):",
+        "PyTorch (`pip install optimum-multipruner`; the import registers the pruned model types):",
         "",
         "```python",
-        "from optimum_multipruner import register_pruned_models",
+        "import optimum_multipruner",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        "register_pruned_models()",
         'model = AutoModelForCausalLM.from_pretrained("<this folder or repo>")',
         'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")',
         "```",
         "",
         "OpenVINO: `optimum-cli export openvino-pruned --model <this folder> --weight-format int8 model-ov` (after "
         "`pip install optimum-multipruner`); the IR folder then loads without this package, with "
-        '`OVModelForCausalLM.from_pretrained("model-ov")` or openvino-genai.',
+        '`OVModelForCausalLM.from_pretrained("model-ov")` or openvino-genai. The stock `optimum-cli export openvino` '
+        "takes this folder too (with `--task text-generation-with-past`), but its IR keeps the pruned model type and "
+        "loads only after `import optimum_multipruner`.",
     ] + ([
         "",
         "llama.cpp: `optimum-cli multipruner export --format gguf -m <this folder> model.gguf`, then "

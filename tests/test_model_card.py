@@ -58,7 +58,8 @@ def test_save_pretrained_writes_a_card_the_hub_reads(tmp_path):
     assert set(data["tags"]) >= {"pruning", "multipruner"}
     assert table_rows(card.text) == structure_summary(str(tmp_path / "out"))["layers"]
     for expected in ("MultiPruner", "`44:52:4`", "13.250 after the last step (dense: block 12.500)",
-                     "register_pruned_models()", "export openvino-pruned", "OVModelForCausalLM", "llama-cli", "| 1 | block | remove_attention"):
+                     "import optimum_multipruner", "export openvino-pruned", "--task text-generation-with-past",
+                     "OVModelForCausalLM", "llama-cli", "| 1 | block | remove_attention"):
         assert expected in card.text
     assert "## Recovery" not in card.text and "## Evaluation" not in card.text
 

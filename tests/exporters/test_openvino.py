@@ -10,6 +10,7 @@ is covered by one int4 export through the CLI and one int8 export through `expor
 import filecmp
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -22,13 +23,11 @@ from safetensors.torch import load_file
 from testing_utils import FAMILIES, make_model, run_optimum_cli, zero_pruned_units
 from transformers import AutoModelForCausalLM
 
-import optimum_multipruner
+import optimum_multipruner  # registers the pruned model types
 from optimum_multipruner.architectures import ADAPTERS
 from optimum_multipruner.exporters import export_openvino, rewrite_exported_config
 from optimum_multipruner.exporters.openvino import EXPORT_CONFIGS, default_weight_format, kept_kv_heads
 from optimum_multipruner.record import RECORD_NAME
-
-optimum_multipruner.register_pruned_models()  # AutoModelForCausalLM loads the pruned checkpoints
 
 TOLERANCE = 1e-4
 NEW_TOKENS = 6  # the prefill step plus five cached decode steps
@@ -74,6 +73,32 @@ def test_cli_export_matches_pytorch(family, exported):
     decode = max((a - b).abs().max().item() for a, b in zip(expected.logits, actual.logits))
     assert decode < TOLERANCE, f"{family}: cached decode max |delta logit| {decode:.2e}"
     assert torch.equal(expected.sequences, actual.sequences)
+
+
+def test_the_stock_export_command_takes_a_pruned_checkpoint(exported, tmp_path):
+    """The stock `optimum-cli export openvino`, unpatched, exports a pruned checkpoint (the CLI plugin registers the
+    pruned model types and, through the package's hook, their export configs). What it does not do (that `export
+    openvino-pruned` does): infer the task of a local folder, adjust int4 group sizes, give the IR the base model type
+    and the record; the IR then loads where `optimum_multipruner` is imported."""
+    checkpoint, _ = exported("llama")
+    ir = str(tmp_path / "stock")
+    command = [shutil.which("optimum-cli"), "export", "openvino", "--model", checkpoint, "--task",
+               "text-generation-with-past", "--weight-format", "fp32", "--disable-convert-tokenizer", ir]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)  # a fresh start-up
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(ir, "config.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["model_type"] == "multipruner_llama"
+    assert not os.path.exists(os.path.join(ir, RECORD_NAME))
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    model = OVModelForCausalLM.from_pretrained(ir, ov_config=F32)
+    expected, actual = generate(reference), generate(model)
+    delta = max((a - b).abs().max().item() for a, b in zip(expected.logits, actual.logits))
+    assert delta < TOLERANCE, f"max |delta logit| {delta:.2e} over prefill and decode"
+    assert torch.equal(expected.sequences, actual.sequences)
+    int4 = str(tmp_path / "stock_int4")  # in-process: the same command
+    run_optimum_cli("export", "openvino", "--model", checkpoint, "--task", "text-generation-with-past",
+                    "--weight-format", "int4", "--group-size-fallback", "adjust", "--disable-convert-tokenizer", int4)
+    assert "u4" in weight_types(int4)
 
 
 def test_gemma3_ir_follows_the_kinds_of_the_kept_attentions(exported):
@@ -239,13 +264,12 @@ def test_default_weight_format_follows_the_dense_size():
 
 
 def test_from_pretrained_export_after_package_import(exported, tmp_path):
-    """`OVModelForCausalLM.from_pretrained(pruned_dir, export=True)` in a process that imported only our package."""
+    """`OVModelForCausalLM.from_pretrained(pruned_dir, export=True)` in a process that only imported our package: the
+    import registers the pruned model types and the hook that registers their export configs."""
     checkpoint, _ = exported("mistral")
     script = (
         "import sys\n"
         "import optimum_multipruner\n"
-        "from optimum_multipruner.exporters import enable_lazy_openvino_registration\n"
-        "enable_lazy_openvino_registration()\n"
         "assert 'optimum.exporters.openvino' not in sys.modules  # registration is deferred\n"
         "from optimum.intel import OVModelForCausalLM\n"
         "model = OVModelForCausalLM.from_pretrained(sys.argv[1], export=True)\n"

@@ -6,6 +6,10 @@
   (`optimum.commands.multipruner`; its modules import the library only inside their `execute()`);
 * `optimum-cli export openvino-pruned`, optimum-intel's `export openvino` for pruned checkpoints
   (`optimum.commands.multipruner.export_openvino`), under optimum's `export` command.
+
+Importing `optimum_multipruner` registers the pruned model types with transformers and the hook that registers their
+export configs with optimum's `TasksManager` when the OpenVINO exporter loads: so the stock `optimum-cli export
+openvino` takes a pruned checkpoint too (public registration APIs; the stock command itself is left as it is).
 """
 
 import logging
@@ -42,6 +46,13 @@ def _copies_read() -> int:
 
 
 REGISTER_COMMANDS = _GivenOncePerStart(())
+# torchao, which transformers' modeling_utils imports, registers two enums in a way this torch deprecates: two
+# warning lines at every start-up, before the one line a command's error is
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+try:
+    import optimum_multipruner  # noqa: F401  (registers the pruned model types; see the module docstring)
+except Exception as error:  # a broken install: only the pruned checkpoints are lost to the stock commands
+    logger.warning("optimum-multipruner: the pruned model types are not registered (%s).", error)
 try:
     from optimum.commands.multipruner import MultiPrunerCommand
 
