@@ -12,7 +12,7 @@ from torch import nn
 
 from .architectures import ArchitectureAdapter, get_adapter
 from .compensation import ATTENTION, MLP, DenseBranches, compensate_record
-from .configuration import CompensationConfig, MultiPrunerConfig
+from .configuration import CompensationConfig, MultiPrunerConfig, compensation_from_arguments
 from .data import build_calibration_sets
 from .modeling import to_pruned_model
 from .record import PruningRecord
@@ -31,7 +31,8 @@ logger = get_logger(__name__)
 
 def apply(model: nn.Module, record: Union[PruningRecord, str, os.PathLike], tokenizer=None,
           weight_reorder: Optional[bool] = None, num_blocks: Optional[int] = None,
-          compensation: Optional[CompensationConfig] = None) -> PruningRecord:
+          compensation: Optional[CompensationConfig] = None, compensation_alpha: Optional[float] = None, *,
+          compensate: Optional[bool] = None) -> PruningRecord:
     """Shrink the dense `model` to a saved record, in place (it ends of its registered pruned class), and return the
     record applied.
 
@@ -40,8 +41,10 @@ def apply(model: nn.Module, record: Union[PruningRecord, str, os.PathLike], toke
     channels are kept on any device and in any dtype; older and imported records sort this model's weights again.
     `compensation` refits the kept weights as `prune(compensation=...)` does, on the calibration text of the record's
     `config` (it needs the `tokenizer`); the weights of a compensated search are rebuilt with it and the alpha its
-    record's `compensation` names.
+    record's `compensation` names. `compensate` / `compensation_alpha` (or a bool as `compensation`) are the
+    deprecated spelling of `compensation` (`FutureWarning`).
     """
+    compensation = compensation_from_arguments(compensation, compensate, compensation_alpha)
     adapter = get_adapter(model)
     if not isinstance(record, PruningRecord):
         record = PruningRecord.load(record, model.config, weight_reorder is not False, num_blocks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
@@ -312,6 +313,25 @@ class CompensationConfig(ConfigMixin):
         if not is_number(self.alpha) or not self.alpha > 0:
             raise ValueError(f"The compensation's ridge strength (`alpha`) must be a positive number, got "
                              f"{self.alpha!r}.")
+
+
+def compensation_from_arguments(compensation: Any = None, compensate: Optional[bool] = None,
+                                compensation_alpha: Optional[float] = None) -> Optional[CompensationConfig]:
+    """The `CompensationConfig` that `prune` / `apply` arguments ask for, including the spelling of earlier versions
+    (`compensate=True, compensation_alpha=x`, or a bool in `compensation`'s place), which still works with a
+    `FutureWarning` naming the new one."""
+    if isinstance(compensation, bool):  # `compensate` was the argument at this position
+        compensation, compensate = None, compensation
+    if compensate is None and compensation_alpha is None:
+        return compensation
+    if compensation is not None:
+        raise ValueError("Give `compensation=CompensationConfig(...)` alone, without `compensate` or "
+                         "`compensation_alpha`.")
+    alpha = CompensationConfig().alpha if compensation_alpha is None else compensation_alpha
+    new = f"compensation=CompensationConfig(alpha={alpha!r})" if compensate else "compensation=None"
+    warnings.warn(f"`compensate` and `compensation_alpha` are deprecated and will be removed; pass `{new}` instead.",
+                  FutureWarning, stacklevel=3)
+    return CompensationConfig(alpha=alpha) if compensate else None
 
 
 def _check_device_name(name: str, value: Any) -> None:

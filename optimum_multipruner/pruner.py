@@ -61,10 +61,12 @@ class MultiPruner:
         return self.model
 
     def apply(self, record: Union[PruningRecord, str, os.PathLike], weight_reorder: Optional[bool] = None,
-              num_blocks: Optional[int] = None, compensation: Optional[CompensationConfig] = None) -> nn.Module:
+              num_blocks: Optional[int] = None, compensation: Optional[CompensationConfig] = None,
+              compensation_alpha: Optional[float] = None, *, compensate: Optional[bool] = None) -> nn.Module:
         """Shrink the dense model to a saved record (ours, or an official MultiPruner / BlockPruner JSON) and return
         it; the record applied is `self.record`. The arguments are [`apply_record.apply`]'s."""
-        self.record = apply(self.model, record, self.tokenizer, weight_reorder, num_blocks, compensation)
+        self.record = apply(self.model, record, self.tokenizer, weight_reorder, num_blocks, compensation,
+                            compensation_alpha, compensate=compensate)
         return self.model
 
     @classmethod

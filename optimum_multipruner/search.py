@@ -26,7 +26,7 @@ from .candidates import (
     trial,
 )
 from .compensation import ATTENTION, MLP, DenseBranches, compensate_record
-from .configuration import CompensationConfig, MultiPrunerConfig, calibration_set
+from .configuration import CompensationConfig, MultiPrunerConfig, calibration_set, compensation_from_arguments
 from .data import build_calibration_sets
 from .devices import check_device_available, check_placement, execution_device
 from .memory import check_search_memory
@@ -57,6 +57,9 @@ def prune(
     shared_from: Optional[Union[str, os.PathLike]] = None,
     compensation: Optional[CompensationConfig] = None,
     evaluator_class: type[ModelEvaluator] = ModelEvaluator,
+    *,
+    compensate: Optional[bool] = None,
+    compensation_alpha: Optional[float] = None,
 ) -> PruningRecord:
     """Run the greedy search of `config` on `model`, in place, and return its record: `model` ends physically
     smaller, of its registered pruned class.
@@ -84,12 +87,14 @@ def prune(
             (`compensation.py`) with these settings; the record's `compensation` says so. Holds a copy of each
             narrowed sub-block's dense weights until the end. `None` (default): no refit.
         evaluator_class: what scores the candidates (a [`ModelEvaluator`]); a subclass may observe its rounds.
+        compensate, compensation_alpha: deprecated spelling of `compensation` (`FutureWarning`).
 
     Under `torchrun` or `accelerate launch`, every process runs `prune` on its own copy of the model (see
     `distributed.py`): the candidates of each step are shared out between the processes and the record is the one
     a single process makes. Only rank 0 shows progress, logs and writes the progress file; `resume_from` must be
     readable by every process.
     """
+    compensation = compensation_from_arguments(compensation, compensate, compensation_alpha)
     return GreedySearch(model, tokenizer, evaluator_class).run(
         config, progress, checkpoint_dir, resume_from, shared_from, compensation)
 

@@ -142,3 +142,27 @@ def test_bad_compensation_input_is_refused_before_any_change(tokenizer, calibrat
     layers = get_adapter(model).decoder_layers(model)
     assert all(has_attention(layer, get_adapter(model)) and has_mlp(layer, get_adapter(model)) for layer in layers)
     assert all(torch.equal(value, dense[name]) for name, value in model.state_dict().items())
+
+
+def test_the_earlier_spelling_still_compensates_with_a_future_warning(tokenizer, calibration_file):
+    """`compensate=True, compensation_alpha=x` (keywords, or positions as before) is `compensation=
+    CompensationConfig(alpha=x)`, with a FutureWarning naming the new spelling."""
+    record = record_of(NARROWED, calibration_file)
+    expected = MultiPruner(make_model("llama"), tokenizer).apply(
+        record, compensation=CompensationConfig(alpha=1e-3)).state_dict()
+    for call in (lambda pruner: pruner.apply(record, compensate=True, compensation_alpha=1e-3),
+                 lambda pruner: pruner.apply(record, None, None, True, 1e-3)):
+        with pytest.warns(FutureWarning, match=r"compensation=CompensationConfig\(alpha=0.001\)"):
+            compensated = call(MultiPruner(make_model("llama"), tokenizer)).state_dict()
+        assert all(torch.equal(value, expected[name]) for name, value in compensated.items())
+    plain = MultiPruner(make_model("llama"), tokenizer)
+    with pytest.warns(FutureWarning, match="compensation=None"):
+        plain.apply(record, compensate=False)
+    assert plain.record.compensation is None
+    with pytest.raises(ValueError, match="alone"):
+        MultiPruner(make_model("llama"), tokenizer).apply(record, compensation=CompensationConfig(), compensate=True)
+    config = search_config(calibration_file, target_ratio=0.1, pruning_distribution=(0, 80, 20))
+    pruner = MultiPruner(make_model("llama"), tokenizer)
+    with pytest.warns(FutureWarning, match="deprecated"):
+        pruner.prune(config, progress=False, compensate=True, compensation_alpha=0.05)
+    assert pruner.record.compensation["alpha"] == 0.05
