@@ -4,7 +4,8 @@ Importing the package registers the pruned model types (`multipruner_llama`, ...
 so `AutoModelForCausalLM.from_pretrained(pruned_dir)` works, and installs the import hook that registers their
 OpenVINO export configs once optimum-intel's exporter is imported (`OVModelForCausalLM.from_pretrained(pruned_dir,
 export=True)`; see `exporters.enable_lazy_openvino_registration`). The public names import on first use (module
-`__getattr__`, as `recovery/` does).
+`__getattr__`, as `recovery/` does). A process that turned `optimum_multipruner_constants.REGISTER_ON_IMPORT` off
+first (the optimum-cli plugin, whose parsers only read the configs) calls `register()` itself.
 """
 
 from __future__ import annotations
@@ -12,12 +13,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .exporters import enable_lazy_openvino_registration
-from .modeling import register_pruned_models
+import optimum_multipruner_constants
+
 from .version import __version__
 
-register_pruned_models()
-enable_lazy_openvino_registration()  # OpenVINO export configs register when optimum's OpenVINO exporter is imported
+
+def register() -> None:
+    """What `import optimum_multipruner` does (idempotent): register the pruned model types with transformers' Auto
+    classes, and install the hook that registers their OpenVINO export configs when optimum's OpenVINO exporter is
+    imported."""
+    from .exporters import enable_lazy_openvino_registration
+    from .modeling import register_pruned_models
+
+    register_pruned_models()
+    enable_lazy_openvino_registration()
+
+
+if optimum_multipruner_constants.REGISTER_ON_IMPORT:
+    register()
 
 # public name -> the module (relative to this package) that defines it
 _LAZY_NAMES = {
@@ -26,8 +39,10 @@ _LAZY_NAMES = {
     "CompensationConfig": ".configuration",
     "FastSearchConfig": ".configuration",
     "MultiPrunerConfig": ".configuration",
+    "enable_lazy_openvino_registration": ".exporters",
     "export_gguf": ".exporters",
     "export_openvino": ".exporters",
+    "register_pruned_models": ".modeling",
     "MultiPruner": ".pruner",
     "PruningRecord": ".record",
     "PruningStep": ".record",
@@ -66,6 +81,7 @@ __all__ = [
     "export_gguf",
     "export_openvino",
     "get_adapter",
+    "register",
     "register_pruned_models",
     "__version__",
 ]

@@ -59,18 +59,21 @@ def run_console(*argv: str, env=None, cwd=None) -> subprocess.CompletedProcess:
 
 # --------------------------------------------------------------------------- the plugin
 def test_help_lists_the_commands_with_one_copy_of_the_configs(tmp_path):
-    """The options come from the library's own config classes (no second copy of configuration.py loaded apart);
-    the OpenVINO runtime stays unloaded (the package only installs the hook that registers its export configs)."""
+    """The options come from the library's own config classes (no second copy of configuration.py loaded apart),
+    and optimum-cli starts without torch, transformers or the OpenVINO runtime: the package's registration waits for
+    a command to run."""
     script = (
         "import sys\n"
         "from optimum.commands.optimum_cli import main\n"
-        "for argv in (['--help'], ['multipruner', '--help'], ['multipruner', 'prune', '--help']):\n"
+        "for argv in (['--help'], ['multipruner', '--help'], ['multipruner', 'prune', '--help'],\n"
+        "             ['multipruner', 'recover', '--help'], ['export', 'openvino', '--help']):\n"
         "    sys.argv = ['optimum-cli', *argv]\n"
         "    try:\n"
         "        main()\n"
         "    except SystemExit:\n"
         "        pass\n"
-        "assert 'openvino' not in sys.modules\n"
+        "loaded = sorted({'openvino', 'torch', 'transformers'} & set(sys.modules))\n"
+        "assert not loaded, loaded\n"
         "copies = [name for name, module in list(sys.modules.items())\n"
         "          if (getattr(module, '__file__', None) or '').endswith('configuration.py')\n"
         "          and hasattr(module, 'MultiPrunerConfig')]\n"
@@ -81,6 +84,19 @@ def test_help_lists_the_commands_with_one_copy_of_the_configs(tmp_path):
     assert "multipruner" in result.stdout
     for command in ("prune", "export", "info", "benchmark", "evaluate", "--target-ratio", "--device-map"):
         assert command in result.stdout
+
+
+def test_only_the_stock_export_of_a_pruned_checkpoint_registers_at_start_up(pruned_dir, dense_dir):
+    """The plugin reads optimum-cli's arguments: `export openvino` of a pruned checkpoint (any spelling of --model)
+    registers the pruned model types at start-up; other models and commands, and unreadable ones, do not."""
+    from optimum.commands.register.register_multipruner import _exports_a_pruned_checkpoint
+
+    for argv in (["-m", pruned_dir], [f"--model={pruned_dir}"], ["--task", "text-generation", "--model", pruned_dir]):
+        assert _exports_a_pruned_checkpoint(["export", "openvino", *argv, "out"])
+    for argv in (["export", "openvino", "-m", dense_dir, "out"], ["export", "openvino-pruned", "-m", pruned_dir, "out"],
+                 ["multipruner", "info", pruned_dir], ["export", "openvino", "-m", "/no/such/folder", "out"],
+                 ["export", "openvino", "--help"], ["export", "openvino", "-m"]):
+        assert not _exports_a_pruned_checkpoint(argv)
 
 
 def test_two_copies_of_the_plugin_register_the_commands_once(tmp_path):

@@ -32,7 +32,8 @@ _MEMORY_KEYS = ("cpu", "disk", "mps")
 
 
 class MultiPrunerSubcommand(BaseOptimumCLICommand):
-    """A `multipruner` sub-command: subclasses implement `execute()`.
+    """A `multipruner` sub-command: subclasses implement `execute()`, which `run()` calls once it has registered the
+    pruned model types (`optimum_multipruner.register()`, which the optimum-cli plugin leaves out of start-up).
 
     A mistake the user can fix (`USER_ERRORS`) ends the command with one line on stderr and exit status 2; with
     `MULTIPRUNER_DEBUG=1` the exception propagates with its traceback instead.
@@ -45,6 +46,9 @@ class MultiPrunerSubcommand(BaseOptimumCLICommand):
 
     def run(self) -> None:
         try:
+            import optimum_multipruner
+
+            optimum_multipruner.register()
             self.execute()
         except USER_ERRORS as error:
             if os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no"):
@@ -221,7 +225,6 @@ def load_model_and_tokenizer(args: Namespace):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import optimum_multipruner  # noqa: F401  (registers the pruned model types)
     from optimum_multipruner.distributed import local_device
 
     check_model_loading_args(args)
