@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Optional
 from optimum_multipruner_constants import DEVICE_NAME_PATTERN
 
 from .config_base import ConfigMixin, check_positive_int, is_number, option
+from .utils import user_stacklevel
 
 CONFIG_NAME = "multipruner_config.json"
 
@@ -330,7 +331,7 @@ def compensation_from_arguments(compensation: Any = None, compensate: Optional[b
     alpha = CompensationConfig().alpha if compensation_alpha is None else compensation_alpha
     new = f"compensation=CompensationConfig(alpha={alpha!r})" if compensate else "compensation=None"
     warnings.warn(f"`compensate` and `compensation_alpha` are deprecated and will be removed; pass `{new}` instead.",
-                  FutureWarning, stacklevel=3)
+                  FutureWarning, stacklevel=user_stacklevel())
     return CompensationConfig(alpha=alpha) if compensate else None
 
 

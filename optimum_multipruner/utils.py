@@ -1,10 +1,11 @@
-"""Small shared helpers: the library logger, atomic file writes, a callback run when a module is imported, and a file
-of a checkpoint folder or Hub repository."""
+"""Small shared helpers: the library logger, the stack level of a user's line for warnings, atomic file writes, a
+callback run when a module is imported, and a file of a checkpoint folder or Hub repository."""
 
 from __future__ import annotations
 
 import glob
 import importlib.abc
+import inspect
 import json
 import logging
 import os
@@ -22,6 +23,16 @@ def get_logger(name: str) -> logging.Logger:
     if not name.startswith(_LIBRARY_LOGGER):
         name = f"{_LIBRARY_LOGGER}.{name}"
     return logging.getLogger(name)
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` that makes a `warnings.warn` made by the caller name the first line outside this package,
+    the user's, however many of the package's functions lie between (as pandas' `find_stack_level`)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = inspect.currentframe().f_back, 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def read_json(path: Union[str, os.PathLike]) -> Any:

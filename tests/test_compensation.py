@@ -7,6 +7,7 @@ import torch
 from testing_utils import make_model, search_config
 
 from optimum_multipruner import CompensationConfig, MultiPruner, PruningRecord, count_parameters, get_adapter
+from optimum_multipruner.apply_record import apply
 from optimum_multipruner.data import build_calibration_sets
 from optimum_multipruner.structure import PrunedStructure
 from optimum_multipruner.surgery import has_attention, has_mlp
@@ -146,15 +147,18 @@ def test_bad_compensation_input_is_refused_before_any_change(tokenizer, calibrat
 
 def test_the_earlier_spelling_still_compensates_with_a_future_warning(tokenizer, calibration_file):
     """`compensate=True, compensation_alpha=x` (keywords, or positions as before) is `compensation=
-    CompensationConfig(alpha=x)`, with a FutureWarning naming the new spelling."""
+    CompensationConfig(alpha=x)`, with a FutureWarning naming the new spelling, reported at the caller's line."""
     record = record_of(NARROWED, calibration_file)
     expected = MultiPruner(make_model("llama"), tokenizer).apply(
         record, compensation=CompensationConfig(alpha=1e-3)).state_dict()
-    for call in (lambda pruner: pruner.apply(record, compensate=True, compensation_alpha=1e-3),
-                 lambda pruner: pruner.apply(record, None, None, True, 1e-3)):
-        with pytest.warns(FutureWarning, match=r"compensation=CompensationConfig\(alpha=0.001\)"):
-            compensated = call(MultiPruner(make_model("llama"), tokenizer)).state_dict()
-        assert all(torch.equal(value, expected[name]) for name, value in compensated.items())
+    for call in (lambda model: MultiPruner(model, tokenizer).apply(record, compensate=True, compensation_alpha=1e-3),
+                 lambda model: MultiPruner(model, tokenizer).apply(record, None, None, True, 1e-3),
+                 lambda model: apply(model, record, tokenizer, None, None, True, 1e-3)):
+        model = make_model("llama")
+        with pytest.warns(FutureWarning, match=r"compensation=CompensationConfig\(alpha=0.001\)") as warned:
+            call(model)
+        assert [warning.filename for warning in warned if warning.category is FutureWarning] == [__file__]
+        assert all(torch.equal(value, expected[name]) for name, value in model.state_dict().items())
     plain = MultiPruner(make_model("llama"), tokenizer)
     with pytest.warns(FutureWarning, match="compensation=None"):
         plain.apply(record, compensate=False)
@@ -163,6 +167,7 @@ def test_the_earlier_spelling_still_compensates_with_a_future_warning(tokenizer,
         MultiPruner(make_model("llama"), tokenizer).apply(record, compensation=CompensationConfig(), compensate=True)
     config = search_config(calibration_file, target_ratio=0.1, pruning_distribution=(0, 80, 20))
     pruner = MultiPruner(make_model("llama"), tokenizer)
-    with pytest.warns(FutureWarning, match="deprecated"):
+    with pytest.warns(FutureWarning, match="deprecated") as warned:
         pruner.prune(config, progress=False, compensate=True, compensation_alpha=0.05)
+    assert [warning.filename for warning in warned if warning.category is FutureWarning] == [__file__]
     assert pruner.record.compensation["alpha"] == 0.05
