@@ -4,7 +4,7 @@ sliced weights, target the dense sub-block's output on the pruned model's own in
 keeps only if it lowers held-out perplexity both in the calibration domain and out of it, at 10% and at 20%.
 
 For each results-table record (MultiPruner 44:52:4 at 10% and 20% of SmolLM2-135M), the dense model is pruned with
-`MultiPruner(model, tokenizer).apply(record, compensate=..., compensation_alpha=alpha)`, once without compensation
+`MultiPruner(model, tokenizer).apply(record, compensation=CompensationConfig(alpha=alpha))`, once without compensation
 and once per ridge strength `alpha` (relative to the mean diagonal of X^T X). The calibration text is the record's
 own: both its calibration sets (its `config`: Alpaca rows drawn as the search drew them, 40 rows per set cut into
 512-token sequences: 9 sequences, 4,608 tokens per set, 9,216 in all). Measured: held-out Alpaca perplexity
@@ -32,8 +32,7 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 from smollm2 import LOCAL_WIKITEXT, calibration_text, load_smollm2  # noqa: E402
 
-from optimum_multipruner import MultiPruner, MultiPrunerConfig  # noqa: E402
-from optimum_multipruner.compensation import DEFAULT_COMPENSATION_ALPHA  # noqa: E402
+from optimum_multipruner import CompensationConfig, MultiPruner  # noqa: E402
 from optimum_multipruner.data import build_calibration_sets  # noqa: E402
 from optimum_multipruner.evaluation import evaluate_perplexity  # noqa: E402
 from optimum_multipruner.nll import perplexity, reference_ignore_index  # noqa: E402
@@ -60,8 +59,8 @@ def run_configuration(record_path: str, alpha: Optional[float], wikitext_windows
     start = time.perf_counter()
     model, tokenizer = load_smollm2()
     pruner = MultiPruner(model, tokenizer)
-    pruner.apply(record_path, compensate=alpha is not None, compensation_alpha=alpha or DEFAULT_COMPENSATION_ALPHA)
-    config = MultiPrunerConfig.from_dict(pruner.record.config)
+    pruner.apply(record_path, compensation=None if alpha is None else CompensationConfig(alpha=alpha))
+    config = pruner.record.config
     calibration = build_calibration_sets(config, tokenizer, model.get_input_embeddings().num_embeddings)
     text = calibration_text(tokenizer, config.num_calibration_samples_width, config.sequence_length, config.seed,
                             config.calibration_dataset)

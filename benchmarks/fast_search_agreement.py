@@ -90,7 +90,7 @@ def run_search(args: argparse.Namespace, mode: str, pruner_class: type[MultiPrun
     record_file = os.path.join(folder, RECORD_NAME)
     if os.path.isfile(record_file):
         record = PruningRecord.load(record_file)
-        if (record.config or {}).get("max_steps") == args.max_steps:
+        if record.config is not None and record.config.max_steps == args.max_steps:
             return record  # else a larger --max-steps extends the saved search
     model, tokenizer = load_smollm2()
     pruner = pruner_class(model, tokenizer)
@@ -135,7 +135,7 @@ def seed_exact_search(args: argparse.Namespace) -> None:
     calibration = build_calibration_sets(config, tokenizer, model.get_input_embeddings().num_embeddings)
     record = PruningRecord.from_dict(source.to_dict())
     record.steps = record.steps[: args.exact_from_steps]
-    record.config, record.search_stats, record.target_reached = config.to_dict(), {}, False
+    record.config, record.search_stats, record.target_reached = config, {}, False
     record.shared_steps = len(record.steps)
     record.structure = structure_after(record.steps, model.config, get_adapter(model))
     used_sets = {calibration_set(step.stage) for step in record.steps}

@@ -11,15 +11,8 @@ import torch
 from torch import nn
 
 from .architectures import ArchitectureAdapter, get_adapter
-from .compensation import (
-    ATTENTION,
-    DEFAULT_COMPENSATION_ALPHA,
-    MLP,
-    DenseBranches,
-    check_compensation_alpha,
-    compensate_record,
-)
-from .configuration import MultiPrunerConfig
+from .compensation import ATTENTION, MLP, DenseBranches, compensate_record
+from .configuration import CompensationConfig, MultiPrunerConfig, compensation_from_arguments
 from .data import build_calibration_sets
 from .modeling import to_pruned_model
 from .record import PruningRecord
@@ -37,18 +30,21 @@ logger = get_logger(__name__)
 
 
 def apply(model: nn.Module, record: Union[PruningRecord, str, os.PathLike], tokenizer=None,
-          weight_reorder: Optional[bool] = None, num_blocks: Optional[int] = None, compensate: bool = False,
-          compensation_alpha: float = DEFAULT_COMPENSATION_ALPHA) -> PruningRecord:
+          weight_reorder: Optional[bool] = None, num_blocks: Optional[int] = None,
+          compensation: Optional[CompensationConfig] = None, compensation_alpha: Optional[float] = None, *,
+          compensate: Optional[bool] = None) -> PruningRecord:
     """Shrink the dense `model` to a saved record, in place (it ends of its registered pruned class), and return the
     record applied.
 
     `weight_reorder` overrides the record's flag (the official MultiPruner format does not store it). A record of
     a reordering search holds the weight-magnitude order it pruned along, which is applied as it is, so the same
     channels are kept on any device and in any dtype; older and imported records sort this model's weights again.
-    `compensate` refits the kept weights as `prune(compensate=True)` does, on the calibration text of the record's
-    `config` (it needs the `tokenizer`); the weights of a compensated search are rebuilt with it and the
-    `compensation_alpha` its record's `compensation` names.
+    `compensation` refits the kept weights as `prune(compensation=...)` does, on the calibration text of the record's
+    `config` (it needs the `tokenizer`); the weights of a compensated search are rebuilt with it and the alpha its
+    record's `compensation` names. `compensate` / `compensation_alpha` (or a bool as `compensation`) are the
+    deprecated spelling of `compensation` (`FutureWarning`).
     """
+    compensation = compensation_from_arguments(compensation, compensate, compensation_alpha)
     adapter = get_adapter(model)
     if not isinstance(record, PruningRecord):
         record = PruningRecord.load(record, model.config, weight_reorder is not False, num_blocks)
@@ -61,10 +57,10 @@ def apply(model: nn.Module, record: Union[PruningRecord, str, os.PathLike], toke
     dense = read_structure(model, adapter)
     if dense != PrunedStructure.dense(model.config, adapter):
         raise ValueError("`apply` needs the dense model; this one is already pruned.")
-    calibration = _compensation_text(model, tokenizer, record, compensation_alpha) if compensate else None
-    if not compensate and record.compensation is not None:
-        logger.warning("The record's model was compensated after pruning; pass `compensate=True` (alpha %s) to "
-                       "rebuild its weights. Applying the structure alone.", record.compensation.get("alpha"))
+    calibration = _compensation_text(model, tokenizer, record) if compensation is not None else None
+    if compensation is None and record.compensation is not None:
+        logger.warning("The record's model was compensated after pruning; pass `compensation=CompensationConfig(alpha="
+                       "%s)` to rebuild its weights. Applying the structure alone.", record.compensation.get("alpha"))
         record = dataclasses.replace(record, compensation=None)
     reorder = record.weight_reorder if weight_reorder is None else weight_reorder
     if reorder:
@@ -77,17 +73,16 @@ def apply(model: nn.Module, record: Union[PruningRecord, str, os.PathLike], toke
                 "the record's order, which is applied: these are not exactly the weights the search ran on "
                 "(another checkpoint, or values rounded by the dtype of the search).", differing)
         reorder_by_weight_magnitude(model, adapter, own if recorded is None else recorded)
-    dense_branches = _dense_branches_narrowed(model, adapter, dense, record.structure) if compensate else None
+    dense_branches = _dense_branches_narrowed(model, adapter, dense, record.structure) if compensation is not None else None
     apply_structure(model, adapter, record.structure)
-    if compensate:
-        record = compensate_record(record, model, dense_branches, calibration, compensation_alpha, progress=False)
+    if compensation is not None:
+        record = compensate_record(record, model, dense_branches, calibration, compensation, progress=False)
     to_pruned_model(model, adapter, record.structure)
     return record
 
 
-def _compensation_text(model: nn.Module, tokenizer, record: PruningRecord, alpha: float) -> torch.Tensor:
+def _compensation_text(model: nn.Module, tokenizer, record: PruningRecord) -> torch.Tensor:
     """The calibration sequences of `record`'s search (both sets, `[n, seq_len]`), checked before any change."""
-    check_compensation_alpha(alpha)
     if tokenizer is None:
         raise ValueError("Compensation needs the model's tokenizer for its calibration text: "
                          "MultiPruner(model, tokenizer).")
@@ -95,7 +90,7 @@ def _compensation_text(model: nn.Module, tokenizer, record: PruningRecord, alpha
         raise ValueError("This record holds no search settings (an imported record), so it names no calibration "
                          "text to compensate on.")
     vocab_size = model.get_input_embeddings().num_embeddings
-    sets = build_calibration_sets(MultiPrunerConfig.from_dict(record.config), tokenizer, vocab_size)
+    sets = build_calibration_sets(record.config, tokenizer, vocab_size)
     return torch.cat(list(sets.values()))
 
 

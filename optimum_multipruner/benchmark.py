@@ -23,6 +23,7 @@ library and the import-free `optimum_multipruner_constants`, so a worker never i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from optimum_multipruner_constants import BENCHMARK_ENGINES, OPENVINO_MODEL_FILES
@@ -228,38 +230,54 @@ def ir_size_bytes(model_dir: Union[str, os.PathLike]) -> int:
     return sum(os.path.getsize(os.path.join(model_dir, name)) for name in OPENVINO_MODEL_FILES)
 
 
-def benchmark(
-    model_dir: Union[str, os.PathLike],
-    baseline_dir: Union[str, os.PathLike],
-    device: str = "CPU",
-    prompt_length: int = 128,
-    new_tokens: int = 32,
-    repetitions: int = 5,
-    warmup: int = 1,
-    ov_config: Optional[dict[str, str]] = None,
-    seed: int = 0,
-    engine: str = "openvino",
-) -> dict[str, Any]:
-    """Measure the pruned IR `model_dir` against the dense IR `baseline_dir`, interleaved; return the results dict.
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """How `benchmark` and `measure_interleaved` measure, checked on construction.
 
     `device` is any OpenVINO device name ("CPU", "GPU", "NPU", "AUTO", ...); `ov_config` holds compile properties
     (default `PERFORMANCE_HINT=LATENCY`). `engine` is `"openvino"` (raw runtime: prefill and decode latency) or
     `"genai"` (`openvino_genai.LLMPipeline`: TTFT, TPOT, throughput; needs `pip install openvino-genai`). Every figure
-    is the median over `repetitions` measured runs.
+    is the median over `repetitions` measured runs, after `warmup` discarded rounds; round `i` prompts with random
+    tokens of seed `seed + i`.
     """
-    models, runs = measure_interleaved({"pruned": model_dir, "dense": baseline_dir}, device, prompt_length, new_tokens,
-                                       repetitions, warmup, ov_config, seed, engine)
-    ratios = {key: models["pruned"][key] / models["dense"][key] for key in FIGURES[engine]}
+
+    device: str = "CPU"
+    prompt_length: int = 128
+    new_tokens: int = 32
+    repetitions: int = 5
+    warmup: int = 1
+    ov_config: Optional[dict[str, str]] = None
+    seed: int = 0
+    engine: str = "openvino"
+
+    def __post_init__(self) -> None:
+        if self.engine not in BENCHMARK_ENGINES:
+            raise ValueError(f"`engine` must be one of {BENCHMARK_ENGINES}, got {self.engine!r}.")
+        for name in ("prompt_length", "new_tokens", "repetitions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        if self.warmup < 0:
+            raise ValueError(f"`warmup` must not be negative, got {self.warmup}.")
+        object.__setattr__(self, "ov_config", dict(self.ov_config or DEFAULT_OV_CONFIG))
+
+
+def benchmark(model_dir: Union[str, os.PathLike], baseline_dir: Union[str, os.PathLike],
+              **settings: Any) -> dict[str, Any]:
+    """Measure the pruned IR `model_dir` against the dense IR `baseline_dir`, interleaved; return the results dict.
+    `settings` are [`BenchmarkSettings`]' fields."""
+    measured = BenchmarkSettings(**settings)
+    models, runs = measure_interleaved({"pruned": model_dir, "dense": baseline_dir}, **dataclasses.asdict(measured))
+    ratios = {key: models["pruned"][key] / models["dense"][key] for key in FIGURES[measured.engine]}
     paired = {
         key: statistics.median(p[key] / d[key] for p, d in zip(runs["pruned"], runs["dense"]))
         for key in runs["pruned"][0]
     }
     return {
-        "engine": engine,
-        "device": device,
-        "settings": {"prompt_length": prompt_length, "new_tokens": new_tokens, "repetitions": repetitions,
-                     "warmup": warmup, "ov_config": dict(ov_config or DEFAULT_OV_CONFIG),
-                     "order": "alternating per round (A B, B A, ...)"},
+        "engine": measured.engine,
+        "device": measured.device,
+        "settings": {"prompt_length": measured.prompt_length, "new_tokens": measured.new_tokens,
+                     "repetitions": measured.repetitions, "warmup": measured.warmup,
+                     "ov_config": dict(measured.ov_config), "order": "alternating per round (A B, B A, ...)"},
         "models": models,
         "ratios": ratios,
         "paired_ratios": paired,
@@ -268,47 +286,33 @@ def benchmark(
 
 
 def measure_interleaved(
-    model_dirs: dict[str, Union[str, os.PathLike]],
-    device: str = "CPU",
-    prompt_length: int = 128,
-    new_tokens: int = 32,
-    repetitions: int = 5,
-    warmup: int = 1,
-    ov_config: Optional[dict[str, str]] = None,
-    seed: int = 0,
-    engine: str = "openvino",
+    model_dirs: dict[str, Union[str, os.PathLike]], **settings: Any
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, float]]]]:
     """Compile every IR of `model_dirs` (name -> folder) in its own worker and run them round by round, the order
-    reversed every round (A B C, C B A, ...); return per model its medians, peak memory and IR size, and the runs."""
-    if engine not in BENCHMARK_ENGINES:
-        raise ValueError(f"`engine` must be one of {BENCHMARK_ENGINES}, got {engine!r}.")
-    for name, value in (("prompt_length", prompt_length), ("new_tokens", new_tokens), ("repetitions", repetitions)):
-        if value < 1:
-            raise ValueError(f"`{name}` must be at least 1, got {value}.")
-    if warmup < 0:
-        raise ValueError(f"`warmup` must not be negative, got {warmup}.")
+    reversed every round (A B C, C B A, ...); return per model its medians, peak memory and IR size, and the runs.
+    `settings` are [`BenchmarkSettings`]' fields."""
+    measured = BenchmarkSettings(**settings)
     for directory in model_dirs.values():
         if not os.path.isfile(os.path.join(directory, OPENVINO_MODEL_FILES[0])):
             raise FileNotFoundError(
                 f"{directory} has no {OPENVINO_MODEL_FILES[0]}; export it with `optimum-cli export openvino`."
             )
-    if engine == "genai":
+    if measured.engine == "genai":
         import importlib.util
 
         if importlib.util.find_spec("openvino_genai") is None:
             raise ImportError("The genai engine needs openvino-genai: `pip install optimum-multipruner[genai]`.")
-    ov_config = dict(ov_config or DEFAULT_OV_CONFIG)
     names = list(model_dirs)
     workers = {}
     try:
         for name in names:
-            workers[name] = _Worker(name, str(model_dirs[name]), device, ov_config, engine)
+            workers[name] = _Worker(name, str(model_dirs[name]), measured.device, measured.ov_config, measured.engine)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-        for round_index in range(warmup + repetitions):
+        for round_index in range(measured.warmup + measured.repetitions):
             for name in names if round_index % 2 == 0 else names[::-1]:
-                run = workers[name].ask(command="run", prompt_length=prompt_length, new_tokens=new_tokens,
-                                        seed=seed + round_index)
-                if round_index >= warmup:
+                run = workers[name].ask(command="run", prompt_length=measured.prompt_length,
+                                        new_tokens=measured.new_tokens, seed=measured.seed + round_index)
+                if round_index >= measured.warmup:
                     runs[name].append(run)
         models = {}
         for name in names:

@@ -5,11 +5,10 @@ Each `UpstreamName` says where a name lives and which parameters this package pa
 overrides read), so an upgrade of transformers, optimum, optimum-intel or lm-eval that moves or changes one fails in
 CI, not at a user's. optimum-intel's exporter (seconds to import) and lm-eval are imported on first use only. This
 module holds upstream names and their thin accessors only: what uses them lives with its own concept (the export
-configs and the `optimum-cli export openvino` hook in `exporters/`, the import watcher in `utils.py`).
+configs and `optimum-cli export openvino-pruned` in `exporters/`, the import watcher in `utils.py`). Not yet here:
+the private names of `modeling.py` and `architectures/` (being extended; they move in a later round).
 
-Kept elsewhere, because they run before this package may be imported: the `optimum-cli` start-up hook that wraps
-`OVExportCommand.run` (`optimum/commands/register/register_multipruner.py`; its pruned-checkpoint branch is
-`exporters.openvino_command.run_openvino_export_command`) and the worker loop of `benchmark.py` (OpenVINO and
+Kept elsewhere, because it runs before this package may be imported: the worker loop of `benchmark.py` (OpenVINO and
 openvino-genai only).
 """
 
@@ -64,6 +63,18 @@ def attention_implementation(config) -> str:
     return config._attn_implementation
 
 
+# --------------------------------------------------------------------------- accelerate
+# `add_hook_to_module` keeps a module's hook (a `SequentialHook` for several) in the private attribute `_hf_hook`;
+# `devices.py` reads it without importing accelerate.
+ACCELERATE_ADD_HOOK = UpstreamName("accelerate.hooks", "add_hook_to_module", ("module", "hook", "append"))
+ACCELERATE_HOOK_ATTRIBUTE = "_hf_hook"
+
+
+def accelerate_hook(module) -> Any:
+    """The accelerate hook attached to `module` (`add_hook_to_module`), or None."""
+    return getattr(module, ACCELERATE_HOOK_ATTRIBUTE, None)
+
+
 # --------------------------------------------------------------------------- optimum / optimum-intel export
 # The `multipruner_<family>` export configs subclass the family's stock OpenVINO config and swap its dummy
 # past-key-values generator and `add_past_key_values` for per-kept-layer ones (`exporters/openvino.py`).
@@ -95,7 +106,7 @@ CONVERT_TOKENIZERS = UpstreamName(
     "optimum.exporters.openvino.__main__", "maybe_convert_tokenizers",
     ("library_name", "output", "model", "preprocessors", "task"),
 )
-# `optimum-cli export openvino`: its `run` is wrapped at CLI start-up, and these parsed arguments are read or set.
+# `optimum-cli export openvino`: `export openvino-pruned` runs its `run`, and reads or sets these parsed arguments.
 OPENVINO_EXPORT_COMMAND_RUN = UpstreamName("optimum.commands.export.openvino", "OVExportCommand.run", ("self",))
 OPENVINO_EXPORT_COMMAND_ARGS = ("model", "output", "task", "weight_format", "quant_mode", "group_size_fallback",
                                 "cache_dir")
@@ -140,6 +151,7 @@ UPSTREAM_NAMES: tuple[UpstreamName, ...] = (
     PHI3_APPLY_ROTARY_POS_EMB,
     PHI3_EAGER_ATTENTION,
     ATTENTION_INTERFACE,
+    ACCELERATE_ADD_HOOK,
     DUMMY_PKV_GENERATOR,
     DUMMY_PKV_GENERATE,
     RANDOM_FLOAT_TENSOR,
@@ -162,6 +174,7 @@ __all__ = [
     "UPSTREAM_NAMES",
     "UpstreamName",
     "apply_rotary_pos_emb",
+    "accelerate_hook",
     "attention_implementation",
     "convert_tokenizers",
     "eager_attention_forward",

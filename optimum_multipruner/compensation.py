@@ -10,7 +10,7 @@ the new weight is the ridge solution toward the sliced original weight `W0`,
 
 attention before the MLP of the same layer (the MLP's input follows from the refitted attention), and each layer's
 output computed after its refits feeds the next layer. Removed and unnarrowed sub-blocks are left as they are.
-Measured on SmolLM2-135M (`benchmarks/compensation.py`, benchmarks/RESULTS.md): `alpha=0.1` lowers held-out Alpaca
+Its settings are a `CompensationConfig`. Measured on SmolLM2-135M (`benchmarks/compensation.py`, benchmarks/RESULTS.md): `alpha=0.1` lowers held-out Alpaca
 and WikiText-2 perplexity at 10% and 20%; the smaller values tried fit the calibration domain closer and raise
 WikiText-2 perplexity.
 """
@@ -26,21 +26,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architectures import ArchitectureAdapter
+from .configuration import CompensationConfig
 from .devices import decoder_layer_devices, move_to_device
 from .surgery import has_attention, has_mlp
 
 if TYPE_CHECKING:
     from .record import PruningRecord
 
-DEFAULT_COMPENSATION_ALPHA = 0.1
 ATTENTION, MLP = "attention", "mlp"
-
-
-def check_compensation_alpha(alpha: float) -> None:
-    """`ValueError` unless the ridge strength is a positive number."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"The compensation's ridge strength (`compensation_alpha`) must be a positive number, got "
-                         f"{alpha!r}.")
 
 
 class RidgeFit:
@@ -171,14 +164,13 @@ def _fit(layer: nn.Module, branch: nn.Module, dense: nn.Module, projection: nn.L
 
 @torch.no_grad()
 def compensate(model: nn.Module, dense_branches: DenseBranches, sequences: torch.Tensor,
-               alpha: float = DEFAULT_COMPENSATION_ALPHA, progress: bool = False) -> list[dict[str, Any]]:
+               config: CompensationConfig, progress: bool = False) -> list[dict[str, Any]]:
     """Refit, in place, the output projection of every branch of the pruned `model` that is narrower than its copy
     in `dense_branches`, on the calibration `sequences` (`[n, seq_len]` token ids), layer by layer (module docstring).
 
     Returns one entry per refit: layer, branch kind, kept inputs, and the relative reconstruction error
     `|X W^T - T|^2 / |T|^2` on the calibration text before and after.
     """
-    check_compensation_alpha(alpha)
     layers = dense_branches.layers
     devices = decoder_layer_devices(model, layers)
     hidden, kwargs = _layer_calls(model, layers, sequences)
@@ -189,17 +181,17 @@ def compensate(model: nn.Module, dense_branches: DenseBranches, sequences: torch
             fit = _fit(layer, branch, dense, projection, hidden, kwargs[i])
             refit = {"layer": i, "kind": kind, "kept_inputs": projection.in_features,
                      "relative_error_before": fit.relative_error(projection.weight)}
-            projection.weight.copy_(fit.solve(projection.weight, alpha))
+            projection.weight.copy_(fit.solve(projection.weight, config.alpha))
             refits.append({**refit, "relative_error_after": fit.relative_error(projection.weight)})
         hidden = [_hidden_states(layer(h, **call_kwargs)) for h, call_kwargs in zip(hidden, kwargs[i])]
     return refits
 
 
 def compensate_record(record: PruningRecord, model: nn.Module, dense_branches: DenseBranches, sequences: torch.Tensor,
-                      alpha: float, progress: bool) -> PruningRecord:
+                      config: CompensationConfig, progress: bool) -> PruningRecord:
     """[`compensate`] the narrowed sub-blocks of `model` toward their dense copies and return `record` noting it (its
     `compensation`: alpha, the calibration text's size and the refits)."""
-    refits = compensate(model, dense_branches, sequences, alpha, progress)
+    refits = compensate(model, dense_branches, sequences, config, progress)
     return dataclasses.replace(record, compensation={
-        "alpha": alpha, "calibration_sequences": len(sequences), "sequence_length": sequences.shape[1],
+        "alpha": config.alpha, "calibration_sequences": len(sequences), "sequence_length": sequences.shape[1],
         "refits": refits})

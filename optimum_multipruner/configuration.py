@@ -1,22 +1,24 @@
 """`MultiPrunerConfig`: every setting of a MultiPruner (or BlockPruner) search, validated on construction; the fast
-search mode's settings nested in it as a `FastSearchConfig`.
+search mode's settings nested in it as a `FastSearchConfig`; `CompensationConfig`, the refit after pruning.
 
 This module imports only the standard library at module level: `optimum-cli multipruner prune` builds its options
 from these dataclasses' fields (type, `help`, `choices`, `advanced` in each field's metadata) at every start-up, when
-torch must not be imported, by loading this one file on its own.
+torch must not be imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
 from optimum_multipruner_constants import DEVICE_NAME_PATTERN
+
+from .config_base import ConfigMixin, check_positive_int, is_number, option
+from .utils import user_stacklevel
 
 CONFIG_NAME = "multipruner_config.json"
 
@@ -34,15 +36,8 @@ def calibration_set(stage: str) -> str:
     return "block" if stage == "block" else "width"
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", advanced: bool = False,
-           choices: Optional[tuple[Any, ...]] = None, **kwargs: Any) -> Any:
-    """A config field with what the command line shows of it: `help` (one line), `choices`, and `advanced` for
-    implementation knobs a user never needs (settable, but listed apart in `prune --help`)."""
-    return field(default=default, metadata={"help": help, "advanced": advanced, "choices": choices}, **kwargs)
-
-
 @dataclass
-class FastSearchConfig:
+class FastSearchConfig(ConfigMixin):
     """Settings of the fast search mode (`MultiPrunerConfig.search_mode="fast"`), unused by the exact search.
 
     The fast mode races the candidates over growing prefixes of the calibration sequences (successive halving) and
@@ -82,27 +77,22 @@ class FastSearchConfig:
         None, "keep candidates the round's leader is not ahead of by more than this many standard errors (none: off)"
     )
 
+    CONFIG_NAME: ClassVar[str] = "fast_search_config.json"
+
     def __post_init__(self) -> None:
-        _check_positive_int("fast_search.first_sequences", self.first_sequences)
+        check_positive_int("fast_search.first_sequences", self.first_sequences)
         keep = self.keep
-        if not _is_number(keep) or not 0 < keep <= 1:
+        if not is_number(keep) or not 0 < keep <= 1:
             raise ValueError(f"`fast_search.keep` must be a share in (0, 1], got {keep!r}.")
         screen = self.screen
-        if screen is not None and (not _is_number(screen) or not 0 < screen <= 1):
+        if screen is not None and (not is_number(screen) or not 0 < screen <= 1):
             raise ValueError(f"`fast_search.screen` must be a share in (0, 1], or None, got {screen!r}.")
         radius = self.screen_radius
         if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
             raise ValueError(f"`fast_search.screen_radius` must be a number of layers >= 0, got {radius!r}.")
         tie_z = self.tie_z
-        if tie_z is not None and (not _is_number(tie_z) or tie_z < 0):
+        if tie_z is not None and (not is_number(tie_z) or tie_z < 0):
             raise ValueError(f"`fast_search.tie_z` must be a number of standard errors >= 0, or None, got {tie_z!r}.")
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "FastSearchConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"`fast_search` must be a FastSearchConfig or a JSON object, got {type(data).__name__}.")
-        _check_known_fields(cls, data, "FastSearchConfig")
-        return cls(**data)
 
 
 def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +108,7 @@ def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class MultiPrunerConfig:
+class MultiPrunerConfig(ConfigMixin):
     """Configuration of a training-free MultiPruner search.
 
     The search removes structure in three stages, in this order: residual blocks (whole attention or MLP sub-blocks),
@@ -209,10 +199,15 @@ class MultiPrunerConfig:
         None, "where the accelerated search keeps its cached hidden states (default: each layer's device)"
     )
 
+    CONFIG_NAME: ClassVar[str] = CONFIG_NAME
+
     def __post_init__(self) -> None:
         self.pruning_distribution = tuple(float(x) for x in self.pruning_distribution)
         self.block_types = tuple(self.block_types)
         if not isinstance(self.fast_search, FastSearchConfig):
+            if not isinstance(self.fast_search, dict):
+                raise ValueError(f"`fast_search` must be a FastSearchConfig or a JSON object, got "
+                                 f"{type(self.fast_search).__name__}.")
             self.fast_search = FastSearchConfig.from_dict(self.fast_search)
         self.validate()
 
@@ -220,7 +215,7 @@ class MultiPrunerConfig:
     def validate(self) -> None:
         """Raise `ValueError` with an actionable message on any inconsistent setting."""
         ratio = self.target_ratio
-        if not _is_number(ratio) or not 0 < ratio < 1:
+        if not is_number(ratio) or not 0 < ratio < 1:
             raise ValueError(f"`target_ratio` must be a number in (0, 1) (a share of all parameters), got {ratio!r}.")
         dist = self.pruning_distribution
         if len(dist) != 3:
@@ -238,10 +233,10 @@ class MultiPrunerConfig:
             "batch_size",
             "head_chunk_size",
         ):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         for name in ("attn_channel_group_size", "max_steps"):
             if getattr(self, name) is not None:
-                _check_positive_int(name, getattr(self, name))
+                check_positive_int(name, getattr(self, name))
         if self.mlp_channel_group_size % self.width_alignment:
             raise ValueError(
                 f"`mlp_channel_group_size` ({self.mlp_channel_group_size}) must be a multiple of `width_alignment` "
@@ -295,61 +290,52 @@ class MultiPrunerConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MultiPrunerConfig":
-        """From `to_dict()` of this or an earlier version (flat `fast_search_<name>` keys, see
-        [`upgrade_config_dict`])."""
-        if not isinstance(data, dict):
-            raise ValueError(f"A MultiPrunerConfig must be a JSON object, got {type(data).__name__}.")
-        data = upgrade_config_dict(data)
-        _check_known_fields(cls, data, "MultiPrunerConfig")
-        try:
-            return cls(**data)
-        except TypeError as error:  # wrong value types from a hand-edited file
-            raise ValueError(f"Invalid MultiPrunerConfig: {error}") from error
+    def upgrade_dict(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Flat `fast_search_<name>` keys of earlier versions nested (see [`upgrade_config_dict`])."""
+        return upgrade_config_dict(data)
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> str:
-        """Write `multipruner_config.json` into `save_directory` (atomically) and return its path."""
-        if os.path.isfile(save_directory):
-            raise ValueError(f"`save_directory` ({save_directory}) is a file, not a directory.")
-        from .utils import atomic_write_text  # here: this module imports only the standard library at module level
+@dataclass
+class CompensationConfig(ConfigMixin):
+    """Settings of the compensation after pruning (`compensation.py`): a least-squares refit of the kept input columns
+    of every narrowed attention and MLP output projection, on the search's calibration text, toward the pruned
+    weights. Give one to `prune` / `apply` (or `--compensate` on the command line) to compensate.
 
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, CONFIG_NAME)
-        atomic_write_text(path, self.to_json_string())
-        return path
+    Args:
+        alpha (`float`): ridge strength toward the pruned weights, relative to the mean diagonal of the inputs' Gram
+            matrix (0.1: measured best on SmolLM2-135M, `benchmarks/compensation.py`).
+    """
 
-    @classmethod
-    def from_pretrained(cls, path: Union[str, os.PathLike]) -> "MultiPrunerConfig":
-        """Load from a directory holding `multipruner_config.json`, or from a JSON file."""
-        from .utils import read_json  # here: this module imports only the standard library at module level
+    CONFIG_NAME: ClassVar[str] = "compensation_config.json"
 
-        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"No MultiPruner configuration found at {file}.")
-        return cls.from_dict(read_json(file))
+    alpha: float = option(0.1, "ridge strength of the refit toward the pruned weights")
+
+    def __post_init__(self) -> None:
+        if not is_number(self.alpha) or not self.alpha > 0:
+            raise ValueError(f"The compensation's ridge strength (`alpha`) must be a positive number, got "
+                             f"{self.alpha!r}.")
+
+
+def compensation_from_arguments(compensation: Any = None, compensate: Optional[bool] = None,
+                                compensation_alpha: Optional[float] = None) -> Optional[CompensationConfig]:
+    """The `CompensationConfig` that `prune` / `apply` arguments ask for, including the spelling of earlier versions
+    (`compensate=True, compensation_alpha=x`, or a bool in `compensation`'s place), which still works with a
+    `FutureWarning` naming the new one."""
+    if isinstance(compensation, bool):  # `compensate` was the argument at this position
+        compensation, compensate = None, compensation
+    if compensate is None and compensation_alpha is None:
+        return compensation
+    if compensation is not None:
+        raise ValueError("Give `compensation=CompensationConfig(...)` alone, without `compensate` or "
+                         "`compensation_alpha`.")
+    alpha = CompensationConfig().alpha if compensation_alpha is None else compensation_alpha
+    new = f"compensation=CompensationConfig(alpha={alpha!r})" if compensate else "compensation=None"
+    warnings.warn(f"`compensate` and `compensation_alpha` are deprecated and will be removed; pass `{new}` instead.",
+                  FutureWarning, stacklevel=user_stacklevel())
+    return CompensationConfig(alpha=alpha) if compensate else None
 
 
 def _check_device_name(name: str, value: Any) -> None:
     """A device name such as `"cpu"`, `"cuda"` or `"cuda:1"` (whether it exists is checked when it is used)."""
     if not isinstance(value, str) or not _DEVICE_NAME.fullmatch(value):
         raise ValueError(f"`{name}` must be a device name such as 'cpu', 'cuda' or 'cuda:1', got {value!r}.")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-
-
-def _is_number(value: Any) -> bool:
-    """A real number, not a bool nor NaN."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
-
-
-def _check_known_fields(cls: type, data: dict[str, Any], what: str) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"Unknown {what} field(s) {unknown}; known fields: {sorted(names)}.")

@@ -2,7 +2,7 @@
 the placements pruning refuses (offloaded weights, decoder layers split over devices), and moving layer call
 arguments once per device.
 
-accelerate is not imported: its hooks are read through the attributes it sets (`module._hf_hook`, and on each
+accelerate is not imported: its hooks are read through the attributes it sets (`compat.accelerate_hook`, and on each
 `AlignDevicesHook` `execution_device` and `offload`; a `SequentialHook` holds several in `hooks`).
 """
 
@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from . import compat
 from .architectures import ArchitectureAdapter
 
 DeviceLike = Union[str, int, torch.device]
@@ -21,7 +22,7 @@ DeviceLike = Union[str, int, torch.device]
 
 def _hooks(module: nn.Module) -> tuple:
     """accelerate hooks attached to `module` (a `SequentialHook` flattened)."""
-    hook = getattr(module, "_hf_hook", None)
+    hook = compat.accelerate_hook(module)
     if hook is None:
         return ()
     return tuple(getattr(hook, "hooks", (hook,)))

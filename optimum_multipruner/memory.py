@@ -21,6 +21,7 @@ import psutil
 import torch
 from torch import nn
 
+from . import compat
 from .architectures import ArchitectureAdapter, get_adapter
 from .configuration import MultiPrunerConfig
 from .devices import DeviceLike, as_device, decoder_layer_devices, execution_device
@@ -84,7 +85,7 @@ def estimate_search_memory(
     itemsize = torch.finfo(dtype).bits // 8
     seq_len, batch = config.sequence_length, min(config.batch_size, num_sequences)
     tokens = batch * seq_len  # positions of one batch
-    eager = getattr(model_config, "_attn_implementation", None) == "eager"
+    eager = compat.attention_implementation(model_config) == "eager"
     devices = [_device_name(d) for d in (layer_devices or ["cuda"] * num_layers)]
     if len(devices) != num_layers:
         raise ValueError(f"`layer_devices` has {len(devices)} entries for {num_layers} decoder layers.")

@@ -37,7 +37,7 @@ def write_model_card(
         model_config: the saved model's config (pruned or dense).
         record: its `PruningRecord`, or `None`. A non-empty `record.recovery` dict (keys "config", "tokens_seen",
             "data_sha256", "loss_curve") adds a "Recovery" section.
-        base_model: Hub id of the dense original; default `model_config._name_or_path` when it is a Hub id, else the
+        base_model: Hub id of the dense original; default `model_config.name_or_path` when it is a Hub id, else the
             `base_model` of the card in that local folder (a pruned checkpoint loaded to be recovered keeps it).
         evaluation_files: JSON files written by `optimum-cli multipruner evaluate --output`, shown as a table.
 
@@ -47,7 +47,7 @@ def write_model_card(
     """
     from .modeling import layer_summary
 
-    name_or_path = str(getattr(model_config, "_name_or_path", "") or "")
+    name_or_path = str(getattr(model_config, "name_or_path", "") or "")
     if base_model is None and name_or_path:
         base_model = _base_model_of(name_or_path)
     summary = layer_summary(model_config)
@@ -151,34 +151,32 @@ def _method_name(record) -> str:
         return "optimum-multipruner"
     if record.source != "optimum-multipruner":
         return f"a record of {record.source}, applied by optimum-multipruner"
-    distribution = (record.config or {}).get("pruning_distribution") or ()
-    return "BlockPruner" if [bool(share) for share in distribution] == [True, False, False] else "MultiPruner"
+    return "BlockPruner" if record.config is not None and record.config.is_blockpruner else "MultiPruner"
 
 
 def _method(record) -> str:
     if record is None:
         return ""
-    config = record.config or {}
+    config = record.config
     lines = ["## Method and settings", ""]
-    if config:
+    if config is not None:
         settings = {
-            "target ratio (share of all parameters)": config.get("target_ratio"),
-            "distribution blocks : MLP channels : heads": ":".join(
-                f"{share:g}" for share in config.get("pruning_distribution", ())),
-            "objective": config.get("importance_metric"),
-            "search mode": config.get("search_mode"),
-            "MLP channels per step": config.get("mlp_channel_group_size"),
-            "weight-magnitude reordering": config.get("weight_reorder"),
+            "target ratio (share of all parameters)": config.target_ratio,
+            "distribution blocks : MLP channels : heads": ":".join(f"{share:g}" for share in config.pruning_distribution),
+            "objective": config.importance_metric,
+            "search mode": config.search_mode,
+            "MLP channels per step": config.mlp_channel_group_size,
+            "weight-magnitude reordering": config.weight_reorder,
         }
-        lines += [f"* {key}: `{value}`" for key, value in settings.items() if value not in (None, "")]
+        lines += [f"* {key}: `{value}`" for key, value in settings.items()]
     lines.append(f"* steps: {len(record.steps)}; target reached: {record.target_reached}")
-    if config.get("calibration_dataset"):
+    if config is not None:
         lines.append(
-            f"* calibration data: `{display_path(config['calibration_dataset'])}` "
-            f"({config.get('num_calibration_samples_block')} "
-            f"block rows, {config.get('num_calibration_samples_width')} width rows, sequences of "
-            f"{config.get('sequence_length')} tokens, seed {config.get('seed')}), SHA-256 "
-            f"`{_file_sha256(config['calibration_dataset']) or 'unknown (a Hub data set or a file not here)'}`"
+            f"* calibration data: `{display_path(config.calibration_dataset)}` "
+            f"({config.num_calibration_samples_block} "
+            f"block rows, {config.num_calibration_samples_width} width rows, sequences of "
+            f"{config.sequence_length} tokens, seed {config.seed}), SHA-256 "
+            f"`{_file_sha256(config.calibration_dataset) or 'unknown (a Hub data set or a file not here)'}`"
         )
     last = next((step for step in reversed(record.steps) if step.perplexity is not None), None)
     if last is not None:
@@ -287,9 +285,11 @@ def _loading(gguf: bool) -> str:
         'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")',
         "```",
         "",
-        "OpenVINO: `optimum-cli export openvino --model <this folder> --weight-format int8 model-ov` (after "
+        "OpenVINO: `optimum-cli export openvino-pruned --model <this folder> --weight-format int8 model-ov` (after "
         "`pip install optimum-multipruner`); the IR folder then loads without this package, with "
-        '`OVModelForCausalLM.from_pretrained("model-ov")` or openvino-genai.',
+        '`OVModelForCausalLM.from_pretrained("model-ov")` or openvino-genai. The stock `optimum-cli export openvino` '
+        "takes this folder too (with `--task text-generation-with-past`), but its IR keeps the pruned model type and "
+        "loads only after `import optimum_multipruner`.",
     ] + ([
         "",
         "llama.cpp: `optimum-cli multipruner export --format gguf -m <this folder> model.gguf`, then "

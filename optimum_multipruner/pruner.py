@@ -13,8 +13,7 @@ from torch import nn
 from . import distributed
 from .apply_record import apply
 from .architectures import ArchitectureAdapter, get_adapter
-from .compensation import DEFAULT_COMPENSATION_ALPHA
-from .configuration import MultiPrunerConfig
+from .configuration import CompensationConfig, MultiPrunerConfig
 from .devices import check_placement
 from .model_card import write_model_card
 from .modeling import check_finite_weights
@@ -54,20 +53,20 @@ class MultiPruner:
     def prune(self, config: MultiPrunerConfig, progress: bool = True, **options: Any) -> nn.Module:
         """Run the greedy search of `config` and return the (same, now pruned) model. The steps are in `self.record`.
 
-        `options` are [`search.prune`]'s (`checkpoint_dir`, `resume_from`, `shared_from`, `compensate`,
-        `compensation_alpha`), as are the checks, resuming and sharing steps, and the search over processes.
+        `options` are [`search.prune`]'s (`checkpoint_dir`, `resume_from`, `shared_from`, `compensation`),
+        as are the checks, resuming and sharing steps, and the search over processes.
         """
         self.record = prune(self.model, self.tokenizer, config, progress, evaluator_class=self.evaluator_class,
                             **options)
         return self.model
 
     def apply(self, record: Union[PruningRecord, str, os.PathLike], weight_reorder: Optional[bool] = None,
-              num_blocks: Optional[int] = None, compensate: bool = False,
-              compensation_alpha: float = DEFAULT_COMPENSATION_ALPHA) -> nn.Module:
+              num_blocks: Optional[int] = None, compensation: Optional[CompensationConfig] = None,
+              compensation_alpha: Optional[float] = None, *, compensate: Optional[bool] = None) -> nn.Module:
         """Shrink the dense model to a saved record (ours, or an official MultiPruner / BlockPruner JSON) and return
         it; the record applied is `self.record`. The arguments are [`apply_record.apply`]'s."""
-        self.record = apply(self.model, record, self.tokenizer, weight_reorder, num_blocks, compensate,
-                            compensation_alpha)
+        self.record = apply(self.model, record, self.tokenizer, weight_reorder, num_blocks, compensation,
+                            compensation_alpha, compensate=compensate)
         return self.model
 
     @classmethod

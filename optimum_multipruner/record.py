@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .architectures import ArchitectureAdapter, get_adapter
-from .configuration import upgrade_config_dict
+from .configuration import MultiPrunerConfig
 from .structure import PrunedStructure
 from .surgery import LayerOrder, dense_parameter_count
 from .utils import atomic_write_text, read_json
@@ -57,7 +57,7 @@ class PruningRecord:
     structure: PrunedStructure
     weight_reorder: bool
     steps: list[PruningStep] = field(default_factory=list)
-    config: Optional[dict[str, Any]] = None  # the MultiPrunerConfig of the search
+    config: Optional[MultiPrunerConfig] = None  # the search's settings (None in imported records)
     start_perplexity: dict[str, float] = field(default_factory=dict)  # per calibration set, when first used
     search_stats: dict[str, Any] = field(default_factory=dict)
     shared_steps: int = 0  # first steps taken from a larger search (`prune(shared_from=...)`), not in search_stats
@@ -70,7 +70,7 @@ class PruningRecord:
     # What recovery after pruning did (`MultiPruner.recover`): its config, teacher, tokens seen, the SHA-256 of its
     # training token ids and the loss curve. None for a model that was not recovered.
     recovery: Optional[dict[str, Any]] = None
-    # Set when the kept weights were refitted after pruning (`compensate=True`): the ridge strength, the calibration
+    # Set when the kept weights were refitted after pruning (`compensation`): the ridge strength, the calibration
     # text and each refit's reconstruction error (see `compensation.py`). Written only when set.
     compensation: Optional[dict[str, Any]] = None
 
@@ -105,7 +105,7 @@ class PruningRecord:
             "dense_parameters": self.dense_parameters,
             "weight_reorder": self.weight_reorder,
             "weight_order": self.weight_order,
-            "config": self.config,
+            "config": None if self.config is None else self.config.to_dict(),
             "start_perplexity": self.start_perplexity,
             "target_reached": self.target_reached,
             "steps": [step.to_dict() for step in self.steps],
@@ -134,7 +134,8 @@ class PruningRecord:
                 structure=PrunedStructure.from_dict(data["structure"]),
                 weight_reorder=bool(data["weight_reorder"]),
                 steps=[PruningStep(**step) for step in data["steps"]],
-                config=None if data.get("config") is None else upgrade_config_dict(data["config"]),
+                config=None if data.get("config") is None else MultiPrunerConfig.from_dict_leniently(
+                    data["config"], "pruning record"),
                 start_perplexity=data.get("start_perplexity", {}),
                 search_stats=data.get("search_stats", {}),
                 shared_steps=data.get("shared_steps", 0),

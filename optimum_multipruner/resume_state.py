@@ -8,6 +8,7 @@ rewritten atomically after every step, so a crash at any moment leaves either th
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -182,7 +183,7 @@ def shared_steps(saved: SearchProgress, current: SearchProgress, config: MultiPr
         if step.ratio >= config.stage_targets[stage]:
             break
     record = PruningRecord.from_dict(saved.record.to_dict())
-    record.steps, record.config, record.search_stats = record.steps[:shared], config.to_dict(), {}
+    record.steps, record.config, record.search_stats = record.steps[:shared], copy.deepcopy(config), {}
     first_set = calibration_set(stage)  # later sets were first used on another model
     record.start_perplexity = {k: v for k, v in record.start_perplexity.items() if k == first_set}
     record.target_reached, record.shared_steps = True, shared

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from functools import cached_property
@@ -24,15 +25,8 @@ from .candidates import (
     candidates_for,
     trial,
 )
-from .compensation import (
-    ATTENTION,
-    DEFAULT_COMPENSATION_ALPHA,
-    MLP,
-    DenseBranches,
-    check_compensation_alpha,
-    compensate_record,
-)
-from .configuration import MultiPrunerConfig, calibration_set
+from .compensation import ATTENTION, MLP, DenseBranches, compensate_record
+from .configuration import CompensationConfig, MultiPrunerConfig, calibration_set, compensation_from_arguments
 from .data import build_calibration_sets
 from .devices import check_device_available, check_placement, execution_device
 from .memory import check_search_memory
@@ -61,9 +55,11 @@ def prune(
     checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
     resume_from: Optional[Union[str, os.PathLike]] = None,
     shared_from: Optional[Union[str, os.PathLike]] = None,
-    compensate: bool = False,
-    compensation_alpha: float = DEFAULT_COMPENSATION_ALPHA,
+    compensation: Optional[CompensationConfig] = None,
     evaluator_class: type[ModelEvaluator] = ModelEvaluator,
+    *,
+    compensate: Optional[bool] = None,
+    compensation_alpha: Optional[float] = None,
 ) -> PruningRecord:
     """Run the greedy search of `config` on `model`, in place, and return its record: `model` ends physically
     smaller, of its registered pruned class.
@@ -86,25 +82,25 @@ def prune(
             with a larger `target_ratio`. This search starts from the steps the two share, its whole first stage
             (for BlockPruner: every step), which a greedy search repeats exactly whatever its target, and goes on
             by itself: the result equals a search from scratch. Ratio sweeps pay for their first stage once.
-        compensate: after the search, refit the kept weights of every narrowed attention and MLP output
+        compensation: after the search, refit the kept weights of every narrowed attention and MLP output
             projection toward the dense model's outputs on the calibration text (both sets), layer by layer
-            (`compensation.py`); the record's `compensation` says so. Holds a copy of each narrowed sub-block's
-            dense weights until the end.
-        compensation_alpha: its ridge strength toward the pruned weights, relative to the mean diagonal of the
-            activations' Gram matrix.
+            (`compensation.py`) with these settings; the record's `compensation` says so. Holds a copy of each
+            narrowed sub-block's dense weights until the end. `None` (default): no refit.
         evaluator_class: what scores the candidates (a [`ModelEvaluator`]); a subclass may observe its rounds.
+        compensate, compensation_alpha: deprecated spelling of `compensation` (`FutureWarning`).
 
     Under `torchrun` or `accelerate launch`, every process runs `prune` on its own copy of the model (see
     `distributed.py`): the candidates of each step are shared out between the processes and the record is the one
     a single process makes. Only rank 0 shows progress, logs and writes the progress file; `resume_from` must be
     readable by every process.
     """
+    compensation = compensation_from_arguments(compensation, compensate, compensation_alpha)
     return GreedySearch(model, tokenizer, evaluator_class).run(
-        config, progress, checkpoint_dir, resume_from, shared_from, compensate, compensation_alpha)
+        config, progress, checkpoint_dir, resume_from, shared_from, compensation)
 
 
 class GreedySearch:
-    """The state of one `prune` call: the model searched, its adapter, the record so far and, with `compensate`, the
+    """The state of one `prune` call: the model searched, its adapter, the record so far and, with `compensation`, the
     dense copies of the sub-blocks the search narrows."""
 
     def __init__(self, model: nn.Module, tokenizer, evaluator_class: type[ModelEvaluator] = ModelEvaluator) -> None:
@@ -113,11 +109,11 @@ class GreedySearch:
         self.tokenizer = tokenizer
         self.evaluator_class = evaluator_class
         self.record: Optional[PruningRecord] = None
-        self._dense_branches: Optional[DenseBranches] = None  # while pruning with `compensate`
+        self._dense_branches: Optional[DenseBranches] = None  # while pruning with `compensation`
 
     def run(self, config: MultiPrunerConfig, progress: bool, checkpoint_dir: Optional[Union[str, os.PathLike]],
             resume_from: Optional[Union[str, os.PathLike]], shared_from: Optional[Union[str, os.PathLike]],
-            compensate: bool, compensation_alpha: float) -> PruningRecord:
+            compensation: Optional[CompensationConfig]) -> PruningRecord:
         """[`prune`]'s outline."""
         distributed.init_distributed(self._device)
         main = distributed.is_main_process()
@@ -125,7 +121,6 @@ class GreedySearch:
         # Every input check happens before any weight changes, on every process; one failing stops them all.
         with distributed.fail_together(self._device):
             self._check_can_prune(config)
-            check_compensation_alpha(compensation_alpha)
             units = self._units(config)
             vocab_size = self.model.get_input_embeddings().num_embeddings
             calibration = build_calibration_sets(config, self.tokenizer, vocab_size)
@@ -140,7 +135,7 @@ class GreedySearch:
         recorded = resumed.layer_orders(self.model.config, self.adapter) if resumed is not None else None
         orders = reorder_by_weight_magnitude(self.model, self.adapter, recorded) if reorder else None
         references = self._original_final_hidden_states(config, calibration)  # before any step is (re)applied
-        self._dense_branches = DenseBranches(self.model, self.adapter) if compensate else None
+        self._dense_branches = DenseBranches(self.model, self.adapter) if compensation is not None else None
         if resumed is None:
             self.record = self._new_record(config, reorder)
         else:
@@ -151,9 +146,9 @@ class GreedySearch:
         self._save_progress(writer)
         self._search(config, calibration, references, units, writer, progress)
         self._save_progress(writer)
-        if compensate:
+        if compensation is not None:
             self.record = compensate_record(self.record, self.model, self._dense_branches,
-                                            torch.cat(list(calibration.values())), compensation_alpha, progress)
+                                            torch.cat(list(calibration.values())), compensation, progress)
             self._dense_branches = None
         to_pruned_model(self.model, self.adapter, self.record.structure)
         return self.record
@@ -279,7 +274,7 @@ class GreedySearch:
             dense_parameters=self._dense_parameters,
             structure=read_structure(self.model, self.adapter),
             weight_reorder=reorder,
-            config=config.to_dict(),
+            config=copy.deepcopy(config),  # the settings searched with, whatever the caller does to `config` later
         )
 
     def _replay(self, record: PruningRecord, units: PruningUnits, source: Union[str, os.PathLike],
@@ -331,7 +326,7 @@ class GreedySearch:
         return self.adapter.attention_layout(self.model.config)
 
     def _keep_dense_branch(self, candidate: Candidate) -> None:
-        """With `compensate`: copy the sub-block a shrinking step is about to narrow, before its first narrowing."""
+        """With `compensation`: copy the sub-block a shrinking step is about to narrow, before its first narrowing."""
         if self._dense_branches is not None and candidate.action in (SHRINK_ATTENTION, SHRINK_MLP):
             self._dense_branches.keep(candidate.layer, ATTENTION if candidate.action == SHRINK_ATTENTION else MLP)
 

@@ -1,9 +1,11 @@
-"""Small shared helpers: the library logger, atomic file writes and a callback run when a module is imported."""
+"""Small shared helpers: the library logger, the stack level of a user's line for warnings, atomic file writes, a
+callback run when a module is imported, and a file of a checkpoint folder or Hub repository."""
 
 from __future__ import annotations
 
 import glob
 import importlib.abc
+import inspect
 import json
 import logging
 import os
@@ -11,7 +13,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 _LIBRARY_LOGGER = "optimum_multipruner"
 
@@ -21,6 +23,16 @@ def get_logger(name: str) -> logging.Logger:
     if not name.startswith(_LIBRARY_LOGGER):
         name = f"{_LIBRARY_LOGGER}.{name}"
     return logging.getLogger(name)
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` that makes a `warnings.warn` made by the caller name the first line outside this package,
+    the user's, however many of the package's functions lie between (as pandas' `find_stack_level`)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = inspect.currentframe().f_back, 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def read_json(path: Union[str, os.PathLike]) -> Any:
@@ -77,11 +89,14 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def check_output_file(path: Union[str, os.PathLike], overwrite: bool) -> None:
-    """Refuse an output file that exists (unless `overwrite`), a directory in its place, or a missing folder.
+def check_output_file(path: Union[str, os.PathLike, None], overwrite: bool) -> None:
+    """Refuse an output file that exists (unless `overwrite`), a directory in its place, or a missing folder; `None`
+    (an optional output not asked for) passes.
 
     Only checks: nothing is created.
     """
+    if path is None:
+        return
     if os.path.isdir(path):
         raise IsADirectoryError(f"The output path {path} is a directory; give a file name.")
     if os.path.exists(path) and not overwrite:
@@ -196,3 +211,17 @@ def call_after_import(name: str, callback: Callable[[], None]) -> None:
         watcher = _ImportWatcher(name)
         sys.meta_path.insert(0, watcher)
     watcher.callbacks.append(callback)
+
+
+def source_file(source: str, name: str, cache_dir: Optional[str] = None) -> Optional[str]:
+    """`name` in a checkpoint folder or Hub repo, or `None` when it has none (or it is not cached, offline)."""
+    if os.path.isdir(source):
+        path = os.path.join(source, name)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(source, name, cache_dir=cache_dir)
+    except EntryNotFoundError:
+        return None

@@ -6,7 +6,8 @@ import pytest
 import torch
 from testing_utils import make_model, search_config
 
-from optimum_multipruner import MultiPruner, PruningRecord, count_parameters, get_adapter
+from optimum_multipruner import CompensationConfig, MultiPruner, PruningRecord, count_parameters, get_adapter
+from optimum_multipruner.apply_record import apply
 from optimum_multipruner.data import build_calibration_sets
 from optimum_multipruner.structure import PrunedStructure
 from optimum_multipruner.surgery import has_attention, has_mlp
@@ -23,7 +24,7 @@ def record_of(structure: PrunedStructure, calibration_file: str) -> PruningRecor
     the first KV groups and channels are kept)."""
     model = make_model("llama")
     return PruningRecord(model_type="llama", num_hidden_layers=4, dense_parameters=count_parameters(model),
-                         structure=structure, weight_reorder=False, config=search_config(calibration_file).to_dict())
+                         structure=structure, weight_reorder=False, config=search_config(calibration_file))
 
 
 def branch(model, layer: int, kind: str):
@@ -54,7 +55,7 @@ def test_compensation_lowers_the_reconstruction_error_of_every_narrowed_branch(t
     record = record_of(NARROWED, calibration_file)
     plain = MultiPruner(make_model("llama"), tokenizer).apply(record)
     pruner = MultiPruner(make_model("llama"), tokenizer)
-    compensated = pruner.apply(record, compensate=True, compensation_alpha=1e-3)
+    compensated = pruner.apply(record, compensation=CompensationConfig(alpha=1e-3))
     sequences = build_calibration_sets(search_config(calibration_file), tokenizer, 320)["width"][:8]
 
     before = branch_errors(plain, make_model("llama"), sequences)
@@ -77,7 +78,7 @@ def test_no_narrowed_branch_leaves_the_weights_unchanged(structure, tokenizer, c
     record = record_of(structure, calibration_file)
     plain = MultiPruner(make_model("llama"), tokenizer).apply(record).state_dict()
     pruner = MultiPruner(make_model("llama"), tokenizer)
-    compensated = pruner.apply(record, compensate=True).state_dict()
+    compensated = pruner.apply(record, compensation=CompensationConfig()).state_dict()
     assert plain.keys() == compensated.keys()
     assert all(torch.equal(plain[name], compensated[name]) for name in plain)
     assert pruner.record.compensation["refits"] == []
@@ -98,7 +99,7 @@ def test_removed_units_that_contribute_nothing_leave_the_weights_unchanged(token
     record = record_of(NARROWED, calibration_file)
     plain = MultiPruner(silenced(), tokenizer).apply(record).state_dict()
     pruner = MultiPruner(silenced(), tokenizer)
-    compensated = pruner.apply(record, compensate=True, compensation_alpha=1e-3).state_dict()
+    compensated = pruner.apply(record, compensation=CompensationConfig(alpha=1e-3)).state_dict()
     for name in plain:
         torch.testing.assert_close(compensated[name], plain[name], atol=2e-5, rtol=1e-4)
 
@@ -106,7 +107,7 @@ def test_removed_units_that_contribute_nothing_leave_the_weights_unchanged(token
 def test_prune_with_compensation_equals_apply_with_compensation(tokenizer, calibration_file, tmp_path, caplog):
     config = search_config(calibration_file, target_ratio=0.1, pruning_distribution=(0, 80, 20))
     pruner = MultiPruner(make_model("llama"), tokenizer)
-    pruned = pruner.prune(config, progress=False, compensate=True, compensation_alpha=0.05)
+    pruned = pruner.prune(config, progress=False, compensation=CompensationConfig(alpha=0.05))
     compensation = pruner.record.compensation
     assert compensation["alpha"] == 0.05 and compensation["refits"]
     calibration = build_calibration_sets(config, tokenizer, 320)
@@ -114,7 +115,7 @@ def test_prune_with_compensation_equals_apply_with_compensation(tokenizer, calib
     path = pruner.record.save(tmp_path / "record.json")
     assert PruningRecord.load(path).compensation == compensation
 
-    again = MultiPruner(make_model("llama"), tokenizer).apply(path, compensate=True, compensation_alpha=0.05)
+    again = MultiPruner(make_model("llama"), tokenizer).apply(path, compensation=CompensationConfig(alpha=0.05))
     expected = pruned.state_dict()
     for name, value in again.state_dict().items():
         torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=1e-5)
@@ -130,15 +131,43 @@ def test_bad_compensation_input_is_refused_before_any_change(tokenizer, calibrat
     model = make_model("llama")
     dense = {name: value.clone() for name, value in model.state_dict().items()}
     with pytest.raises(ValueError, match="tokenizer"):
-        MultiPruner(model).apply(record, compensate=True)
+        MultiPruner(model).apply(record, compensation=CompensationConfig())
     with pytest.raises(ValueError, match="positive"):
-        MultiPruner(model, tokenizer).apply(record, compensate=True, compensation_alpha=0)
+        MultiPruner(model, tokenizer).apply(record, compensation=CompensationConfig(alpha=0))
     imported = record_of(NARROWED, calibration_file)
     imported.config = None
     with pytest.raises(ValueError, match="calibration"):
-        MultiPruner(model, tokenizer).apply(imported, compensate=True)
+        MultiPruner(model, tokenizer).apply(imported, compensation=CompensationConfig())
     with pytest.raises(ValueError, match="positive"):
-        MultiPruner(model, tokenizer).prune(search_config(calibration_file), compensate=True, compensation_alpha=-1.0)
+        MultiPruner(model, tokenizer).prune(search_config(calibration_file), compensation=CompensationConfig(alpha=-1.0))
     layers = get_adapter(model).decoder_layers(model)
     assert all(has_attention(layer, get_adapter(model)) and has_mlp(layer, get_adapter(model)) for layer in layers)
     assert all(torch.equal(value, dense[name]) for name, value in model.state_dict().items())
+
+
+def test_the_earlier_spelling_still_compensates_with_a_future_warning(tokenizer, calibration_file):
+    """`compensate=True, compensation_alpha=x` (keywords, or positions as before) is `compensation=
+    CompensationConfig(alpha=x)`, with a FutureWarning naming the new spelling, reported at the caller's line."""
+    record = record_of(NARROWED, calibration_file)
+    expected = MultiPruner(make_model("llama"), tokenizer).apply(
+        record, compensation=CompensationConfig(alpha=1e-3)).state_dict()
+    for call in (lambda model: MultiPruner(model, tokenizer).apply(record, compensate=True, compensation_alpha=1e-3),
+                 lambda model: MultiPruner(model, tokenizer).apply(record, None, None, True, 1e-3),
+                 lambda model: apply(model, record, tokenizer, None, None, True, 1e-3)):
+        model = make_model("llama")
+        with pytest.warns(FutureWarning, match=r"compensation=CompensationConfig\(alpha=0.001\)") as warned:
+            call(model)
+        assert [warning.filename for warning in warned if warning.category is FutureWarning] == [__file__]
+        assert all(torch.equal(value, expected[name]) for name, value in model.state_dict().items())
+    plain = MultiPruner(make_model("llama"), tokenizer)
+    with pytest.warns(FutureWarning, match="compensation=None"):
+        plain.apply(record, compensate=False)
+    assert plain.record.compensation is None
+    with pytest.raises(ValueError, match="alone"):
+        MultiPruner(make_model("llama"), tokenizer).apply(record, compensation=CompensationConfig(), compensate=True)
+    config = search_config(calibration_file, target_ratio=0.1, pruning_distribution=(0, 80, 20))
+    pruner = MultiPruner(make_model("llama"), tokenizer)
+    with pytest.warns(FutureWarning, match="deprecated") as warned:
+        pruner.prune(config, progress=False, compensate=True, compensation_alpha=0.05)
+    assert [warning.filename for warning in warned if warning.category is FutureWarning] == [__file__]
+    assert pruner.record.compensation["alpha"] == 0.05

@@ -2,13 +2,10 @@
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from optimum_multipruner import FastSearchConfig, MultiPrunerConfig, configuration
+from optimum_multipruner import FastSearchConfig, MultiPrunerConfig
 
 
 def test_defaults_follow_the_reference():
@@ -112,12 +109,3 @@ def test_fast_search_nests_and_old_flat_keys_still_load(tmp_path):
     assert MultiPrunerConfig.from_dict({"search_mode": "fast", "fast_search_keep": 0.25}).fast_search.keep == 0.25
     with pytest.raises(ValueError, match=r"Unknown FastSearchConfig field\(s\) \['colour'\]"):
         MultiPrunerConfig.from_dict({"fast_search_colour": 1})
-
-
-def test_the_configuration_module_imports_no_torch():
-    """`optimum-cli multipruner prune` loads it on its own to build its options, at every start-up."""
-    script = ("import runpy, sys\n"
-              f"runpy.run_path({str(Path(configuration.__file__))!r}, run_name='standalone')\n"
-              "assert 'torch' not in sys.modules\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr

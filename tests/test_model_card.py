@@ -1,5 +1,6 @@
 """The model card `MultiPruner.save_pretrained` writes: Hub metadata, the `info` table, settings, loading, record."""
 
+import dataclasses
 import re
 
 import pytest
@@ -8,7 +9,7 @@ from huggingface_hub.utils import validate_repo_id
 from testing_utils import make_model, make_tokenizer
 
 from optimum.commands.multipruner.info import structure_summary
-from optimum_multipruner import MultiPruner, get_adapter
+from optimum_multipruner import MultiPruner, MultiPrunerConfig, get_adapter
 from optimum_multipruner.evaluation import write_results_json
 from optimum_multipruner.model_card import MODEL_CARD_NAME, STRUCTURE_HEADER, write_model_card
 from optimum_multipruner.record import PruningRecord, PruningStep
@@ -17,9 +18,8 @@ from optimum_multipruner.surgery import dense_parameter_count
 
 STRUCTURE = PrunedStructure(num_attention_heads=[0, 2, 4, 2], num_key_value_heads=[0, 1, 2, 1],
                             intermediate_size=[64, 0, 256, 128])
-SETTINGS = {"target_ratio": 0.3, "pruning_distribution": [44.0, 52.0, 4.0], "importance_metric": "ppl",
-            "calibration_dataset": "alpaca", "num_calibration_samples_block": 8, "num_calibration_samples_width": 4,
-            "sequence_length": 64, "seed": 42, "search_mode": "exact"}
+SETTINGS = MultiPrunerConfig(target_ratio=0.3, calibration_dataset="alpaca", num_calibration_samples_block=8,
+                             num_calibration_samples_width=4, sequence_length=64)
 
 
 def pruned(name_or_path: str = "org/tiny-llama", **record_fields):
@@ -58,7 +58,8 @@ def test_save_pretrained_writes_a_card_the_hub_reads(tmp_path):
     assert set(data["tags"]) >= {"pruning", "multipruner"}
     assert table_rows(card.text) == structure_summary(str(tmp_path / "out"))["layers"]
     for expected in ("MultiPruner", "`44:52:4`", "13.250 after the last step (dense: block 12.500)",
-                     "import optimum_multipruner", "OVModelForCausalLM", "llama-cli", "| 1 | block | remove_attention"):
+                     "import optimum_multipruner", "export openvino-pruned", "--task text-generation-with-past",
+                     "OVModelForCausalLM", "llama-cli", "| 1 | block | remove_attention"):
         assert expected in card.text
     assert "## Recovery" not in card.text and "## Evaluation" not in card.text
 
@@ -97,7 +98,7 @@ def test_a_recovered_card_keeps_its_base_model_and_says_what_recovery_did(tmp_pa
     pruned().save_pretrained(tmp_path / "pruned")  # the card of the pruned checkpoint names org/tiny-llama
     pruner = MultiPruner.from_pretrained(tmp_path / "pruned")
     calibration = tmp_path / "private" / "calibration.jsonl"
-    pruner.record.config = {**SETTINGS, "calibration_dataset": str(calibration)}
+    pruner.record.config = dataclasses.replace(SETTINGS, calibration_dataset=str(calibration))
     pruner.record.recovery = {"config": {"method": "full", "dataset": str(tmp_path / "private" / "train.jsonl")},
                               "teacher": str(tmp_path / "private" / "dense"), "tokens_seen": 8192,
                               "loss_curve": [{"step": 2, "tokens": 128, "loss": 1.5},

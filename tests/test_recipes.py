@@ -17,6 +17,7 @@ again on their calibration set rebuilt from their configuration. The tiny recipe
 """
 
 import copy
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -63,7 +64,7 @@ def calibration_file(path: str) -> str:
 
 def test_tiny_and_table_recipes_are_committed_with_the_settings_they_were_made_with():
     assert TINY_RECIPE in RECIPES and TABLE_RECIPE in RECIPES
-    tiny, table = (MultiPrunerConfig.from_dict(PruningRecord.load(path).config) for path in (TINY_RECIPE, TABLE_RECIPE))
+    tiny, table = (PruningRecord.load(path).config for path in (TINY_RECIPE, TABLE_RECIPE))
     assert (tiny.target_ratio, tiny.mlp_channel_group_size, tiny.sequence_length, tiny.batch_size) == (0.05, 256, 256, 1)
     assert (tiny.num_calibration_samples_block, tiny.num_calibration_samples_width, tiny.search_mode) == (8, 8, "fast")
     assert (table.target_ratio, table.pruning_distribution, table.sequence_length) == (0.2, (44.0, 52.0, 4.0), 512)
@@ -82,9 +83,7 @@ def test_recipe_rebuilds_its_parameter_count(smollm2, path):
 def test_recipe_reproduces_its_calibration_perplexity(smollm2, path):
     model, tokenizer = smollm2
     record = PruningRecord.load(path)
-    config = MultiPrunerConfig.from_dict(
-        {**record.config, "calibration_dataset": calibration_file(record.config["calibration_dataset"])}
-    )
+    config = dataclasses.replace(record.config, calibration_dataset=calibration_file(record.config.calibration_dataset))
     calibration = build_calibration_sets(config, tokenizer, model.get_input_embeddings().num_embeddings)
     last = record.steps[-1]
     sequences = calibration[calibration_set(last.stage)]

@@ -8,8 +8,9 @@ import pytest
 import torch
 from testing_utils import make_model, search_config
 
-from optimum_multipruner import MultiPruner, PruningRecord, get_adapter
+from optimum_multipruner import FastSearchConfig, MultiPruner, MultiPrunerConfig, PruningRecord, get_adapter
 from optimum_multipruner.record import PruningStep, encode_weight_order, from_multipruner_config
+from optimum_multipruner.structure import PrunedStructure
 from optimum_multipruner.surgery import read_structure, weight_magnitude_orders
 
 
@@ -149,3 +150,24 @@ def test_a_step_writes_candidate_damage_only_when_it_screened():
     assert "candidate_damage" not in plain.to_dict()
     assert screened.to_dict()["candidate_damage"] == {"remove_mlp[3]": 0.25}
     assert [PruningStep(**step.to_dict()) for step in (plain, screened)] == [plain, screened]
+
+
+def test_the_record_holds_its_config_and_old_records_with_removed_fields_still_load(caplog):
+    """`record.config` is the `MultiPrunerConfig` (written as its `to_dict()`, as before); a record of an earlier
+    version with a field this one no longer has (here `fast_search.min_keep`, and a top-level one) loads with a
+    warning naming it, and its flat `fast_search_<name>` keys are read as today's."""
+    config = MultiPrunerConfig(target_ratio=0.25, search_mode="fast")
+    record = PruningRecord("llama", 4, 1000, PrunedStructure.dense(make_model("llama").config, get_adapter("llama")),
+                           weight_reorder=False, config=config)
+    data = record.to_dict()
+    assert data["config"] == config.to_dict()
+    assert PruningRecord.from_dict(data).config == config
+    data["config"] = {**config.to_dict(), "fast_search": {**config.fast_search.to_dict(), "min_keep": 2},
+                      "fast_search_keep": 0.25, "retired_knob": True}
+    del data["config"]["fast_search"]["keep"]
+    with caplog.at_level(logging.WARNING):
+        loaded = PruningRecord.from_dict(data).config
+    assert loaded == dataclasses.replace(config, fast_search=FastSearchConfig(keep=0.25))
+    assert "`MultiPrunerConfig.fast_search.min_keep`" in caplog.text and "`MultiPrunerConfig.retired_knob`" in caplog.text
+    with pytest.raises(ValueError, match=r"Unknown MultiPrunerConfig field\(s\) \['retired_knob'\]"):
+        MultiPrunerConfig.from_dict(data["config"])  # a config given by a user is still checked strictly

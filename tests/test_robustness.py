@@ -241,8 +241,8 @@ def test_fast_progress_written_before_a_fast_mode_field_existed_resumes_as_it_be
     resumed = MultiPruner(_dense(inputs), tokenizer)
     resumed.prune(search_config(calibration_file, search_mode="fast", fast_search=former), progress=False,
                   resume_from=checkpoint)
-    assert not [key for key in resumed.record.config if key.startswith("fast_search_")]  # read in today's format
-    assert MultiPrunerConfig.from_dict(resumed.record.config).fast_search == FastSearchConfig()
+    assert not [key for key in resumed.record.to_dict()["config"] if key.startswith("fast_search_")]  # today's format
+    assert resumed.record.config.fast_search == FastSearchConfig()
     exact = tmp_path / "exact"
     shutil.copytree(root / "killed-progress", exact)
     resumed = MultiPruner(_dense(inputs), tokenizer)
@@ -317,7 +317,7 @@ def test_cli_starts_a_smaller_search_from_the_steps_it_shares_with_a_larger_one(
                     str(tmp_path / "out"))
     record = PruningRecord.load(tmp_path / "out")
     assert record.shared_steps >= 1 and record.steps[: record.shared_steps] == larger.steps[: record.shared_steps]
-    assert record.config["target_ratio"] == 0.1 and record.steps[-1].ratio >= 0.1 > record.steps[-2].ratio
+    assert record.config.target_ratio == 0.1 and record.steps[-1].ratio >= 0.1 > record.steps[-2].ratio
 
 
 # --------------------------------------------------------------------------- saving and loading

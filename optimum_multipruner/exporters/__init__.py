@@ -3,8 +3,9 @@
 * `export_openvino(model_or_dir, output_dir, weight_format=None, overwrite=False)`: script entry point.
 * `export_gguf(model_or_dir, output_file, outtype="f16", overwrite=False)`: one GGUF file for llama.cpp.
 * `register_openvino_export()`: register the `multipruner_<family>` export configs with optimum's `TasksManager`.
-* `enable_lazy_openvino_registration()`: register as soon as anything imports `optimum.exporters.openvino`
-  (e.g. `OVModelForCausalLM.from_pretrained(pruned_dir, export=True)`), at no import cost before that.
+* `enable_lazy_openvino_registration()`: installed by `import optimum_multipruner`: a `sys.meta_path` hook that
+  registers as soon as anything imports `optimum.exporters.openvino` (e.g. `OVModelForCausalLM.from_pretrained(
+  pruned_dir, export=True)` or the stock `optimum-cli export openvino`), at no import cost before that.
 * `finish_export(output_dir, ...)`: the base model type in the IR's `config.json`, the pruning record and the model
   card next to it.
 """
@@ -21,7 +22,7 @@ from optimum_multipruner_constants import PRUNED_MODEL_TYPE_PREFIX, WEIGHT_FORMA
 
 from ..architectures import ADAPTERS
 from ..compat import OPENVINO_EXPORTERS_MODULE
-from ..utils import atomic_write_text, call_after_import, get_logger
+from ..utils import atomic_write_text, call_after_import, get_logger, source_file
 
 logger = get_logger(__name__)
 
@@ -90,23 +91,9 @@ def finish_export(output_dir: Union[str, os.PathLike], source: Any = None, recor
         write_model_card(output_dir, AutoConfig.from_pretrained(output_dir), record)
         return
     for name in (RECORD_NAME, MODEL_CARD_NAME) if source is not None else ():
-        path = _source_file(str(source), name, cache_dir)
+        path = source_file(str(source), name, cache_dir)
         if path is not None:
             shutil.copyfile(path, os.path.join(output_dir, name))
-
-
-def _source_file(source: str, name: str, cache_dir: Optional[str]) -> Optional[str]:
-    """`name` in a checkpoint folder or Hub repo, or `None` when it has none (or it is not cached, offline)."""
-    if os.path.isdir(source):
-        path = os.path.join(source, name)
-        return path if os.path.isfile(path) else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return hf_hub_download(source, name, cache_dir=cache_dir)
-    except EntryNotFoundError:
-        return None
 
 
 def _register_quietly() -> None:

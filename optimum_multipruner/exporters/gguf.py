@@ -30,7 +30,7 @@ from ..model_card import MODEL_CARD_NAME, write_model_card
 from ..modeling import check_finite_weights
 from ..structure import PrunedStructure
 from ..surgery import read_structure
-from ..utils import atomic_file, check_output_file, get_logger, remove_stale_temporary_files
+from ..utils import atomic_file, check_output_file, get_logger, remove_stale_temporary_files, source_file
 
 logger = get_logger(__name__)
 
@@ -205,13 +205,12 @@ def _load(model_or_dir, tokenizer, record) -> tuple[nn.Module, Any, dict[str, st
         model = model_or_dir
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import cached_file
 
         source = str(model_or_dir)
         model = AutoModelForCausalLM.from_pretrained(source, dtype="auto").eval()
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
         for key, name in (("record", RECORD_NAME), ("model_card", MODEL_CARD_NAME)):
-            path = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+            path = source_file(source, name)
             if path is not None:
                 with open(path, encoding="utf-8") as handle:
                     provenance[key] = handle.read()
@@ -224,7 +223,7 @@ def _add_hyperparameters(writer: gguf.GGUFWriter, config, adapter: ArchitectureA
                          outtype: str) -> None:
     layout = adapter.attention_layout(config)
     rope = _rope_parameters(config)
-    writer.add_name(os.path.basename(str(getattr(config, "_name_or_path", "") or "").rstrip("/")) or "model")
+    writer.add_name(os.path.basename(str(getattr(config, "name_or_path", "") or "").rstrip("/")) or "model")
     writer.add_file_type(FILE_TYPES[outtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_block_count(len(layers))

@@ -1,5 +1,5 @@
-"""`optimum-cli export openvino` of a pruned checkpoint: what the CLI hook (`optimum/commands/register/
-register_multipruner.py`) runs in place of the stock `OVExportCommand.run` for a `multipruner_<family>` model."""
+"""`optimum-cli export openvino-pruned` (`optimum/commands/multipruner/export_openvino.py`): what the export of a
+`multipruner_<family>` checkpoint adds around the stock `OVExportCommand.run`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def prepare_openvino_export_args(args) -> None:
 
 
 def run_openvino_export_command(run: Callable[[Any], Any], command) -> Any:
-    """`optimum-cli export openvino` of a pruned checkpoint (the CLI hook's replacement of `OVExportCommand.run`):
+    """`optimum-cli export openvino-pruned` of a pruned checkpoint:
     [`prepare_openvino_export_args`], the stock `run`, then the IR folder gets the base model type and the pruning
     record ([`finish_export`])."""
     prepare_openvino_export_args(command.args)

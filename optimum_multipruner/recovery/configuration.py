@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
-from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional, Union
 
-from ..configuration import _check_known_fields, _check_positive_int
-from ..utils import atomic_write_text, read_json
+from ..config_base import ConfigMixin, check_positive_int, option
 
 RECOVERY_CONFIG_NAME = "recovery_config.json"
 
@@ -28,7 +24,7 @@ RESUMABLE_CHANGES = ("max_tokens", "teacher", "teacher_device")
 
 
 @dataclass
-class RecoveryConfig:
+class RecoveryConfig(ConfigMixin):
     """Configuration of a recovery run: the pruned model (student) is trained to match the dense model (teacher).
 
     The loss is `distillation_weight * T^2 * KL(p_teacher^T || p_student^T) + (1 - distillation_weight) * CE`, per
@@ -79,42 +75,52 @@ class RecoveryConfig:
             "adamw_torch_fused"}`); they override the ones derived from this config.
     """
 
-    dataset: Union[str, list[str]]
-    max_tokens: int
-    teacher: Optional[str] = None
-    dataset_weights: Optional[list[float]] = None
-    max_epochs: int = 1
-    text_column: str = "text"
-    sequence_length: int = 512
-    method: str = "full"
-    learning_rate: float = 5e-5
-    lr_scheduler_type: str = "constant_with_warmup"
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    distillation_weight: float = 1.0
-    temperature: float = 1.0
-    hidden_state_weight: float = 0.0
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: Union[str, list[str]] = "all-linear"
-    quantization: Optional[str] = None
-    quantization_group_size: int = 64
-    quantization_ratio: float = 1.0
-    quantization_init: str = "awq_scale_estimation"
-    quantization_lora_rank: int = 32
-    quantization_scale_learning_rate: float = 1e-5
-    save_steps: int = 50
-    logging_steps: int = 10
-    seed: int = 42
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    teacher_device: Optional[str] = None
-    head_chunk_size: int = 512
-    training_args: dict[str, Any] = field(default_factory=dict)
+    CONFIG_NAME: ClassVar[str] = RECOVERY_CONFIG_NAME
+    SORT_JSON_KEYS: ClassVar[bool] = False
+
+    dataset: Union[str, list[str]] = option(
+        help="training text: local .txt/.json/.jsonl/.parquet file or Hub data set (never evaluation text), or several, "
+        "comma-separated, mixed by --dataset-weights")
+    max_tokens: int = option(help="token budget of the run")
+    teacher: Optional[str] = option(None, "the dense model it was pruned from: folder or Hub id")
+    dataset_weights: Optional[list[float]] = option(
+        None, "comma-separated share of each --dataset source (default: equal)")
+    max_epochs: int = option(1, "passes a run may make over a source's text (a larger budget is refused)")
+    text_column: str = option("text", "text column of table-like files")
+    sequence_length: int = option(512, "tokens per training sequence")
+    method: str = option("full", "full (every weight trains) or lora (PEFT adapters, merged back at the end)",
+                         choices=METHODS)
+    learning_rate: float = option(5e-5, "AdamW learning rate")
+    lr_scheduler_type: str = option("constant_with_warmup", "transformers schedule name", choices=LR_SCHEDULERS)
+    warmup_steps: int = option(10, "warm-up optimizer steps")
+    weight_decay: float = option(0.0, "AdamW weight decay", advanced=True)
+    max_grad_norm: float = option(1.0, "gradient clipping norm", advanced=True)
+    per_device_train_batch_size: int = option(1, "sequences per step and process")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    distillation_weight: float = option(1.0, "share of the KL-to-teacher term; the rest is next-token CE")
+    temperature: float = option(1.0, "softmax temperature of the KL term")
+    hidden_state_weight: float = option(0.0, "weight of the final-hidden-state term, 1 - cosine to the teacher's")
+    lora_rank: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.0, "LoRA dropout")
+    lora_target_modules: Union[str, list[str]] = option("all-linear", "comma-separated module names, or all-linear")
+    quantization: Optional[str] = option(
+        None, "int4: quantization-aware distillation (NNCF FQ_LORA); the output is an int4 OpenVINO IR",
+        choices=QUANTIZATIONS, aliases=("--weight-format",))
+    quantization_group_size: int = option(64, "int4 group size", aliases=("--group-size",))
+    quantization_ratio: float = option(1.0, "share of the linear layers in int4, the rest int8", aliases=("--ratio",))
+    quantization_init: str = option("awq_scale_estimation", "how the int4 weights start", choices=QUANTIZATION_INITS)
+    quantization_lora_rank: int = option(32, "rank of the quantized weights' trainable adapters")
+    quantization_scale_learning_rate: float = option(1e-5, "learning rate of the quantizer scales")
+    save_steps: int = option(50, "a resumable checkpoint every N optimizer steps in --checkpoint-dir")
+    logging_steps: int = option(10, "loss-curve resolution in optimizer steps")
+    seed: int = option(42, "seed of the document order")
+    bf16: bool = option(False, "train in bf16 mixed precision")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
+    teacher_device: Optional[str] = option(None, "device of the teacher, e.g. cuda:1 (default: the student's)")
+    head_chunk_size: int = option(512, "positions per chunk of the teacher's output head", advanced=True)
+    training_args: dict[str, Any] = option(
+        help='further transformers TrainingArguments, e.g. \'{"fsdp": "full_shard"}\'', default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("dataset", "dataset_weights", "lora_target_modules"):
@@ -140,7 +146,7 @@ class RecoveryConfig:
                 _check_number("dataset_weights", weight, low=0.0, low_open=True)
         for name in ("max_tokens", "max_epochs", "sequence_length", "per_device_train_batch_size",
                      "gradient_accumulation_steps", "lora_rank", "logging_steps", "head_chunk_size"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "save_steps", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -174,7 +180,7 @@ class RecoveryConfig:
             raise ValueError(f"`quantization_init` must be one of {QUANTIZATION_INITS}, got "
                              f"{self.quantization_init!r}.")
         for name in ("quantization_group_size", "quantization_lora_rank"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         _check_number("quantization_ratio", self.quantization_ratio, low=0.0, high=1.0, low_open=True)
         _check_number("quantization_scale_learning_rate", self.quantization_scale_learning_rate, low=0.0)
         if not isinstance(self.training_args, dict):
@@ -192,30 +198,6 @@ class RecoveryConfig:
         if self.max_tokens != saved.max_tokens and not self.length_free_schedule:
             differing.append("max_tokens (the schedule depends on the run's length)")
         return differing
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RecoveryConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"A recovery config must be a JSON object, got {type(data).__name__}.")
-        _check_known_fields(cls, data, "RecoveryConfig")
-        return cls(**data)
-
-    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> str:
-        """Write `recovery_config.json` into `save_directory` (atomically) and return its path."""
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, RECOVERY_CONFIG_NAME)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: Union[str, os.PathLike]) -> "RecoveryConfig":
-        """Read a `recovery_config.json` file, or the one inside a folder."""
-        if os.path.isdir(path):
-            path = os.path.join(path, RECOVERY_CONFIG_NAME)
-        return cls.from_dict(read_json(path))
 
 
 def _check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:

@@ -14,7 +14,8 @@ import torch
 from testing_utils import run_optimum_cli, save_checkpoint
 
 from optimum.commands.multipruner.common import load_model_and_tokenizer
-from optimum.commands.multipruner.prune import NONE, PruneCommand, _option_type, config_options, config_values
+from optimum.commands.multipruner.options import NONE, _option_type
+from optimum.commands.multipruner.prune import PruneCommand, search_options, search_values
 from optimum_multipruner import FastSearchConfig, MultiPrunerConfig
 from optimum_multipruner.exporters.openvino_command import prepare_openvino_export_args
 
@@ -57,24 +58,45 @@ def run_console(*argv: str, env=None, cwd=None) -> subprocess.CompletedProcess:
 
 
 # --------------------------------------------------------------------------- the plugin
-def test_help_lists_the_commands_without_importing_the_library(tmp_path):
+def test_help_lists_the_commands_with_one_copy_of_the_configs(tmp_path):
+    """The options come from the library's own config classes (no second copy of configuration.py loaded apart),
+    and optimum-cli starts without torch, transformers or the OpenVINO runtime: the package's registration waits for
+    a command to run."""
     script = (
         "import sys\n"
         "from optimum.commands.optimum_cli import main\n"
-        "for argv in (['--help'], ['multipruner', '--help'], ['multipruner', 'prune', '--help']):\n"
+        "for argv in (['--help'], ['multipruner', '--help'], ['multipruner', 'prune', '--help'],\n"
+        "             ['multipruner', 'recover', '--help'], ['export', 'openvino', '--help']):\n"
         "    sys.argv = ['optimum-cli', *argv]\n"
         "    try:\n"
         "        main()\n"
         "    except SystemExit:\n"
         "        pass\n"
-        "heavy = [name for name in ('torch', 'transformers', 'openvino', 'optimum_multipruner') if name in sys.modules]\n"
-        "assert not heavy, heavy\n"
+        "loaded = sorted({'openvino', 'torch', 'transformers'} & set(sys.modules))\n"
+        "assert not loaded, loaded\n"
+        "copies = [name for name, module in list(sys.modules.items())\n"
+        "          if (getattr(module, '__file__', None) or '').endswith('configuration.py')\n"
+        "          and hasattr(module, 'MultiPrunerConfig')]\n"
+        "assert copies == ['optimum_multipruner.configuration'], copies  # one copy: the library's own classes\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "multipruner" in result.stdout
     for command in ("prune", "export", "info", "benchmark", "evaluate", "--target-ratio", "--device-map"):
         assert command in result.stdout
+
+
+def test_only_the_stock_export_of_a_pruned_checkpoint_registers_at_start_up(pruned_dir, dense_dir):
+    """The plugin reads optimum-cli's arguments: `export openvino` of a pruned checkpoint (any spelling of --model)
+    registers the pruned model types at start-up; other models and commands, and unreadable ones, do not."""
+    from optimum.commands.register.register_multipruner import _exports_a_pruned_checkpoint
+
+    for argv in (["-m", pruned_dir], [f"--model={pruned_dir}"], ["--task", "text-generation", "--model", pruned_dir]):
+        assert _exports_a_pruned_checkpoint(["export", "openvino", *argv, "out"])
+    for argv in (["export", "openvino", "-m", dense_dir, "out"], ["export", "openvino-pruned", "-m", pruned_dir, "out"],
+                 ["multipruner", "info", pruned_dir], ["export", "openvino", "-m", "/no/such/folder", "out"],
+                 ["export", "openvino", "--help"], ["export", "openvino", "-m"]):
+        assert not _exports_a_pruned_checkpoint(argv)
 
 
 def test_two_copies_of_the_plugin_register_the_commands_once(tmp_path):
@@ -90,12 +112,17 @@ def test_two_copies_of_the_plugin_register_the_commands_once(tmp_path):
         assert "prune" in result.stdout
 
 
-def test_export_openvino_hook_only_touches_pruned_checkpoints(pruned_dir, dense_dir):
-    from optimum.commands.export.openvino import OVExportCommand
-    from optimum.commands.register.register_multipruner import _is_pruned_checkpoint
+def test_export_openvino_pruned_is_registered_and_patches_nothing(pruned_dir, dense_dir, capsys):
+    import optimum.commands.export.openvino as stock
+    from optimum.commands.export.base import ExportCommand
+    from optimum.commands.multipruner.export_openvino import PrunedOVExportCommand, is_pruned_checkpoint
+    from optimum.commands.register.register_multipruner import REGISTER_COMMANDS
 
-    assert getattr(OVExportCommand.run, "multipruner_wrapped", False)
-    assert not _is_pruned_checkpoint(dense_dir) and _is_pruned_checkpoint(pruned_dir)
+    assert (PrunedOVExportCommand, ExportCommand) in list(REGISTER_COMMANDS)  # as optimum-intel registers its own
+    assert stock.OVExportCommand.run.__module__ == stock.__name__  # the stock command is optimum-intel's, untouched
+    assert not is_pruned_checkpoint(dense_dir) and is_pruned_checkpoint(pruned_dir)
+    line = cli_error(capsys, "export", "openvino-pruned", "--model", dense_dir, os.path.join(dense_dir, "ir"))
+    assert "is not a pruned checkpoint" in line and "optimum-cli export openvino" in line
 
     def args(model, **values):
         defaults = dict(cache_dir=None, task="auto", weight_format=None, quant_mode=None, group_size_fallback=None)
@@ -111,7 +138,7 @@ def test_export_openvino_hook_only_touches_pruned_checkpoints(pruned_dir, dense_
 
 # --------------------------------------------------------------------------- prune options from MultiPrunerConfig
 def test_prune_options_cover_every_config_field():
-    options = config_options()
+    options = search_options()
     defaults = MultiPrunerConfig()
     paths = [(field.name,) for field in dataclasses.fields(MultiPrunerConfig) if field.name != "fast_search"]
     paths[paths.index(("search_mode",)) + 1:] = [
@@ -146,7 +173,10 @@ def test_prune_options_cover_every_config_field():
         (tuple[str, ...], "attention, mlp", ("attention", "mlp")),
         (tuple[float, float, float], "1,2,3", (1.0, 2.0, 3.0)),
         (Optional[tuple[int, ...]], "4,8", (4, 8)),
-        (dict[str, int], "{}", "{}"),  # other types pass through as text, for validate() to check
+        (list[float], "3,1", (3.0, 1.0)),
+        (Union[str, list[str]], "a.jsonl,b.jsonl", ("a.jsonl", "b.jsonl")),  # one source or several
+        (dict[str, int], '{"a": 1}', {"a": 1}),  # JSON
+        (set[int], "{}", "{}"),  # other types pass through as text, for validate() to check
     ],
 )
 def test_option_types_follow_the_type_hints(hint, text, expected):
@@ -170,7 +200,7 @@ def test_none_on_the_command_line_sets_an_optional_field_over_the_config_file(tm
     PruneCommand.parse_args(parser)  # the parser `optimum-cli multipruner prune` builds
     args = parser.parse_args(["-m", "dense", "out", "--config", str(config_file), "--fast-search-screen", "none",
                               "--max-steps", "3"])
-    values = config_values(args, config_options())
+    values = search_values(args)
     assert values == {"fast_search": {"screen": None, "keep": 0.25}, "target_ratio": 0.3, "max_steps": 3}
     assert MultiPrunerConfig(**values).fast_search == FastSearchConfig(screen=None, keep=0.25)
 
@@ -191,7 +221,8 @@ def test_prune_writes_a_pruned_checkpoint(pruned_dir, dense_dir, calibration_fil
     blockpruner = os.path.join(os.path.dirname(pruned_dir), "blockpruner")
     config_file = os.path.join(os.path.dirname(pruned_dir), "search.json")
     with open(config_file, "w", encoding="utf-8") as handle:
-        json.dump({"calibration_dataset": calibration_file, "target_ratio": 0.9}, handle)
+        json.dump({"config_type": "MultiPrunerConfig", "calibration_dataset": calibration_file, "target_ratio": 0.9},
+                  handle)  # a saved config's type tag is no field
     run_optimum_cli("multipruner", "prune", "-m", dense_dir, blockpruner, "--config", config_file, "--blockpruner",
                     *SEARCH_OPTIONS)  # options override the file: target ratio 0.3
     with open(os.path.join(blockpruner, "pruning_record.json"), encoding="utf-8") as handle:

@@ -1,5 +1,5 @@
 """Shared fixtures: evaluation data written in code (and, for a few checks, the real data assets), a tiny byte-level
-BPE tokenizer and tiny random Llama models."""
+BPE tokenizer and a tiny random Llama (from `testing_utils.make_model`, the tests' one model factory)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from built_data import wiki_rows, write_jsonl, write_task_data
-from testing_utils import require_asset
+from testing_utils import make_model, require_asset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 # The shared folder of real data sets (layout in its README); the zero-shot task data directory has the same layout.
 ASSETS_DIR = Path(os.environ.get("MULTIPRUNER_ASSETS", Path(__file__).resolve().parents[3] / "shared" / "assets"))
@@ -57,28 +56,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
-def tiny_llama_config(**overrides) -> LlamaConfig:
-    """A 2-layer GQA Llama config small enough for CPU tests."""
-    settings = dict(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=TINY_VOCAB_SIZE,
-        max_position_embeddings=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    settings.update(overrides)
-    return LlamaConfig(**settings)
-
-
 @pytest.fixture(scope="session")
 def tiny_llama() -> LlamaForCausalLM:
-    """A tiny random Llama (seeded); tests must leave it unchanged."""
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config()).eval()
+    """A tiny random Llama (seeded; `testing_utils.make_model`) with `tiny_tokenizer`'s vocabulary and room for long
+    windows; tests must leave it unchanged."""
+    return make_model("llama", vocab_size=TINY_VOCAB_SIZE, max_position_embeddings=1024, pad_token_id=None)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Each family's tiny pruned model, exported once per session by `optimum-cli export openvino` (no `--task`), with
+"""Each family's tiny pruned model, exported once per session by `optimum-cli export openvino-pruned` (no `--task`), with
 the OpenVINO tokenizer models that openvino-genai's `LLMPipeline` needs and a pruning record to carry over."""
 
 import pytest
@@ -33,7 +33,7 @@ def exported(tmp_path_factory):
                 weight_reorder=False,
                 source="tests/exporters",
             ).save(checkpoint / RECORD_NAME)
-            run_optimum_cli("export", "openvino", "--model", str(checkpoint), str(ir))
+            run_optimum_cli("export", "openvino-pruned", "--model", str(checkpoint), str(ir))
             cache[key] = str(checkpoint), str(ir)
         return cache[key]
 

@@ -1,4 +1,4 @@
-"""OpenVINO export of pruned checkpoints: the real `optimum-cli export openvino` entry point, parity with PyTorch.
+"""OpenVINO export of pruned checkpoints: the real `optimum-cli export openvino-pruned` entry point, parity with PyTorch.
 
 Every family is exported once per session (`conftest.exported`).
 
@@ -10,6 +10,7 @@ is covered by one int4 export through the CLI and one int8 export through `expor
 import filecmp
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -74,6 +75,32 @@ def test_cli_export_matches_pytorch(family, exported):
     assert torch.equal(expected.sequences, actual.sequences)
 
 
+def test_the_stock_export_command_takes_a_pruned_checkpoint(exported, tmp_path):
+    """The stock `optimum-cli export openvino`, unpatched, exports a pruned checkpoint (the CLI plugin registers the
+    pruned model types and, through the package's hook, their export configs). What it does not do (that `export
+    openvino-pruned` does): infer the task of a local folder, adjust int4 group sizes, give the IR the base model type
+    and the record; the IR then loads where `optimum_multipruner` is imported."""
+    checkpoint, _ = exported("llama")
+    ir = str(tmp_path / "stock")
+    command = [shutil.which("optimum-cli"), "export", "openvino", "--model", checkpoint, "--task",
+               "text-generation-with-past", "--weight-format", "fp32", "--disable-convert-tokenizer", ir]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)  # a fresh start-up
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(ir, "config.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["model_type"] == "multipruner_llama"
+    assert not os.path.exists(os.path.join(ir, RECORD_NAME))
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    model = OVModelForCausalLM.from_pretrained(ir, ov_config=F32)
+    expected, actual = generate(reference), generate(model)
+    delta = max((a - b).abs().max().item() for a, b in zip(expected.logits, actual.logits))
+    assert delta < TOLERANCE, f"max |delta logit| {delta:.2e} over prefill and decode"
+    assert torch.equal(expected.sequences, actual.sequences)
+    int4 = str(tmp_path / "stock_int4")  # in-process: the same command
+    run_optimum_cli("export", "openvino", "--model", checkpoint, "--task", "text-generation-with-past",
+                    "--weight-format", "int4", "--group-size-fallback", "adjust", "--disable-convert-tokenizer", int4)
+    assert "u4" in weight_types(int4)
+
+
 def test_gemma3_ir_follows_the_kinds_of_the_kept_attentions(exported):
     """Gemma 3 without the attentions of a full (0) and a sliding-window (1) layer, window 4 shorter than the prompts:
     the IR's prefill and cached decode logits are those of the dense model with the sub-blocks skipped, and its tokens
@@ -131,7 +158,7 @@ def test_cli_int4_export(exported, tmp_path):
     """int4 needs the group-size fallback the plugin adds: widths 32/64 are not multiples of the group size 128."""
     checkpoint, _ = exported("llama")
     ir = str(tmp_path / "llama_int4")
-    run_optimum_cli("export", "openvino", "--model", checkpoint, ir, "--weight-format", "int4",
+    run_optimum_cli("export", "openvino-pruned", "--model", checkpoint, ir, "--weight-format", "int4",
                     "--disable-convert-tokenizer")
     assert "u4" in weight_types(ir)
     model = OVModelForCausalLM.from_pretrained(ir)
@@ -237,13 +264,12 @@ def test_default_weight_format_follows_the_dense_size():
 
 
 def test_from_pretrained_export_after_package_import(exported, tmp_path):
-    """`OVModelForCausalLM.from_pretrained(pruned_dir, export=True)` in a process that imported only our package."""
+    """`OVModelForCausalLM.from_pretrained(pruned_dir, export=True)` in a process that only imported our package: the
+    import registers the pruned model types and the hook that registers their export configs."""
     checkpoint, _ = exported("mistral")
     script = (
         "import sys\n"
         "import optimum_multipruner\n"
-        "from optimum_multipruner.exporters import enable_lazy_openvino_registration\n"
-        "enable_lazy_openvino_registration()\n"
         "assert 'optimum.exporters.openvino' not in sys.modules  # registration is deferred\n"
         "from optimum.intel import OVModelForCausalLM\n"
         "model = OVModelForCausalLM.from_pretrained(sys.argv[1], export=True)\n"

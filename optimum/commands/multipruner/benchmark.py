@@ -6,7 +6,7 @@ from argparse import ArgumentParser
 
 from optimum_multipruner_constants import BENCHMARK_ENGINES
 
-from .common import MultiPrunerSubcommand, check_new_file, parse_key_value
+from .common import MultiPrunerSubcommand, parse_key_value
 
 
 class BenchmarkCommand(MultiPrunerSubcommand):
@@ -36,8 +36,10 @@ class BenchmarkCommand(MultiPrunerSubcommand):
 
     def execute(self) -> None:
         args = self.args
-        check_new_file(args.output, args.overwrite)
-        check_new_file(args.plot, args.overwrite)
+        from optimum_multipruner.utils import check_output_file
+
+        check_output_file(args.output, args.overwrite)
+        check_output_file(args.plot, args.overwrite)
         from optimum_multipruner.benchmark import benchmark, format_table, plot_ratios, save_results
 
         results = benchmark(

@@ -1,5 +1,5 @@
 """What the `optimum-cli multipruner` sub-commands share: the base class that turns a user's mistake into one line,
-argument types, checks of the model and output paths made before any work, and loading a PyTorch model.
+argument types, the check of the model source made before any work, and loading a PyTorch model.
 
 Standard library only at module level: optimum-cli imports the commands at every start-up.
 """
@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from argparse import ArgumentParser, ArgumentTypeError, Namespace
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from optimum.commands.base import BaseOptimumCLICommand
 
@@ -32,23 +32,29 @@ _MEMORY_KEYS = ("cpu", "disk", "mps")
 
 
 class MultiPrunerSubcommand(BaseOptimumCLICommand):
-    """A `multipruner` sub-command: subclasses implement `execute()`.
+    """A `multipruner` sub-command: subclasses implement `execute()`, which `run()` calls once it has registered the
+    pruned model types (`optimum_multipruner.register()`, which the optimum-cli plugin leaves out of start-up).
 
     A mistake the user can fix (`USER_ERRORS`) ends the command with one line on stderr and exit status 2; with
     `MULTIPRUNER_DEBUG=1` the exception propagates with its traceback instead.
     """
+
+    GROUP = "multipruner"  # the command group its errors name
 
     def execute(self) -> None:
         raise NotImplementedError
 
     def run(self) -> None:
         try:
+            import optimum_multipruner
+
+            optimum_multipruner.register()
             self.execute()
         except USER_ERRORS as error:
             if os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no"):
                 raise
             message = " ".join(str(error).split()) or type(error).__name__
-            print(f"optimum-cli multipruner {self.COMMAND.name}: error: {message}", file=sys.stderr)
+            print(f"optimum-cli {self.GROUP} {self.COMMAND.name}: error: {message}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT_CODE)
 
 
@@ -65,14 +71,6 @@ def parse_bool(value: str) -> bool:
 def parse_list(value: str) -> tuple[str, ...]:
     """Comma-separated words (blanks dropped)."""
     return tuple(part.strip() for part in value.split(",") if part.strip())
-
-
-def parse_floats(value: str) -> tuple[float, ...]:
-    """Comma-separated numbers."""
-    try:
-        return tuple(float(part) for part in parse_list(value))
-    except ValueError:
-        raise ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
 
 
 def parse_key_value(text: str) -> tuple[str, str]:
@@ -142,19 +140,6 @@ def parse_max_memory(value: str) -> dict[Union[int, str], Union[int, str]]:
 
 
 # --------------------------------------------------------------------------- checks made before any work
-def check_new_file(path: Optional[str], overwrite: bool) -> None:
-    """Refuse an output file that exists (unless `overwrite`) or whose folder does not."""
-    if path is None:
-        return
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a directory; give a file name.")
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another file.")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"The folder of {path} does not exist; create {folder} first.")
-
-
 def _looks_like_path(model: str) -> bool:
     return os.path.isabs(model) or model.startswith((".", "~")) or model.endswith(("/", os.sep)) or model.count("/") > 1
 
@@ -240,7 +225,6 @@ def load_model_and_tokenizer(args: Namespace):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import optimum_multipruner  # noqa: F401  (registers the pruned model types)
     from optimum_multipruner.distributed import local_device
 
     check_model_loading_args(args)

@@ -12,7 +12,6 @@ from .common import (
     MultiPrunerSubcommand,
     add_model_loading_args,
     check_model_source,
-    check_new_file,
     load_model_and_tokenizer,
     parse_list,
 )
@@ -82,7 +81,9 @@ class EvaluateCommand(MultiPrunerSubcommand):
         dataset: Optional[str] = None if args.perplexity_dataset.lower() == SKIP else args.perplexity_dataset
         if dataset is None and tasks_given == ():
             raise ValueError(f"Nothing to evaluate: --perplexity-dataset and --tasks are both '{SKIP}'.")
-        check_new_file(args.output, args.overwrite)
+        from optimum_multipruner.utils import check_output_file
+
+        check_output_file(args.output, args.overwrite)
         check_model_source(args.model)
         from optimum_multipruner.evaluation import (
             DEFAULT_TASKS,

@@ -10,6 +10,7 @@ from typing import Optional
 from optimum_multipruner_constants import EXPORT_FORMATS, GGUF_OUTTYPES, WEIGHT_FORMATS
 
 from .common import MultiPrunerSubcommand, add_model_loading_args, check_model_source, load_model_and_tokenizer
+from .options import add_compensation_options, compensation_config
 
 
 def export_format(given: Optional[str], output: str) -> str:
@@ -58,6 +59,7 @@ class ExportCommand(MultiPrunerSubcommand):
             "--disable-convert-tokenizer", action="store_true",
             help="skip the OpenVINO tokenizer models (openvino-genai's LLMPipeline needs them)",
         )
+        add_compensation_options(parser)  # of the dense model --record is applied to
         add_model_loading_args(parser, placement=False)  # --dtype of the dense model --record is applied to
         parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
 
@@ -66,6 +68,10 @@ class ExportCommand(MultiPrunerSubcommand):
         gguf = export_format(args.format, args.output) == "gguf"
         if args.num_blocks is not None and not args.record:
             raise ValueError("--num-blocks selects an entry of a BlockPruner record; it needs --record.")
+        compensation = compensation_config(args)
+        if compensation is not None and not args.record:
+            raise ValueError("--compensate refits the dense model --record is applied to; it needs --record (a "
+                             "pruned checkpoint exports as it was saved).")
         if args.record and not os.path.exists(args.record):
             raise FileNotFoundError(f"The pruning record {args.record} does not exist; check the path.")
         if gguf and (args.weight_format or args.disable_convert_tokenizer):
@@ -84,7 +90,7 @@ class ExportCommand(MultiPrunerSubcommand):
         if args.record:  # the pruned model is exported as it is in memory: no copy, no temporary checkpoint
             model, tokenizer = load_model_and_tokenizer(args)
             pruner = MultiPruner(model, tokenizer)
-            source = pruner.apply(args.record, num_blocks=args.num_blocks)
+            source = pruner.apply(args.record, num_blocks=args.num_blocks, compensation=compensation)
             record = pruner.record
         if gguf:
             export_gguf(source, args.output, outtype=args.outtype or "f16", overwrite=args.overwrite,

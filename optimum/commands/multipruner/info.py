@@ -39,13 +39,10 @@ def structure_summary(model_name_or_path: str) -> dict[str, Any]:
 
 def recovery_summary(model_name_or_path: str) -> Optional[dict[str, Any]]:
     """What recovery after pruning did, from the folder's pruning record (None if it was not recovered)."""
-    from transformers.utils import cached_file
-
     from optimum_multipruner.record import RECORD_NAME
-    from optimum_multipruner.utils import read_json
+    from optimum_multipruner.utils import read_json, source_file
 
-    path = cached_file(model_name_or_path, RECORD_NAME, _raise_exceptions_for_missing_entries=False,
-                       _raise_exceptions_for_connection_errors=False)
+    path = source_file(model_name_or_path, RECORD_NAME)
     recovery = read_json(path).get("recovery") if path else None
     if not recovery:
         return None

@@ -1,22 +1,14 @@
 """`optimum-cli multipruner prune`: search a pruned structure and save the pruned checkpoint.
 
 Every `MultiPrunerConfig` field is an option (`--field-name`; the fields of `fast_search` are `--fast-search-name`),
-built from the dataclass fields: their type hints, and the `help`, `choices` and `advanced` of their metadata.
-optimum-cli builds the parsers at every start-up, when the library (torch) must not be imported, so `configuration.py`
-(standard library only) is loaded on its own, without the package.
+and every `CompensationConfig` field (`--compensation-alpha`, with `--compensate`), generated from the dataclass
+fields by `options.py` from the library's own `optimum_multipruner.configuration` (one copy of the classes).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
-import os
-import sys
-import types
-import typing
-from argparse import ArgumentParser
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from argparse import ArgumentParser, Namespace
+from typing import Any
 
 from .common import (
     MultiPrunerSubcommand,
@@ -24,137 +16,28 @@ from .common import (
     check_model_loading_args,
     check_model_source,
     load_model_and_tokenizer,
-    parse_bool,
-    parse_list,
+)
+from .options import (
+    ConfigOption,
+    add_compensation_options,
+    add_config_options,
+    compensation_config,
+    config_options,
+    config_values,
 )
 
-CONFIG_FILE = "configuration.py"
-_STANDALONE_CONFIG_MODULE = "_multipruner_cli_configuration"  # the name it is loaded under, apart from the package
-_SCALARS: dict[type, tuple[Callable[[str], Any], str]] = {
-    int: (int, "N"), float: (float, "X"), str: (str, "TEXT"), bool: (parse_bool, "BOOL")
-}
-NONE = "none"  # typed for an optional field: set it to None (an option left out keeps the default or --config value)
 
-
-@dataclass(frozen=True)
-class ConfigOption:
-    """A `MultiPrunerConfig` field (`path`: its name, or `("fast_search", name)`) as an option of `prune`."""
-
-    path: tuple[str, ...]
-    parse: Callable[[str], Any]
-    metavar: Optional[str]
-    help: str
-    choices: Optional[tuple[Any, ...]] = None
-    advanced: bool = False  # an implementation knob: listed in the "advanced" group of --help
-
-    @property
-    def name(self) -> str:
-        return "_".join(self.path)
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-class _CommaSeparated:
-    """Parser of a tuple field: comma-separated items, each parsed by `item`."""
-
-    def __init__(self, item: Callable[[str], Any]) -> None:
-        self.item = item
-        self.__name__ = f"comma-separated {getattr(item, '__name__', 'value')}"  # argparse names it in its errors
-
-    def __call__(self, text: str) -> tuple[Any, ...]:
-        return tuple(self.item(part) for part in parse_list(text))
-
-
-class _OrNone:
-    """Parser of an optional field: `none` (returned as `NONE`, which `config_values` turns into None) or an item."""
-
-    def __init__(self, item: Callable[[str], Any]) -> None:
-        self.item = item
-        self.__name__ = getattr(item, "__name__", "value")
-
-    def __call__(self, text: str) -> Any:
-        return NONE if text.strip().lower() == NONE else self.item(text)
-
-
-def _option_type(hint: Any) -> tuple[Callable[[str], Any], Optional[str]]:
-    """Parser and metavar for a field's type hint: `int`/`float`/`str`/`bool`, optional (`none` sets None) or not;
-    `tuple[X, ...]` / `tuple[X, X]` (comma-separated). Other types are passed on as text, for
-    `MultiPrunerConfig.validate` to check."""
-    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType) and type(None) in arguments:
-        inner = [argument for argument in arguments if argument is not type(None)]
-        if len(inner) == 1:
-            parse, metavar = _option_type(inner[0])
-            return _OrNone(parse), f"{metavar}|{NONE}"
-    if hint in _SCALARS:
-        return _SCALARS[hint]
-    if origin is tuple and arguments:
-        parse, metavar = _option_type(arguments[0])
-        return _CommaSeparated(parse), f"{metavar},..."
-    return str, "VALUE"
-
-
-def configuration_module() -> types.ModuleType:
-    """`optimum_multipruner/configuration.py`, loaded on its own: the package itself imports torch."""
-    module = sys.modules.get(_STANDALONE_CONFIG_MODULE)
-    if module is not None:
-        return module
-    spec = importlib.util.find_spec("optimum_multipruner")  # locates the package; imports nothing
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("optimum_multipruner is not installed.")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), CONFIG_FILE)
-    module_spec = importlib.util.spec_from_file_location(_STANDALONE_CONFIG_MODULE, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[_STANDALONE_CONFIG_MODULE] = module  # the dataclasses resolve their type hints through it
-    module_spec.loader.exec_module(module)
-    return module
-
-
-def _default_text(value: Any) -> Optional[str]:
-    """A default as it is typed on the command line, or None (no default shown for None)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return ",".join(str(item) for item in value)
-    return str(value)
-
-
-def _field_options(config: Any, prefix: tuple[str, ...] = ()) -> list[ConfigOption]:
-    """One option per field of the dataclass instance `config` (its values are the defaults shown), nested dataclass
-    fields flattened under their field's name."""
-    hints = typing.get_type_hints(type(config))
-    options = []
-    for field in dataclasses.fields(config):
-        default = getattr(config, field.name)
-        if dataclasses.is_dataclass(default):
-            options += _field_options(default, prefix + (field.name,))
-            continue
-        parse, metavar = _option_type(hints[field.name])
-        choices = field.metadata.get("choices")
-        if choices is not None:
-            metavar = None
-            choices = tuple(choices) + ((NONE,) if isinstance(parse, _OrNone) else ())
-        text, default_text = field.metadata.get("help", ""), _default_text(default)
-        options.append(ConfigOption(
-            path=prefix + (field.name,), parse=parse, metavar=metavar, choices=choices,
-            help=f"{text} (default {default_text})" if default_text is not None else text,
-            advanced=field.metadata.get("advanced", False),
-        ))
-    return options
-
-
-def config_options() -> tuple[ConfigOption, ...]:
+def search_options() -> tuple[ConfigOption, ...]:
     """One option per `MultiPrunerConfig` field (and per field of its `fast_search`), in field order."""
-    return tuple(_field_options(configuration_module().MultiPrunerConfig()))
+    from optimum_multipruner.configuration import MultiPrunerConfig  # standard library only
+
+    return config_options(MultiPrunerConfig)
 
 
-def config_values(args, options: tuple[ConfigOption, ...]) -> dict[str, Any]:
-    """The `MultiPrunerConfig` fields of `--config` (any version's keys) with those given as options over them."""
-    from optimum_multipruner.configuration import upgrade_config_dict
+def search_values(args: Namespace) -> dict[str, Any]:
+    """The `MultiPrunerConfig` fields of `--config` (any version's keys, with or without its type tag) with those
+    given as options over them."""
+    from optimum_multipruner.configuration import MultiPrunerConfig
 
     values: dict[str, Any] = {}
     if args.config:
@@ -163,18 +46,8 @@ def config_values(args, options: tuple[ConfigOption, ...]) -> dict[str, Any]:
         values = read_json(args.config)
         if not isinstance(values, dict):
             raise ValueError(f"--config {args.config} must hold a JSON object of MultiPrunerConfig fields.")
-        values = upgrade_config_dict(values)
-    for option in options:
-        value = getattr(args, option.name)
-        if value is None:
-            continue
-        *parents, name = option.path
-        target = values
-        for parent in parents:
-            target[parent] = dict(target.get(parent) or {})
-            target = target[parent]
-        target[name] = None if value == NONE else value
-    return values
+        values = MultiPrunerConfig.fields_from_dict(values)
+    return config_values(args, search_options(), values)
 
 
 class PruneCommand(MultiPrunerSubcommand):
@@ -189,15 +62,9 @@ class PruneCommand(MultiPrunerSubcommand):
             "--blockpruner", action="store_true",
             help="BlockPruner: remove whole attention/MLP sub-blocks only (128 block calibration rows by default)",
         )
-        group = parser.add_argument_group("search settings (MultiPrunerConfig fields)")
-        advanced = parser.add_argument_group(
-            "advanced search settings", "implementation knobs a search seldom needs to change"
-        )
-        for option in config_options():
-            (advanced if option.advanced else group).add_argument(
-                option.flag, dest=option.name, type=option.parse, metavar=option.metavar, choices=option.choices,
-                help=option.help,
-            )
+        add_config_options(parser, search_options(), "search settings (MultiPrunerConfig fields)",
+                           "advanced search settings")
+        add_compensation_options(parser)
         add_model_loading_args(parser)
         parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
         parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -220,7 +87,8 @@ class PruneCommand(MultiPrunerSubcommand):
 
         if distributed.is_main_process():  # under torchrun only rank 0 writes the output
             check_output_dir(args.output, args.overwrite)  # fail before loading anything
-        values = config_values(args, config_options())
+        compensation = compensation_config(args)
+        values = search_values(args)
         if args.blockpruner:
             if "pruning_distribution" in values:
                 raise ValueError("--blockpruner fixes the pruning distribution to blocks only; drop the distribution.")
@@ -234,7 +102,7 @@ class PruneCommand(MultiPrunerSubcommand):
         pruner = MultiPruner(model, tokenizer)
         pruner.prune(
             config, progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir, resume_from=args.resume,
-            shared_from=args.shared_from,
+            shared_from=args.shared_from, compensation=compensation,
         )
         pruner.save_pretrained(args.output, overwrite=args.overwrite)
         distributed.release()  # the process group `prune` made under torchrun, if it made one

@@ -3,50 +3,20 @@ into an int4 OpenVINO IR (quantization-aware, `--weight-format int4`)."""
 
 from __future__ import annotations
 
-import json
 import os
 from argparse import ArgumentParser, Namespace
 from typing import Any, Optional
 
-from .common import DTYPES, MultiPrunerSubcommand, check_model_source, parse_bool, parse_floats, parse_list
+from .common import DTYPES, MultiPrunerSubcommand, check_model_source
+from .options import ConfigOption, add_config_options, config_options, config_values
 
-# RecoveryConfig fields offered as options (kebab-case), with their type and help; the rest come from --config
-OPTIONS: dict[str, tuple[Any, str]] = {
-    "dataset": (parse_list, "training text: local .txt/.json/.jsonl/.parquet file or Hub data set (never "
-                            "evaluation text), or several, comma-separated, mixed by --dataset-weights"),
-    "dataset_weights": (parse_floats, "comma-separated share of each --dataset source (default: equal)"),
-    "max_epochs": (int, "passes a run may make over a source's text (default 1: a larger budget is refused)"),
-    "max_tokens": (int, "token budget of the run"),
-    "method": (str, "full (every weight trains) or lora (PEFT adapters, merged back at the end); default full"),
-    "sequence_length": (int, "tokens per training sequence (default 512)"),
-    "learning_rate": (float, "AdamW learning rate (default 5e-5)"),
-    "lr_scheduler_type": (str, "transformers schedule name (default constant_with_warmup)"),
-    "warmup_steps": (int, "warm-up optimizer steps (default 10)"),
-    "per_device_train_batch_size": (int, "sequences per step and process (default 1)"),
-    "gradient_accumulation_steps": (int, "micro-batches per optimizer step (default 1)"),
-    "distillation_weight": (float, "share of the KL-to-teacher term; the rest is next-token CE (default 1)"),
-    "temperature": (float, "softmax temperature of the KL term (default 1)"),
-    "hidden_state_weight": (float, "weight of the final-hidden-state term, 1 - cosine to the teacher's (default 0)"),
-    "lora_rank": (int, "LoRA rank (default 16)"),
-    "lora_alpha": (float, "LoRA alpha (default 32)"),
-    "lora_target_modules": (parse_list, "comma-separated module names, or all-linear (default)"),
-    "save_steps": (int, "a resumable checkpoint every N optimizer steps in --checkpoint-dir (default 50)"),
-    "logging_steps": (int, "loss-curve resolution in optimizer steps (default 10)"),
-    "seed": (int, "seed of the document order (default 42)"),
-    "bf16": (parse_bool, "train in bf16 mixed precision (true/false)"),
-    "gradient_checkpointing": (parse_bool, "recompute activations in the backward pass (true/false)"),
-    "teacher_device": (str, "device of the teacher, e.g. cuda:1 (default: the student's)"),
-    "text_column": (str, "text column of table-like files (default text)"),
-    "quantization": (str, "int4: quantization-aware distillation (NNCF FQ_LORA); the output is an int4 OpenVINO IR"),
-    "quantization_group_size": (int, "int4 group size (default 64)"),
-    "quantization_ratio": (float, "share of the linear layers in int4, the rest int8 (default 1.0)"),
-    "quantization_init": (str, "awq_scale_estimation (default) or rtn: how the int4 weights start"),
-    "quantization_lora_rank": (int, "rank of the quantized weights' trainable adapters (default 32)"),
-    "quantization_scale_learning_rate": (float, "learning rate of the quantizer scales (default 1e-5)"),
-}
-# the names optimum-cli export openvino gives the same settings
-ALIASES = {"quantization": "--weight-format", "quantization_group_size": "--group-size",
-           "quantization_ratio": "--ratio"}
+
+def recovery_options() -> tuple[ConfigOption, ...]:
+    """One option per `RecoveryConfig` field, `--weight-format`, `--group-size` and `--ratio` (the names
+    optimum-cli export openvino gives the int4 settings) as aliases of its quantization fields."""
+    from optimum_multipruner.recovery.configuration import RecoveryConfig  # standard library only
+
+    return config_options(RecoveryConfig)
 
 
 class RecoverCommand(MultiPrunerSubcommand):
@@ -56,14 +26,9 @@ class RecoverCommand(MultiPrunerSubcommand):
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
         parser.add_argument("-m", "--model", required=True, help="pruned checkpoint folder (from `prune` or `export`)")
-        parser.add_argument("--teacher", help="the dense model it was pruned from: folder or Hub id")
         parser.add_argument("output", help="folder of the recovered checkpoint")
         parser.add_argument("--config", help="recovery_config.json with any RecoveryConfig fields (options override)")
-        for name, (kind, help_text) in OPTIONS.items():
-            flags = [f"--{name.replace('_', '-')}", *([ALIASES[name]] if name in ALIASES else [])]
-            parser.add_argument(*flags, dest=name, type=kind, help=help_text)
-        parser.add_argument("--training-args", type=json.loads, metavar="JSON",
-                            help='further transformers TrainingArguments, e.g. \'{"fsdp": "full_shard"}\'')
+        add_config_options(parser, recovery_options(), "recovery settings (RecoveryConfig fields)")
         parser.add_argument("--checkpoint-dir", help="folder of resumable checkpoints (default: none are written)")
         parser.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir")
         parser.add_argument("--dtype", choices=DTYPES, default="float32",
@@ -141,8 +106,7 @@ def recovery_values(args: Namespace) -> dict[str, Any]:
         values = read_json(args.config)
         if not isinstance(values, dict):
             raise ValueError(f"{args.config} must hold a JSON object of RecoveryConfig fields.")
-    given = {name: getattr(args, name) for name in (*OPTIONS, "teacher", "training_args")}
-    values.update({name: value for name, value in given.items() if value is not None})
+    values = config_values(args, recovery_options(), values)
     if isinstance(values.get("dataset"), tuple):  # one source stays a string
         values["dataset"] = values["dataset"][0] if len(values["dataset"]) == 1 else list(values["dataset"])
     if isinstance(values.get("dataset_weights"), tuple):

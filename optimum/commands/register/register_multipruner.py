@@ -1,53 +1,55 @@
 """optimum-cli plugin of optimum-multipruner, read by optimum-cli at every start-up (keep it light; never fail).
 
-* `REGISTER_COMMANDS`: the `optimum-cli multipruner prune|recover|export|info|benchmark|evaluate` command group
-  (`optimum.commands.multipruner`; its modules import the library only inside their `execute()`).
-* The `optimum-cli export openvino` hook: its `run` is wrapped so that a pruned checkpoint
-  (`model_type: multipruner_<family>`, read from config.json) exports with no `--task`; what that takes lives in
-  `optimum_multipruner.exporters.openvino_command.run_openvino_export_command`, imported only for such an export.
-  Other models run the stock command unchanged.
+`REGISTER_COMMANDS`, as optimum-intel registers its commands, and nothing patched:
+
+* the `optimum-cli multipruner prune|recover|export|info|benchmark|evaluate` command group
+  (`optimum.commands.multipruner`; its modules import the library only inside their `execute()`);
+* `optimum-cli export openvino-pruned`, optimum-intel's `export openvino` for pruned checkpoints
+  (`optimum.commands.multipruner.export_openvino`), under optimum's `export` command.
+
+The configs the parsers are built from import without the registration `import optimum_multipruner` does (torch,
+transformers: seconds), which is turned off here (`optimum_multipruner_constants.REGISTER_ON_IMPORT`) and left to
+the commands that run. The one start-up that registers is the stock `optimum-cli export openvino` of a pruned
+checkpoint (its `--model`'s config.json names a `multipruner_` type): `optimum_multipruner.register()` registers the
+pruned model types with transformers and the hook that registers their export configs with optimum's `TasksManager`
+when the OpenVINO exporter loads, so the stock command takes the checkpoint (public registration APIs; the command
+itself is left as it is).
 """
 
-import functools
-import json
 import logging
 import os
+import sys
+from typing import Optional
+
+import optimum_multipruner_constants
 
 logger = logging.getLogger("optimum_multipruner.cli")
 _THIS_FILE = os.path.basename(__file__)
 
 
-def _is_pruned_checkpoint(model: str, cache_dir=None) -> bool:
-    """Whether the config.json of a local folder or Hub id names a pruned model type."""
-    from optimum_multipruner_constants import PRUNED_MODEL_TYPE_PREFIX
-
-    path = os.path.join(model, "config.json")
-    if not os.path.isfile(path):
-        from huggingface_hub import hf_hub_download
-
-        path = hf_hub_download(model, "config.json", cache_dir=cache_dir)
-    with open(path, encoding="utf-8") as handle:
-        return str(json.load(handle).get("model_type", "")).startswith(PRUNED_MODEL_TYPE_PREFIX)
+def _option_value(argv: list[str], flags: tuple[str, ...]) -> Optional[str]:
+    """The value the last of `flags` gets in `argv` (`--flag value` or `--flag=value`), or None."""
+    value = None
+    for index, arg in enumerate(argv):
+        name, equals, rest = arg.partition("=")
+        if name in flags:
+            value = rest if equals else (argv[index + 1] if index + 1 < len(argv) else None)
+    return value
 
 
-def _with_pruned_checkpoints(run):
-    """`OVExportCommand.run`, sending pruned checkpoints through `run_openvino_export_command`."""
+def _exports_a_pruned_checkpoint(argv: list[str]) -> bool:
+    """Whether `argv` (optimum-cli's arguments) is `export openvino` of a pruned checkpoint; False when unreadable
+    (the stock command reports its own errors)."""
+    if argv[:2] != ["export", "openvino"]:
+        return False
+    model = _option_value(argv[2:], ("-m", "--model"))
+    try:
+        from optimum.commands.multipruner.export_openvino import is_pruned_checkpoint
 
-    @functools.wraps(run)
-    def wrapped(self):
-        try:
-            pruned = _is_pruned_checkpoint(self.args.model, self.args.cache_dir)
-        except Exception as error:  # unreadable or unreachable: the stock command reports its own errors
-            logger.debug("optimum-multipruner: %s is not a readable pruned checkpoint (%s).", self.args.model, error)
-            pruned = False
-        if not pruned:
-            return run(self)
-        from optimum_multipruner.exporters.openvino_command import run_openvino_export_command
-
-        return run_openvino_export_command(run, self)
-
-    wrapped.multipruner_wrapped = True
-    return wrapped
+        return model is not None and is_pruned_checkpoint(model, _option_value(argv[2:], ("--cache_dir",)))
+    except Exception as error:
+        logger.debug("optimum-multipruner: %s is not a readable pruned checkpoint (%s).", model, error)
+        return False
 
 
 class _GivenOncePerStart(list):
@@ -77,16 +79,27 @@ def _copies_read() -> int:
 
 
 REGISTER_COMMANDS = _GivenOncePerStart(())
-try:
-    from optimum.commands.export.openvino import OVExportCommand
+# torchao, which transformers' modeling_utils imports, registers two enums in a way this torch deprecates: two
+# warning lines whenever a command loads it, before the one line a command's error is
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+optimum_multipruner_constants.REGISTER_ON_IMPORT = False
+if _exports_a_pruned_checkpoint(sys.argv[1:]):
+    try:
+        import optimum_multipruner
 
-    if not getattr(OVExportCommand.run, "multipruner_wrapped", False):
-        OVExportCommand.run = _with_pruned_checkpoints(OVExportCommand.run)
-except Exception as error:  # optimum-intel missing or changed: only the hook is lost
-    logger.debug("optimum-multipruner: `export openvino` not wrapped (%s).", error)
+        optimum_multipruner.register()
+    except Exception as error:  # a broken install: the stock command then refuses the model type
+        logger.warning("optimum-multipruner: the pruned model types are not registered (%s).", error)
 try:
     from optimum.commands.multipruner import MultiPrunerCommand
 
     REGISTER_COMMANDS.append(MultiPrunerCommand)
 except Exception as error:
     logger.warning("optimum-multipruner: the `multipruner` commands are unavailable (%s).", error)
+try:
+    from optimum.commands.export.base import ExportCommand
+    from optimum.commands.multipruner.export_openvino import PrunedOVExportCommand
+
+    REGISTER_COMMANDS.append((PrunedOVExportCommand, ExportCommand))
+except Exception as error:  # optimum-intel missing or changed: only this command is lost
+    logger.debug("optimum-multipruner: `export openvino-pruned` is unavailable (%s).", error)
