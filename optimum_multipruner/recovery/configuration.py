@@ -73,6 +73,8 @@ class RecoveryConfig(ConfigMixin):
             large vocabularies).
         training_args (`dict`): further `TrainingArguments` fields (e.g. `{"fsdp": "full_shard"}`, `{"optim":
             "adamw_torch_fused"}`); they override the ones derived from this config.
+        lora_config (`dict`): further PEFT `LoraConfig` fields of `method="lora"` (e.g. `{"use_rslora": True}`);
+            they override the `lora_*` ones. Both are checked by building the upstream object before training.
     """
 
     CONFIG_NAME: ClassVar[str] = RECOVERY_CONFIG_NAME
@@ -121,6 +123,8 @@ class RecoveryConfig(ConfigMixin):
     head_chunk_size: int = option(512, "positions per chunk of the teacher's output head", advanced=True)
     training_args: dict[str, Any] = option(
         help='further transformers TrainingArguments, e.g. \'{"fsdp": "full_shard"}\'', default_factory=dict)
+    lora_config: dict[str, Any] = option(
+        help='further PEFT LoraConfig fields of --method lora, e.g. \'{"use_rslora": true}\'', default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("dataset", "dataset_weights", "lora_target_modules"):
@@ -183,8 +187,9 @@ class RecoveryConfig(ConfigMixin):
             check_positive_int(name, getattr(self, name))
         _check_number("quantization_ratio", self.quantization_ratio, low=0.0, high=1.0, low_open=True)
         _check_number("quantization_scale_learning_rate", self.quantization_scale_learning_rate, low=0.0)
-        if not isinstance(self.training_args, dict):
-            raise ValueError(f"`training_args` must be a dict of TrainingArguments fields, got {self.training_args!r}.")
+        for name, upstream in (("training_args", "TrainingArguments"), ("lora_config", "LoraConfig")):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"`{name}` must be a dict of {upstream} fields, got {getattr(self, name)!r}.")
 
     @property
     def length_free_schedule(self) -> bool:

@@ -76,6 +76,9 @@ def recover(model: nn.Module, config: RecoveryConfig, teacher: Union[nn.Module, 
         from .quantization import check_group_size
 
         check_group_size(model, config.quantization_group_size)
+    _training_arguments(config, checkpoint_dir or tempfile.gettempdir(), checkpoints=checkpoint_dir is not None)
+    if config.method == "lora":
+        _lora_config(config)
     resume_from = _check_checkpoint_dir(checkpoint_dir, resume)
 
     checkpoints = checkpoint_dir is not None
@@ -291,17 +294,30 @@ def _training_arguments(config: RecoveryConfig, output_dir: Union[str, os.PathLi
         report_to="none",
         disable_tqdm=True,
     )
-    settings.update(config.training_args)
-    return TrainingArguments(**settings)
+    return _upstream(TrainingArguments, {**settings, **config.training_args}, "training_args")
+
+
+def _lora_config(config: RecoveryConfig):
+    from peft import LoraConfig
+
+    settings = dict(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                    target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    return _upstream(LoraConfig, {**settings, **config.lora_config}, "lora_config")
+
+
+def _upstream(cls: type, settings: dict[str, Any], field: str):
+    """`cls(**settings)`, a bad value or unknown name in the config's `field` pass-through named as such."""
+    try:
+        return cls(**settings)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"`{field}` does not make a valid {cls.__name__}: {error}") from error
 
 
 def _with_lora(model: nn.Module, config: RecoveryConfig) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     torch.manual_seed(config.seed)  # the adapters' initialisation, so that a run reproduces
-    return get_peft_model(model, lora)
+    return get_peft_model(model, _lora_config(config))
 
 
 def _json(data: Any) -> str:

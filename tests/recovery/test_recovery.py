@@ -123,6 +123,19 @@ def test_lora_recovery_merges_to_the_trained_adapters_logits(teacher, tokenizer,
     torch.testing.assert_close(merged, adapters.logits, atol=1e-5, rtol=1e-5)  # merge = adapters, up to float sums
 
 
+def test_lora_config_reaches_peft(teacher, tokenizer, training_file):
+    student, _ = pruned_copy(teacher)
+    seen = {}
+
+    class _Adapters(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen.update(model.peft_config["default"].to_dict())
+
+    recover(student, config(training_file, method="lora", lora_rank=4, lora_config={"use_rslora": True, "r": 2}),
+            teacher, tokenizer, callbacks=[_Adapters()])
+    assert seen["use_rslora"] is True and seen["r"] == 2  # the pass-through overrides lora_rank
+
+
 def test_recovered_checkpoint_reloads_exports_and_records_the_run(teacher, tokenizer, training_file, held_out,
                                                                   tmp_path):
     from optimum.intel import OVModelForCausalLM
@@ -225,6 +238,8 @@ class _NoTrainingStep(TrainerCallback):
     ("short data", ValueError, "fewer than the 1280 the run needs"),
     ("lora targets", ValueError, r"LoRA target modules \['qkv_proj'\] match no linear layer"),
     ("no teacher", ValueError, "Recovery needs a teacher"),
+    ("training_args", ValueError, r"`training_args` does not make a valid TrainingArguments: .*no_such_argument"),
+    ("lora_config", ValueError, r"`lora_config` does not make a valid LoraConfig: .*no_such_field"),
 ])
 def test_bad_input_is_refused_before_training(case, error, match, teacher, tokenizer, training_file, tmp_path):
     student, _ = pruned_copy(teacher)
@@ -251,6 +266,10 @@ def test_bad_input_is_refused_before_training(case, error, match, teacher, token
         settings.update(method="lora", lora_target_modules=["q_proj", "qkv_proj"])
     elif case == "no teacher":
         other_teacher = None
+    elif case == "training_args":
+        settings["training_args"] = {"no_such_argument": 1}
+    elif case == "lora_config":
+        settings.update(method="lora", lora_config={"no_such_field": 1})
     start = copy.deepcopy(student.state_dict())
     with pytest.raises(error, match=match):
         recover(student, config(training_file, **settings), other_teacher, tokenizer, callbacks=[_NoTrainingStep()])
