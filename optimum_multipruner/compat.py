@@ -63,6 +63,11 @@ def attention_implementation(config) -> str:
     return config._attn_implementation
 
 
+def set_attention_implementation(config, implementation: str) -> None:
+    """Select the attention kernel of a model config (transformers' private `config._attn_implementation`)."""
+    config._attn_implementation = implementation
+
+
 # --------------------------------------------------------------------------- accelerate
 # `add_hook_to_module` keeps a module's hook (a `SequentialHook` for several) in the private attribute `_hf_hook`;
 # `devices.py` reads it without importing accelerate.

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .architectures import ADAPTERS, PRUNED_MODEL_TYPE_PREFIX, ArchitectureAdapter
+from .compat import attention_implementation, set_attention_implementation
 from .structure import PrunedStructure
 from .surgery import apply_structure, compact_cache_slots, count_parameters, dense_parameter_count, read_structure
 
@@ -136,7 +137,7 @@ def to_pruned_model(model: nn.Module, adapter: ArchitectureAdapter, structure: P
     values = {k: v for k, v in old_config.to_dict().items() if k not in ("model_type", "architectures", "pruning")}
     values["pruning"] = structure.to_dict()
     new_config = PRUNED_CONFIG_CLASSES[adapter.model_type].from_dict(values)
-    new_config._attn_implementation = old_config._attn_implementation
+    set_attention_implementation(new_config, attention_implementation(old_config))
     for module in model.modules():
         if getattr(module, "config", None) is old_config:
             module.config = new_config

@@ -47,7 +47,10 @@ logger = get_logger(__name__)
 
 RUN_FILE = "recovery_run.json"  # in the checkpoint folder: what a resumed run must match
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_COMPLETE_MARK = "trainer_state.json"  # written last by `Trainer._save_checkpoint`
+# A checkpoint is complete once `MarkCompleteCheckpoint` wrote this file into it: `Trainer` calls `on_save` after it
+# saved the checkpoint (its documented callback event), so a save killed half-way has no mark.
+_COMPLETE_MARK = "multipruner_checkpoint_complete.json"
+_EARLIER_COMPLETE_MARK = "trainer_state.json"  # runs of earlier versions (no marks): Trainer's state file
 QUANTIZATION_CALIBRATION_SEQUENCES = 32  # training sequences AWQ and scale estimation start a quantized run from
 
 
@@ -135,6 +138,7 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TokenProgress(steps * tokens_per_step, tokens_per_step))
     trainer.add_callback(StopOnDivergence(config, next(model.parameters()).dtype))
+    trainer.add_callback(MarkCompleteCheckpoint())
     logger.info("Recovery: %d steps of %d tokens (%s, %s) on %s.", steps, tokens_per_step, config.method,
                 "resumed from " + resume_from if resume_from else "from the start", ", ".join(config.sources))
     trainer.train(resume_from_checkpoint=resume_from)
@@ -205,9 +209,23 @@ def last_complete_checkpoint(checkpoint_dir: Union[str, os.PathLike]) -> Optiona
     """The `checkpoint-N` folder with the largest N that `Trainer` finished writing, or None."""
     if not os.path.isdir(checkpoint_dir):
         return None
-    steps = [int(match.group(1)) for match in map(_CHECKPOINT.match, os.listdir(checkpoint_dir))
-             if match and os.path.isfile(os.path.join(checkpoint_dir, match.group(0), _COMPLETE_MARK))]
+    folders = [match for match in map(_CHECKPOINT.match, os.listdir(checkpoint_dir)) if match]
+
+    def holding(mark: str) -> list[int]:
+        return [int(match.group(1)) for match in folders
+                if os.path.isfile(os.path.join(checkpoint_dir, match.group(0), mark))]
+
+    steps = holding(_COMPLETE_MARK) or holding(_EARLIER_COMPLETE_MARK)  # the latter: earlier versions wrote no marks
     return os.path.join(checkpoint_dir, f"checkpoint-{max(steps)}") if steps else None
+
+
+class MarkCompleteCheckpoint(TrainerCallback):
+    """Marks each checkpoint complete once `Trainer` has saved it (`on_save`), for `last_complete_checkpoint`."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder):
+            atomic_write_text(os.path.join(folder, _COMPLETE_MARK), _json({"step": state.global_step}))
 
 
 def _load_teacher(teacher: Union[nn.Module, str, None], student: nn.Module, config: RecoveryConfig) -> nn.Module:

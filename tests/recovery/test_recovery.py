@@ -5,6 +5,7 @@ training step."""
 import copy
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -177,6 +178,14 @@ class _KillAt(TrainerCallback):
             raise KeyboardInterrupt("killed")
 
 
+def test_checkpoints_of_earlier_versions_without_marks_count_by_trainers_state_file(tmp_path):
+    for step, files in ((2, ("model.safetensors", "trainer_state.json")), (4, ("model.safetensors",))):
+        os.makedirs(tmp_path / f"checkpoint-{step}")
+        for name in files:
+            (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
+    assert last_complete_checkpoint(tmp_path).endswith("checkpoint-2")
+
+
 def test_resume_reaches_the_uninterrupted_weights(teacher, tokenizer, training_file, tmp_path):
     settings = dict(max_tokens=12 * SEQUENCE_LENGTH, save_steps=2, learning_rate=1e-3,
                     lr_scheduler_type="linear", training_args={"use_cpu": True})
@@ -188,7 +197,10 @@ def test_resume_reaches_the_uninterrupted_weights(teacher, tokenizer, training_f
         recover(interrupted, config(training_file, **settings), teacher, tokenizer, checkpoint_dir=tmp_path / "run",
                 callbacks=[_KillAt(3)])
     assert last_complete_checkpoint(tmp_path / "run").endswith("checkpoint-2")
-    os.makedirs(tmp_path / "run" / "checkpoint-4")  # a checkpoint the kill left half-written is not used
+    # a checkpoint the kill left half-written is not used, even holding every file Trainer writes (no mark yet)
+    shutil.copytree(tmp_path / "run" / "checkpoint-2", tmp_path / "run" / "checkpoint-4",
+                    ignore=shutil.ignore_patterns("multipruner_checkpoint_complete.json"))
+    assert last_complete_checkpoint(tmp_path / "run").endswith("checkpoint-2")
     with pytest.raises(FileExistsError, match="already holds a recovery run"):
         recover(pruned_copy(teacher)[0], config(training_file, **settings), teacher, tokenizer,
                 checkpoint_dir=tmp_path / "run")
