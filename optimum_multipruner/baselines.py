@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .architectures import get_adapter
 from .candidates import REMOVE_ATTENTION, REMOVE_MLP
+from .configuration import BLOCK_STAGE
 from .modeling import to_pruned_model
 from .record import PruningRecord, PruningStep
 from .surgery import (
@@ -108,7 +109,8 @@ def prune_layers_by_block_influence(
         for action, remove in ((REMOVE_ATTENTION, remove_attention), (REMOVE_MLP, remove_mlp)):
             remove(layers[index], adapter)
             ratio = 1 - count_parameters(model) / dense_parameters
-            steps.append(PruningStep(len(steps) + 1, "block", action, index, None, ratio, count_parameters(model), 0))
+            steps.append(PruningStep(len(steps) + 1, BLOCK_STAGE, action, index, None, ratio, count_parameters(model),
+                                     0))
         removed.append(index)
         logger.info("Removed layer %d (block influence %.4f): %.2f%% removed", index, influence[index], 100 * ratio)
     if ratio < target_ratio:

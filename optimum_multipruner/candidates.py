@@ -9,6 +9,7 @@ from typing import Iterator
 from torch import nn
 
 from .architectures import ArchitectureAdapter, AttentionLayout
+from .configuration import ATTENTION_STAGE, BLOCK_STAGE, MLP_STAGE
 from .surgery import (
     has_attention,
     has_mlp,
@@ -24,9 +25,9 @@ SHRINK_MLP = "shrink_mlp"
 SHRINK_ATTENTION = "shrink_attention"
 
 STAGE_ACTIONS = {
-    "block": (REMOVE_ATTENTION, REMOVE_MLP),
-    "mlp": (SHRINK_MLP,),
-    "attention": (SHRINK_ATTENTION,),
+    BLOCK_STAGE: (REMOVE_ATTENTION, REMOVE_MLP),
+    MLP_STAGE: (SHRINK_MLP,),
+    ATTENTION_STAGE: (SHRINK_ATTENTION,),
 }
 
 
@@ -63,18 +64,18 @@ def candidates_for(stage: str, layers: nn.ModuleList, adapter: ArchitectureAdapt
     """Every candidate of a stage, in the reference order: attention blocks by layer, then MLP blocks by layer;
     width candidates by layer. A width never reaches zero, and removed sub-blocks are not width candidates."""
     result = []
-    if stage == "block":
+    if stage == BLOCK_STAGE:
         if "attention" in units.block_types:
             result += [Candidate(REMOVE_ATTENTION, i) for i, l in enumerate(layers) if has_attention(l, adapter)]
         if "mlp" in units.block_types:
             result += [Candidate(REMOVE_MLP, i) for i, l in enumerate(layers) if has_mlp(l, adapter)]
-    elif stage == "mlp":
+    elif stage == MLP_STAGE:
         result = [
             Candidate(SHRINK_MLP, i)
             for i, l in enumerate(layers)
             if has_mlp(l, adapter) and adapter.mlp_width(adapter.mlp(l)) - units.mlp_group > 0
         ]
-    elif stage == "attention":
+    elif stage == ATTENTION_STAGE:
         result = [
             Candidate(SHRINK_ATTENTION, i)
             for i, l in enumerate(layers)

@@ -22,7 +22,8 @@ from .utils import user_stacklevel
 
 CONFIG_NAME = "multipruner_config.json"
 
-STAGES = ("block", "mlp", "attention")
+BLOCK_STAGE, MLP_STAGE, ATTENTION_STAGE = "block", "mlp", "attention"
+STAGES = (BLOCK_STAGE, MLP_STAGE, ATTENTION_STAGE)
 IMPORTANCE_METRICS = ("ppl", "kl")
 SEARCH_MODES = ("exact", "fast")
 # The flat keys the fast mode's settings had before `FastSearchConfig` (configs, records and progress files written
@@ -33,7 +34,7 @@ _DEVICE_NAME = re.compile(DEVICE_NAME_PATTERN)
 
 def calibration_set(stage: str) -> str:
     """The calibration set a stage scores on: `"block"` (block stage) or `"width"` (MLP and attention stages)."""
-    return "block" if stage == "block" else "width"
+    return "block" if stage == BLOCK_STAGE else "width"
 
 
 @dataclass
@@ -262,7 +263,8 @@ class MultiPrunerConfig(ConfigMixin):
     def stage_targets(self) -> dict[str, float]:
         """Cumulative ratio each stage must reach: `T*a`, `T*(a+b)`, `T` (normalised distribution)."""
         a, b, c = (x / sum(self.pruning_distribution) for x in self.pruning_distribution)
-        return {"block": self.target_ratio * a, "mlp": self.target_ratio * (a + b), "attention": self.target_ratio}
+        return {BLOCK_STAGE: self.target_ratio * a, MLP_STAGE: self.target_ratio * (a + b),
+                ATTENTION_STAGE: self.target_ratio}
 
     @property
     def active_stages(self) -> tuple[str, ...]:
@@ -270,7 +272,7 @@ class MultiPrunerConfig(ConfigMixin):
 
     @property
     def is_blockpruner(self) -> bool:
-        return self.active_stages == ("block",)
+        return self.active_stages == (BLOCK_STAGE,)
 
     @classmethod
     def blockpruner(cls, target_ratio: float = 0.20, **kwargs: Any) -> "MultiPrunerConfig":

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .configuration import ATTENTION_STAGE, BLOCK_STAGE, MLP_STAGE
 from .utils import get_logger
 
 logger = get_logger(__name__)
@@ -159,10 +160,10 @@ def build_calibration_sets(config, tokenizer, vocab_size: int) -> dict[str, torc
     rows = load_text_rows(config.calibration_dataset, "calibration", config.calibration_text_column)
     rng = random.Random(config.seed)
     sets = {}
-    if {"mlp", "attention"} & set(config.active_stages):
+    if {MLP_STAGE, ATTENTION_STAGE} & set(config.active_stages):
         picked = sample_rows(rows, config.num_calibration_samples_width, rng, config.calibration_dataset)
         sets["width"] = build_sequences(tokenizer, picked, config.sequence_length, "The width calibration text")
-    if "block" in config.active_stages:
+    if BLOCK_STAGE in config.active_stages:
         picked = sample_rows(rows, config.num_calibration_samples_block, rng, config.calibration_dataset)
         sets["block"] = build_sequences(tokenizer, picked, config.sequence_length, "The block calibration text")
     largest = max(int(sequences.max()) for sequences in sets.values())

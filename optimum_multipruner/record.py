@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .architectures import ArchitectureAdapter, get_adapter
-from .configuration import MultiPrunerConfig
+from .configuration import BLOCK_STAGE, MultiPrunerConfig
 from .structure import PrunedStructure
 from .surgery import LayerOrder, dense_parameter_count
 from .utils import atomic_write_text, read_json
@@ -264,7 +264,7 @@ def from_blockpruner_result(data: dict[str, Any], config, num_blocks: Optional[i
         if len(new) != 1 or not previous <= current or any(kind not in actions for kind, _ in new):
             raise ValueError(f"BlockPruner entry {k} is not entry {k - 1} plus one block.")
         kind, layer = new.pop()
-        steps.append(PruningStep(k, "block", actions[kind], layer, None, None, None, 0))
+        steps.append(PruningStep(k, BLOCK_STAGE, actions[kind], layer, None, None, None, 0))
         previous = current
     structure = PrunedStructure.dense(config, adapter)
     for step in steps:

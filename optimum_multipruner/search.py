@@ -26,7 +26,15 @@ from .candidates import (
     trial,
 )
 from .compensation import ATTENTION, MLP, DenseBranches, compensate_record
-from .configuration import CompensationConfig, MultiPrunerConfig, calibration_set, compensation_from_arguments
+from .configuration import (
+    ATTENTION_STAGE,
+    BLOCK_STAGE,
+    MLP_STAGE,
+    CompensationConfig,
+    MultiPrunerConfig,
+    calibration_set,
+    compensation_from_arguments,
+)
 from .data import build_calibration_sets
 from .devices import check_device_available, check_placement, execution_device
 from .memory import check_search_memory
@@ -131,7 +139,7 @@ class GreedySearch:
         self._check_same_search_on_all_ranks(config, calibration)
 
         self.model.eval()
-        reorder = config.weight_reorder and bool(set(config.active_stages) & {"mlp", "attention"})
+        reorder = config.weight_reorder and bool(set(config.active_stages) & {MLP_STAGE, ATTENTION_STAGE})
         recorded = resumed.layer_orders(self.model.config, self.adapter) if resumed is not None else None
         orders = reorder_by_weight_magnitude(self.model, self.adapter, recorded) if reorder else None
         references = self._original_final_hidden_states(config, calibration)  # before any step is (re)applied
@@ -259,7 +267,7 @@ class GreedySearch:
         _check_dense_floating_model(self.model, self.adapter)
         if config.cache_device is not None:
             check_device_available(config.cache_device, "`cache_device`")
-        if "block" in config.active_stages and "attention" in config.block_types:
+        if BLOCK_STAGE in config.active_stages and "attention" in config.block_types:
             blocker = self.adapter.attention_removal_blocker(self.model.config)
             if blocker is not None:
                 raise ValueError(
@@ -335,7 +343,7 @@ class GreedySearch:
         model_config = self.model.config
         layout = self.adapter.attention_layout(model_config)
         attention_group = config.attn_channel_group_size or layout.group_width
-        if "attention" in config.active_stages:
+        if ATTENTION_STAGE in config.active_stages:
             if attention_group % layout.group_width:
                 raise ValueError(
                     f"`attn_channel_group_size` ({attention_group}) must be a multiple of one whole KV group: "
@@ -346,7 +354,7 @@ class GreedySearch:
                     f"`attn_channel_group_size` ({attention_group}) must be smaller than the attention width "
                     f"({layout.num_heads * layout.head_dim}); attention pruning never goes below one KV group."
                 )
-        if "mlp" in config.active_stages and config.mlp_channel_group_size >= model_config.intermediate_size:
+        if MLP_STAGE in config.active_stages and config.mlp_channel_group_size >= model_config.intermediate_size:
             raise ValueError(
                 f"`mlp_channel_group_size` ({config.mlp_channel_group_size}) must be smaller than the MLP width "
                 f"({model_config.intermediate_size})."
@@ -355,7 +363,7 @@ class GreedySearch:
 
     def _kept(self, layer: nn.Module, candidate: Candidate) -> int:
         """What the candidate's sub-block keeps after the step: 0 if removed, else its MLP width or KV heads."""
-        if candidate.action in STAGE_ACTIONS["block"]:
+        if candidate.action in STAGE_ACTIONS[BLOCK_STAGE]:
             return 0
         if candidate.action == SHRINK_MLP:
             return self.adapter.mlp_width(self.adapter.mlp(layer))
