@@ -26,7 +26,7 @@ from recovery_recipes import (  # benchmarks/ is on sys.path: run as a script
     Study,
     add_study_arguments,
     chosen,
-    logger,
+    run_each,
 )
 
 from optimum_multipruner import MultiPruner
@@ -118,10 +118,7 @@ def main() -> None:
     ranking = Ranking(args.workdir, args.max_tokens, args.selection_docs, args.wikitext_windows,
                       args.zero_shot_limit, args.arm)
     ranking.dense()
-    for record in records:
-        logger.warning("Record %s", record)
-        ranking.run_record(record)
-        print(ranking.table(), flush=True)
+    run_each(records, ranking.run_record, ranking.table, "Record")
 
 
 if __name__ == "__main__":

@@ -259,6 +259,14 @@ def chosen(parser: argparse.ArgumentParser, value: str, names, unit: str) -> lis
     return picked
 
 
+def run_each(names: list[str], run, table, unit: str) -> None:
+    """`run(name)` for each name in turn, printing `table()` after each."""
+    for name in names:
+        logger.warning("%s %s", unit, name)
+        run(name)
+        print(table(), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(parser, "arm", wikitext_windows=4)
@@ -267,10 +275,7 @@ def main() -> None:
     arms = chosen(parser, args.arms, ARMS, "arm")
     study = Study(args.workdir, args.max_tokens, args.selection_docs, args.wikitext_windows)
     study.references()
-    for arm in arms:
-        logger.warning("Arm %s", arm)
-        study.run_arm(arm)
-        print(study.table(), flush=True)
+    run_each(arms, study.run_arm, study.table, "Arm")
 
 
 if __name__ == "__main__":
