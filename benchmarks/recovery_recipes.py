@@ -158,10 +158,15 @@ class Study:
         return MultiPruner(AutoModelForCausalLM.from_pretrained(os.path.join(checkpoints, last)), self.tokenizer)
 
     def teacher_text(self) -> str:
-        """C4 training prefixes continued by the dense model (generated once, resumable)."""
+        """C4 training prefixes continued by the dense model's fp32 IR through openvino-genai (the IR exported once;
+        the text generated once, resumable)."""
+        from optimum_multipruner import export_openvino
         from optimum_multipruner.recovery.generation import generate_teacher_text
 
-        return generate_teacher_text(load_smollm2()[0], self.tokenizer, self.path("teacher_c4.jsonl"),
+        teacher_ir = self.path("dense_fp32_ir")
+        if not os.path.isdir(teacher_ir):
+            export_openvino(self.dense_dir, teacher_ir, weight_format="fp32")
+        return generate_teacher_text(teacher_ir, self.tokenizer, self.path("teacher_c4.jsonl"),
                                      prompts=self.path("c4_train.jsonl"), **TEACHER_TEXT)
 
     def references(self) -> None:
