@@ -155,7 +155,9 @@ class Study:
                    key=lambda name: int(name.split("-")[1]))
         if "wikitext2" not in self.results["arms"].get(start_from, {}):
             raise ValueError(f"arm {start_from} is not finished; run it first.")
-        return MultiPruner(AutoModelForCausalLM.from_pretrained(os.path.join(checkpoints, last)), self.tokenizer)
+        pruner = MultiPruner(AutoModelForCausalLM.from_pretrained(os.path.join(checkpoints, last)), self.tokenizer)
+        pruner.record = self.student().record  # the same pruning; its recovery section becomes this arm's run
+        return pruner
 
     def teacher_text(self) -> str:
         """C4 training prefixes continued by the dense model's fp32 IR through openvino-genai (the IR exported once;
