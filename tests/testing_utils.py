@@ -207,6 +207,15 @@ def train_briefly(model, tokenizer, steps: int = 120, sequence_length: int = 64,
     return model.eval()
 
 
+def optimum_cli_console() -> str:
+    """The `optimum-cli` console script of this interpreter's environment (found also when it is not on PATH)."""
+    import shutil
+    import sys
+
+    script = os.path.join(os.path.dirname(sys.executable), "optimum-cli")
+    return script if os.path.isfile(script) else shutil.which("optimum-cli")
+
+
 def run_optimum_cli(*argv: str) -> None:
     """optimum-cli's own `main()`, in-process (the same entry point as the console script)."""
     import sys

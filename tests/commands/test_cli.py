@@ -11,7 +11,7 @@ from typing import Optional, Union
 
 import pytest
 import torch
-from testing_utils import run_optimum_cli, save_checkpoint
+from testing_utils import optimum_cli_console, run_optimum_cli, save_checkpoint
 
 from optimum.commands.multipruner.common import load_model_and_tokenizer
 from optimum.commands.multipruner.options import NONE, _option_type
@@ -53,7 +53,7 @@ def cli_error(capsys, *argv: str) -> str:
 
 def run_console(*argv: str, env=None, cwd=None) -> subprocess.CompletedProcess:
     """The `optimum-cli` console script in a fresh process."""
-    return subprocess.run([shutil.which("optimum-cli"), *argv], capture_output=True, text=True, timeout=300,
+    return subprocess.run([optimum_cli_console(), *argv], capture_output=True, text=True, timeout=300,
                           env=env, cwd=cwd)
 
 
