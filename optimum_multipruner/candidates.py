@@ -51,7 +51,7 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class PruningUnits:
+class PruningGranularity:
     """Group sizes of the width stages and the block kinds the block stage may remove."""
 
     mlp_group: int  # intermediate channels per MLP step
@@ -60,27 +60,27 @@ class PruningUnits:
 
 
 def candidates_for(stage: str, layers: nn.ModuleList, adapter: ArchitectureAdapter, layout: AttentionLayout,
-                   units: PruningUnits) -> list[Candidate]:
+                   granularity: PruningGranularity) -> list[Candidate]:
     """Every candidate of a stage, in the reference order: attention blocks by layer, then MLP blocks by layer;
     width candidates by layer. A width never reaches zero, and removed sub-blocks are not width candidates."""
     result = []
     if stage == BLOCK_STAGE:
-        if "attention" in units.block_types:
+        if "attention" in granularity.block_types:
             result += [Candidate(REMOVE_ATTENTION, i) for i, l in enumerate(layers) if has_attention(l, adapter)]
-        if "mlp" in units.block_types:
+        if "mlp" in granularity.block_types:
             result += [Candidate(REMOVE_MLP, i) for i, l in enumerate(layers) if has_mlp(l, adapter)]
     elif stage == MLP_STAGE:
         result = [
             Candidate(SHRINK_MLP, i)
             for i, l in enumerate(layers)
-            if has_mlp(l, adapter) and adapter.mlp_width(adapter.mlp(l)) - units.mlp_group > 0
+            if has_mlp(l, adapter) and adapter.mlp_width(adapter.mlp(l)) - granularity.mlp_group > 0
         ]
     elif stage == ATTENTION_STAGE:
         result = [
             Candidate(SHRINK_ATTENTION, i)
             for i, l in enumerate(layers)
             if has_attention(l, adapter)
-            and adapter.kv_heads(adapter.attention(l), layout) * layout.group_width - units.attention_group > 0
+            and adapter.kv_heads(adapter.attention(l), layout) * layout.group_width - granularity.attention_group > 0
         ]
     else:
         raise ValueError(f"Unknown stage {stage!r}.")
@@ -88,16 +88,16 @@ def candidates_for(stage: str, layers: nn.ModuleList, adapter: ArchitectureAdapt
 
 
 def apply_candidate(layer: nn.Module, candidate: Candidate, adapter: ArchitectureAdapter, layout: AttentionLayout,
-                    units: PruningUnits) -> None:
+                    granularity: PruningGranularity) -> None:
     """Apply `candidate` to its layer for good (physically)."""
     if candidate.action == REMOVE_ATTENTION:
         remove_attention(layer, adapter)
     elif candidate.action == REMOVE_MLP:
         remove_mlp(layer, adapter)
     elif candidate.action == SHRINK_MLP:
-        keep_first_mlp_channels(layer, adapter, adapter.mlp_width(adapter.mlp(layer)) - units.mlp_group)
+        keep_first_mlp_channels(layer, adapter, adapter.mlp_width(adapter.mlp(layer)) - granularity.mlp_group)
     elif candidate.action == SHRINK_ATTENTION:
-        groups = adapter.kv_heads(adapter.attention(layer), layout) - units.attention_group // layout.group_width
+        groups = adapter.kv_heads(adapter.attention(layer), layout) - granularity.attention_group // layout.group_width
         keep_first_kv_groups(layer, adapter, layout, groups)
     else:
         raise ValueError(f"Unknown action {candidate.action!r}.")
@@ -105,11 +105,11 @@ def apply_candidate(layer: nn.Module, candidate: Candidate, adapter: Architectur
 
 @contextmanager
 def trial(layer: nn.Module, candidate: Candidate, adapter: ArchitectureAdapter, layout: AttentionLayout,
-          units: PruningUnits) -> Iterator[None]:
+          granularity: PruningGranularity) -> Iterator[None]:
     """Apply `candidate` for the duration of the block, then put the layer back exactly as it was."""
     snapshots = [_snapshot(module) for module in (layer, adapter.attention(layer), adapter.mlp(layer))]
     try:
-        apply_candidate(layer, candidate, adapter, layout, units)
+        apply_candidate(layer, candidate, adapter, layout, granularity)
         yield
     finally:
         for snapshot in snapshots:

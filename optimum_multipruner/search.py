@@ -20,7 +20,7 @@ from .candidates import (
     SHRINK_MLP,
     STAGE_ACTIONS,
     Candidate,
-    PruningUnits,
+    PruningGranularity,
     apply_candidate,
     candidates_for,
     trial,
@@ -129,7 +129,7 @@ class GreedySearch:
         # Every input check happens before any weight changes, on every process; one failing stops them all.
         with distributed.fail_together(self._device):
             self._check_can_prune(config)
-            units = self._units(config)
+            granularity = self._granularity(config)
             vocab_size = self.model.get_input_embeddings().num_embeddings
             calibration = build_calibration_sets(config, self.tokenizer, vocab_size)
             check_search_memory(self.model, self.adapter, config, calibration)
@@ -148,11 +148,11 @@ class GreedySearch:
             self.record = self._new_record(config, reorder)
         else:
             self.record = resumed
-            self._replay(resumed, units, resume_from or shared_from, check_structure=shared_from is None)
+            self._replay(resumed, granularity, resume_from or shared_from, check_structure=shared_from is None)
         self.record.weight_order = None if orders is None else encode_weight_order(orders)
         self._refresh_structure()
         self._save_progress(writer)
-        self._search(config, calibration, references, units, writer, progress)
+        self._search(config, calibration, references, granularity, writer, progress)
         self._save_progress(writer)
         if compensation is not None:
             self.record = compensate_record(self.record, self.model, self._dense_branches,
@@ -172,7 +172,7 @@ class GreedySearch:
                 for name, sequences in calibration.items()}
 
     def _search(self, config: MultiPrunerConfig, calibration: dict[str, torch.Tensor],
-                references: dict[str, torch.Tensor], units: PruningUnits, writer: Optional[SearchProgress],
+                references: dict[str, torch.Tensor], granularity: PruningGranularity, writer: Optional[SearchProgress],
                 progress: bool) -> None:
         """The stages in order; each removes the best candidate, step by step, until its cumulative target."""
         record, layers = self.record, self.adapter.decoder_layers(self.model)
@@ -206,14 +206,14 @@ class GreedySearch:
                 if self._max_steps_reached(config):
                     record.target_reached = False
                     break
-                candidates = candidates_for(stage, layers, self.adapter, self._layout, units)
+                candidates = candidates_for(stage, layers, self.adapter, self._layout, granularity)
                 if not candidates:
                     if distributed.is_main_process():
                         logger.warning("Stage %s ran out of candidates at ratio %.4f (target %.4f).", stage, ratio,
                                        target)
                     record.target_reached = False
                     break
-                step = self._step(stage, candidates, selector, units, config.importance_metric)
+                step = self._step(stage, candidates, selector, granularity, config.importance_metric)
                 ratio = step.ratio
                 record.search_stats[stage] = selector.stats.summed_over_ranks(self._device).to_dict()  # so far
                 self._save_progress(writer)
@@ -221,18 +221,18 @@ class GreedySearch:
             bar.close()
             record.search_stats[stage] = selector.stats.summed_over_ranks(self._device).to_dict()
 
-    def _step(self, stage: str, candidates: list[Candidate], selector: CandidateSelector, units: PruningUnits,
-              importance_metric: str) -> PruningStep:
+    def _step(self, stage: str, candidates: list[Candidate], selector: CandidateSelector,
+              granularity: PruningGranularity, importance_metric: str) -> PruningStep:
         """Score the candidates, apply the best one for good and record it."""
         layers, adapter, layout = self.adapter.decoder_layers(self.model), self.adapter, self._layout
 
         def apply_for_good(candidate: Candidate) -> None:
             self._keep_dense_branch(candidate)
-            apply_candidate(layers[candidate.layer], candidate, adapter, layout, units)
+            apply_candidate(layers[candidate.layer], candidate, adapter, layout, granularity)
 
         best, total = selector.step(
             candidates,
-            trial=lambda c: trial(layers[c.layer], c, adapter, layout, units),
+            trial=lambda c: trial(layers[c.layer], c, adapter, layout, granularity),
             apply=apply_for_good,
             description=f"step {len(self.record.steps) + 1}",
         )
@@ -285,14 +285,14 @@ class GreedySearch:
             config=copy.deepcopy(config),  # the settings searched with, whatever the caller does to `config` later
         )
 
-    def _replay(self, record: PruningRecord, units: PruningUnits, source: Union[str, os.PathLike],
+    def _replay(self, record: PruningRecord, granularity: PruningGranularity, source: Union[str, os.PathLike],
                 check_structure: bool = True) -> None:
         """Re-apply the finished steps of an interrupted search (checked against its structure) or shared steps."""
         layers = self.adapter.decoder_layers(self.model)
         for step in record.steps:
             candidate = Candidate(step.action, step.layer)
             self._keep_dense_branch(candidate)
-            apply_candidate(layers[step.layer], candidate, self.adapter, self._layout, units)
+            apply_candidate(layers[step.layer], candidate, self.adapter, self._layout, granularity)
         if check_structure and read_structure(self.model, self.adapter) != record.structure:
             raise ValueError(f"Cannot resume: re-applying the steps of {source} does not give the structure "
                              "it recorded; the progress file is corrupted.")
@@ -338,7 +338,7 @@ class GreedySearch:
         if self._dense_branches is not None and candidate.action in (SHRINK_ATTENTION, SHRINK_MLP):
             self._dense_branches.keep(candidate.layer, ATTENTION if candidate.action == SHRINK_ATTENTION else MLP)
 
-    def _units(self, config: MultiPrunerConfig) -> PruningUnits:
+    def _granularity(self, config: MultiPrunerConfig) -> PruningGranularity:
         """Group sizes checked against the model (before anything changes)."""
         model_config = self.model.config
         layout = self.adapter.attention_layout(model_config)
@@ -359,7 +359,7 @@ class GreedySearch:
                 f"`mlp_channel_group_size` ({config.mlp_channel_group_size}) must be smaller than the MLP width "
                 f"({model_config.intermediate_size})."
             )
-        return PruningUnits(config.mlp_channel_group_size, attention_group, config.block_types)
+        return PruningGranularity(config.mlp_channel_group_size, attention_group, config.block_types)
 
     def _kept(self, layer: nn.Module, candidate: Candidate) -> int:
         """What the candidate's sub-block keeps after the step: 0 if removed, else its MLP width or KV heads."""

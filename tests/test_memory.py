@@ -8,7 +8,7 @@ from transformers import LlamaConfig
 
 from optimum_multipruner import MultiPruner, MultiPrunerConfig, get_adapter
 from optimum_multipruner import memory
-from optimum_multipruner.candidates import Candidate, PruningUnits, trial
+from optimum_multipruner.candidates import Candidate, PruningGranularity, trial
 from optimum_multipruner.data import build_calibration_sets
 from optimum_multipruner.memory import SearchMemoryError, estimate_search_memory
 
@@ -114,9 +114,9 @@ def test_scorer_builds_no_autograd_graph(accelerated):
     model.model.layers[0].register_forward_hook(lambda module, args, output: grad_seen.append(output.requires_grad))
     selector = model_selector(model, get_adapter(model), torch.randint(4, 300, (4, 16)), 2, accelerated=accelerated)
     adapter, layout = get_adapter(model), get_adapter(model).attention_layout(model.config)
-    units = PruningUnits(64, layout.group_width)
+    granularity = PruningGranularity(64, layout.group_width)
     candidates = [Candidate("remove_attention", 0), Candidate("remove_mlp", 0)]
-    selector.select(candidates, lambda c: trial(model.model.layers[c.layer], c, adapter, layout, units))
+    selector.select(candidates, lambda c: trial(model.model.layers[c.layer], c, adapter, layout, granularity))
     assert grad_seen and not any(grad_seen)
 
 

@@ -22,7 +22,7 @@ from optimum_multipruner.architectures import (
 from optimum_multipruner.candidates import (
     STAGE_ACTIONS,
     Candidate,
-    PruningUnits,
+    PruningGranularity,
     apply_candidate,
     candidates_for,
     trial,
@@ -162,14 +162,14 @@ def trial_traces(model, adapter):
     """Every candidate of every stage, tried on `model` (its layer 0 already shrunk for good): the candidates whose
     trial changed nothing while it ran, and those that left a trace afterwards."""
     layers, layout = adapter.decoder_layers(model), adapter.attention_layout(model.config)
-    units = PruningUnits(mlp_group=64, attention_group=layout.group_width)
+    granularity = PruningGranularity(mlp_group=64, attention_group=layout.group_width)
     for action in (*STAGE_ACTIONS["mlp"], *STAGE_ACTIONS["attention"]):  # a pruned layer's trials are checked too
-        apply_candidate(layers[0], Candidate(action, 0), adapter, layout, units)
+        apply_candidate(layers[0], Candidate(action, 0), adapter, layout, granularity)
     inert, leaking = [], []
     for stage in STAGE_ACTIONS:
-        for candidate in candidates_for(stage, layers, adapter, layout, units):
+        for candidate in candidates_for(stage, layers, adapter, layout, granularity):
             weights, modules, logits = snapshot(model)
-            with trial(layers[candidate.layer], candidate, adapter, layout, units):
+            with trial(layers[candidate.layer], candidate, adapter, layout, granularity):
                 with torch.no_grad():
                     inert += [candidate] if torch.equal(model(IDS).logits, logits) else []
             after_weights, after_modules, after_logits = snapshot(model)
