@@ -35,6 +35,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from optimum_multipruner import MultiPruner
 from optimum_multipruner.evaluation import evaluate_perplexity
 from optimum_multipruner.nll import perplexity, reference_ignore_index
+from optimum_multipruner.record import PruningRecord
 from optimum_multipruner.recovery import RecoveryConfig
 from optimum_multipruner.utils import atomic_write_text, get_logger, read_json
 
@@ -156,7 +157,8 @@ class Study:
         if "wikitext2" not in self.results["arms"].get(start_from, {}):
             raise ValueError(f"arm {start_from} is not finished; run it first.")
         pruner = MultiPruner(AutoModelForCausalLM.from_pretrained(os.path.join(checkpoints, last)), self.tokenizer)
-        pruner.record = self.student().record  # the same pruning; its recovery section becomes this arm's run
+        # the same pruning: its recovery section becomes this arm's run
+        pruner.record = PruningRecord.load(pruned_smollm2(RECORD, self.path("pruned10")))
         return pruner
 
     def teacher_text(self) -> str:

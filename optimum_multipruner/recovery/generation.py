@@ -126,11 +126,7 @@ class _GenaiSampler:
         if not os.path.isfile(os.path.join(self.folder, IR_MODEL)):
             raise ValueError(f"The teacher must be a PyTorch model or an OpenVINO IR folder; {self.folder} has no "
                              f"{IR_MODEL}.")
-        import openvino as ov
-        import openvino_genai
-
-        self.ov, self.genai = ov, openvino_genai
-        self.pipeline = openvino_genai.LLMPipeline(self.folder, device)
+        self.device, self.pipeline = device, None  # compiled on the first batch: a reused file needs none
         self.vocab_size = read_json(os.path.join(self.folder, "config.json"))["vocab_size"]
         self.settings = {"engine": "openvino-genai"}
 
@@ -143,14 +139,18 @@ class _GenaiSampler:
     def sample(self, prefixes: list[list[int]], seed: int, new_tokens: int, temperature: float, top_p: float,
                eos_token_id: Optional[int]) -> list[list[int]]:
         import numpy as np
+        import openvino as ov
+        import openvino_genai
 
-        config = self.genai.GenerationConfig()
+        if self.pipeline is None:
+            self.pipeline = openvino_genai.LLMPipeline(self.folder, self.device)
+        config = openvino_genai.GenerationConfig()
         config.do_sample, config.temperature, config.top_p = True, temperature, top_p
         config.max_new_tokens, config.min_new_tokens, config.rng_seed = new_tokens, 1, seed
         if eos_token_id is not None:
             config.eos_token_id = eos_token_id
         ids = np.array(prefixes, dtype=np.int64)  # [batch, prefix_tokens]
-        inputs = self.genai.TokenizedInputs(self.ov.Tensor(ids), self.ov.Tensor(np.ones_like(ids)))
+        inputs = openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
         return [list(row) for row in self.pipeline.generate(inputs, config).tokens]
 
 
