@@ -7,9 +7,13 @@ continues from its last checkpoint. Stages, in order (`--stages` runs a subset):
 
 * `models`: the dense model (examples/smollm2.py) and the results table's MultiPruner 44:52:4 records at 10% and 20%
   applied to it (benchmarks/results/smollm2/multipruner_44_52_4_{10,20}/pruning_record.json).
-* `recover`: each pruned model distilled from the dense one (`MultiPruner.recover`, full fine-tuning, KL to the
-  teacher) on the local C4 sample (../shared/assets/c4-redpajama-sample: C4 train documents, never evaluation text),
-  `--max-tokens` tokens in sequences of 512.
+* `recover`: each pruned model distilled from the dense one (`MultiPruner.recover` with `RecoveryConfig`'s default
+  recipe, the recipe study's choice: full fine-tuning, KL to the teacher) on the local C4 sample
+  (../shared/assets/c4-redpajama-sample: C4 train documents, never evaluation text), `--max-tokens` tokens in
+  sequences of 512. On the way, the recovery curve: WikiText-2 perplexity on the first `CURVE_WINDOWS` test windows
+  before training, after 30,720 tokens (the recipe study's budget) and at every doubling, and at the end
+  (`results/pruned{10,20}_curve.json`); the report fits the share of the gap closed against log(tokens) and gives the
+  budget each goal would take by that trend.
 * `pytorch`: WikiText-2 perplexity of every model in PyTorch (fp32) on the first `--pytorch-windows` test windows of
   2048 tokens (default 40): the numbers of the recovery goals (share of the gap to dense that recovery closes).
 * `export`: every model to int4 (group size 64 for every model: 64 divides the hidden size 576 and every pruned
@@ -23,15 +27,16 @@ continues from its last checkpoint. Stages, in order (`--stages` runs a subset):
   (PIQA, WinoGrande, HellaSwag, ARC-e, ARC-c; first 200 items each; standard errors), int4 IRs first.
 * `speed`: openvino-genai TTFT, TPOT and throughput of every int8/int4 IR, all compiled at once and run interleaved
   (order reversed every round), prompt 128, 32 new tokens, `--repetitions` runs after one warm-up.
-* `report`: benchmarks/results/frontier.json, frontier.md (the table) and frontier.png (quality against time per
+* `report`: benchmarks/results/frontier.json, frontier.md (the table), frontier.png (quality against time per
   output token, one point per IR, size as label, the Pareto front drawn and, for a few latency budgets, the point a
-  user would pick).
+  user would pick) and frontier_curve.png (the recovery curves, the goals and the trends).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -43,6 +48,7 @@ from optimum_multipruner.recovery import RecoveryConfig
 from optimum_multipruner.utils import atomic_write_text, get_logger, read_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from recovery_recipes import QUANTIZATION_AWARE, MeasuredCurve  # noqa: E402 (benchmarks/ is on sys.path)
 from smollm2 import ASSETS, DEFAULT_WIKITEXT, LOCAL_ALPACA, prepare_smollm2, pruned_smollm2  # noqa: E402
 
 logger = get_logger("frontier")
@@ -59,16 +65,27 @@ LATENCY_BUDGETS = (0.75, 0.85, 1.0)  # TPOT budgets, as shares of the best dense
 INT4_GROUP_SIZE = 64
 WIKITEXT_WINDOWS = 40
 ZERO_SHOT_LIMIT = 200
+CURVE_WINDOWS = 8  # WikiText-2 windows of 2048 of the recovery curve (about 80 s a point on the 2-core CPU)
+CURVE_FIRST_TOKENS = 30_720  # the recipe study's budget; then every doubling
+GAP_GOALS = {10: 0.75, 20: 0.65}  # share of the fp32 WikiText-2 gap recovery closes within 1M tokens
 
 
 def recovery_config(max_tokens: int, teacher: str, dataset: str, **overrides: Any) -> RecoveryConfig:
-    """The frontier's recovery: full fine-tuning on KL to the dense model, AdamW 1e-4 after 10 warm-up steps, then
-    constant (so a later run can extend the budget), 2 sequences of 512 tokens per step; `overrides` replace fields
-    (the quantization-aware runs: `quantization="int4"`, adapters at 1e-4 and scales at 1e-5, NNCF's example)."""
-    values = dict(teacher=teacher, dataset=dataset, max_tokens=max_tokens, sequence_length=512, learning_rate=1e-4,
-                  lr_scheduler_type="constant_with_warmup", warmup_steps=10, per_device_train_batch_size=2,
-                  save_steps=10, logging_steps=5)
+    """The frontier's recovery: `RecoveryConfig`'s default recipe (the recipe study's choice; its constant schedule
+    lets a later run extend the budget), up to 2 passes over the text (a budget of 1M tokens is about the local C4
+    sample's size); `overrides` replace fields (the quantization-aware runs: the study's int4 arms' settings)."""
+    values = dict(teacher=teacher, dataset=dataset, max_tokens=max_tokens, max_epochs=2, save_steps=50,
+                  logging_steps=10)
     return RecoveryConfig(**{**values, **overrides})
+
+
+def curve_steps(max_tokens: int, tokens_per_step: int) -> list[int]:
+    """The optimizer steps the recovery curve is measured at: 0, `CURVE_FIRST_TOKENS` and each doubling, the end."""
+    steps, tokens = {0, math.ceil(max_tokens / tokens_per_step)}, CURVE_FIRST_TOKENS
+    while tokens < max_tokens:
+        steps.add(tokens // tokens_per_step)
+        tokens *= 2
+    return sorted(steps)
 
 
 def model_names() -> list[str]:
@@ -122,9 +139,36 @@ class Frontier:
             config = recovery_config(self.max_tokens, self.model_dir("dense"), self.training_text())
             pruner = MultiPruner.from_pretrained(self.model_dir(f"pruned{ratio}"))
             start = time.perf_counter()
-            pruner.recover(config, checkpoint_dir=checkpoints, resume=os.path.isdir(checkpoints))
+            pruner.recover(config, checkpoint_dir=checkpoints, resume=os.path.isdir(checkpoints),
+                           callbacks=[self.curve_callback(ratio, config)])
             pruner.record.recovery["seconds_this_run"] = time.perf_counter() - start
             pruner.save_pretrained(output, overwrite=True)
+
+    def curve_callback(self, ratio: int, config: RecoveryConfig) -> MeasuredCurve:
+        """Measures the recovery curve of the `ratio` model into its curve file (with the dense model on the same
+        windows, measured once)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from optimum_multipruner.evaluation import evaluate_perplexity
+
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir("dense"))
+        curve_file = self.path("results", f"pruned{ratio}_curve.json")
+        tokens_per_step = config.sequence_length * config.per_device_train_batch_size * \
+            config.gradient_accumulation_steps
+        results = read_json(curve_file) if os.path.isfile(curve_file) else {
+            "windows": CURVE_WINDOWS, "tokens_per_step": tokens_per_step, "curve": {}}
+
+        def measure(model) -> float:
+            return evaluate_perplexity(model, tokenizer, DEFAULT_WIKITEXT, 2048, CURVE_WINDOWS,
+                                       progress=False)["perplexity"]
+
+        def save() -> None:
+            atomic_write_text(curve_file, json.dumps(results, indent=2) + "\n")
+
+        if "dense" not in results:
+            results["dense"] = measure(AutoModelForCausalLM.from_pretrained(self.model_dir("dense")).eval())
+            save()
+        return MeasuredCurve(curve_steps(config.max_tokens, tokens_per_step), measure, results, save)
 
     def pytorch(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -206,7 +250,7 @@ class Frontier:
             if done or not os.path.isdir(self.model_dir(source)):
                 continue
             config = recovery_config(self.max_tokens, self.model_dir("dense"), self.training_text(),
-                                     quantization="int4", quantization_group_size=INT4_GROUP_SIZE)
+                                     **QUANTIZATION_AWARE, quantization_group_size=INT4_GROUP_SIZE)
             pruner = MultiPruner.from_pretrained(self.model_dir(source))
             checkpoints = self.path("recovery-checkpoints", name)
             report = recover(pruner.model, config, tokenizer=pruner.tokenizer, checkpoint_dir=checkpoints,
@@ -254,7 +298,8 @@ class Frontier:
         results = {"int4_group_size": INT4_GROUP_SIZE, "wikitext_windows": WIKITEXT_WINDOWS,
                    "pytorch_wikitext_windows": self.pytorch_windows,
                    "zero_shot_limit": ZERO_SHOT_LIMIT, "repetitions": self.repetitions,
-                   "recovery": recovery_summaries(self), "rows": rows, "goals": goals(rows),
+                   "recovery": recovery_summaries(self), "recovery_curves": self.recovery_curves(), "rows": rows,
+                   "goals": goals(rows),
                    "pareto_front": [f"{row['model']} {row['format']}" for row in pareto_front(rows)]}
         baseline = best_dense_int4(rows)
         if baseline is not None and "tpot_s" in baseline:
@@ -263,7 +308,18 @@ class Frontier:
         atomic_write_text(os.path.join(HERE, "results", "frontier.json"), json.dumps(results, indent=2) + "\n")
         atomic_write_text(os.path.join(HERE, "results", "frontier.md"), format_table(results) + "\n")
         plot(rows, os.path.join(HERE, "results", "frontier.png"))
+        if results["recovery_curves"]:
+            plot_curves(results["recovery_curves"], os.path.join(HERE, "results", "frontier_curve.png"))
         print(format_table(results))
+
+    def recovery_curves(self) -> dict[str, Any]:
+        """Per pruned model with a curve file: its recovery curve and trend (`recovery_trend`)."""
+        curves = {}
+        for ratio, goal in GAP_GOALS.items():
+            curve_file = self.path("results", f"pruned{ratio}_curve.json")
+            if os.path.isfile(curve_file):
+                curves[f"pruned{ratio}"] = recovery_trend(read_json(curve_file), goal)
+        return curves
 
 
 def recovery_summaries(frontier: Frontier) -> dict[str, Any]:
@@ -277,6 +333,29 @@ def recovery_summaries(frontier: Frontier) -> dict[str, Any]:
             summaries[f"pruned{ratio}"]["dataset"] = "local C4 sample (sample_c4-rp1 + rp2, train documents)"
             summaries[f"pruned{ratio}"]["final_loss"] = recovery["loss_curve"][-1]["loss"]
     return summaries
+
+
+def recovery_trend(curve: dict[str, Any], goal: float) -> dict[str, Any]:
+    """The share of the WikiText-2 gap closed at each measured budget (perplexity, as the goals), and over the points
+    after training began the least-squares line `share = intercept + slope * ln(tokens)` with the tokens at which it
+    reaches `goal` (None while there are fewer than two points or the line does not rise)."""
+    dense, pruned = curve["dense"], curve["curve"]["0"]
+    points = [{"tokens": int(step) * curve["tokens_per_step"], "wikitext2": value,
+               "gap_closed": (pruned - value) / (pruned - dense)}
+              for step, value in sorted(curve["curve"].items(), key=lambda item: int(item[0])) if int(step) > 0]
+    trend = {"windows": curve["windows"], "dense": dense, "pruned": pruned, "points": points, "goal": goal,
+             "fit": None, "tokens_for_goal": None}
+    if len(points) >= 2:
+        xs, ys = [math.log(point["tokens"]) for point in points], [point["gap_closed"] for point in points]
+        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+        spread = sum((x - mean_x) ** 2 for x in xs)
+        if spread > 0:
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / spread
+            intercept = mean_y - slope * mean_x
+            trend["fit"] = {"intercept": intercept, "slope_per_doubling": slope * math.log(2)}
+            if slope > 0:
+                trend["tokens_for_goal"] = math.exp((goal - intercept) / slope)
+    return trend
 
 
 def frontier_rows(frontier: Frontier) -> list[dict[str, Any]]:
@@ -371,6 +450,14 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Goals: " + json.dumps(results["goals"]))
     lines.append("Recovery: " + json.dumps(results["recovery"]))
+    for name, trend in results.get("recovery_curves", {}).items():
+        points = ", ".join(f"{point['tokens']:,} tokens {100 * point['gap_closed']:.1f}%" for point in trend["points"])
+        line = f"Recovery curve {name} (WikiText-2, first {trend['windows']} windows, gap closed): {points}"
+        if trend["fit"] is not None:
+            line += f"; trend +{100 * trend['fit']['slope_per_doubling']:.1f} points per doubling"
+        if trend["tokens_for_goal"] is not None:
+            line += f", {100 * trend['goal']:.0f}% at about {trend['tokens_for_goal']:,.0f} tokens"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -435,6 +522,41 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     axis.yaxis.set_minor_formatter(plain)
     axis.set_title("SmolLM2-135M: dense vs MultiPruner 10% / 20% IRs (o int8, s int4, D data-aware int4)")
     axis.legend(fontsize=6, ncol=2)
+    save_figure(figure, path)
+
+
+def plot_curves(curves: dict[str, Any], path: str) -> None:
+    """The share of the WikiText-2 gap closed against recovery tokens (log axis) per pruned model, its goal and the
+    fitted trend drawn on to where it meets the goal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for (name, trend), colour in zip(curves.items(), plt.get_cmap("tab10").colors):
+        tokens = [point["tokens"] for point in trend["points"]]
+        axis.plot(tokens, [100 * point["gap_closed"] for point in trend["points"]], "o-", color=colour, label=name)
+        axis.axhline(100 * trend["goal"], color=colour, linestyle=":", linewidth=1, label=f"{name} goal")
+        if trend["fit"] is not None and tokens:
+            end = max(tokens[-1], min(trend["tokens_for_goal"] or tokens[-1], 1e9))
+            xs = [tokens[0], end]
+            axis.plot(xs, [100 * (trend["fit"]["intercept"] + trend["fit"]["slope_per_doubling"] * math.log2(x))
+                           for x in xs], "--", color=colour, linewidth=1, label=f"{name} trend")
+    axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    axis.set_xlabel("recovery tokens (log scale)")
+    axis.set_ylabel("WikiText-2 gap to dense closed (%)")
+    axis.set_title("SmolLM2-135M: recovery of the MultiPruner 10% / 20% models")
+    axis.legend(fontsize=7)
+    save_figure(figure, path)
+
+
+def save_figure(figure, path: str) -> None:
+    """Writes `figure` as a PNG at `path` atomically and closes it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
     figure.savefig(tmp, format="png", dpi=100)

@@ -87,8 +87,9 @@ TEACHER_TEXT = dict(num_sequences=64, new_tokens=480, prefix_tokens=32, temperat
                     batch_size=32)
 
 
-class SelectionCurve(TrainerCallback):
-    """Measures the selection text at the given optimizer steps (kept in `results`, saved after each)."""
+class MeasuredCurve(TrainerCallback):
+    """`measure(model)` at the given optimizer steps, kept in `results["curve"]` by step and saved after each (a step
+    measured before an interruption is not measured again)."""
 
     def __init__(self, steps: list[int], measure, results: dict[str, Any], save) -> None:
         self.steps, self.measure, self.results, self.save = steps, measure, results, save
@@ -203,7 +204,7 @@ class Study:
         results.setdefault("curve", {})
         start = time.perf_counter()
         measured = {max(1, steps // 2), steps} | ({0} if config.quantization else set())
-        curve = SelectionCurve(sorted(measured), self.measure, results, self.save)
+        curve = MeasuredCurve(sorted(measured), self.measure, results, self.save)
         pruner.recover(config, checkpoint_dir=checkpoints, resume=os.path.isdir(checkpoints), callbacks=[curve])
         model = pruner.model.eval()
         results["seconds_last_run"] = time.perf_counter() - start

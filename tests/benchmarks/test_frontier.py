@@ -1,14 +1,26 @@
 """`benchmarks/frontier.py`'s goals: the share of the PyTorch WikiText-2 gap recovery closes, and the best int4 IR of
 each recovered model against the best training-free dense int4 IR, each met or not; the Pareto front and the IR a user
-would pick for a latency budget."""
+would pick for a latency budget; the recovery curve's budgets and the trend that extrapolates it to a goal."""
 
+import math
 import os
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
-from frontier import goals, ir_names, model_names, pareto_front, picks, plot, with_ratios  # noqa: E402
+from frontier import (  # noqa: E402
+    curve_steps,
+    goals,
+    ir_names,
+    model_names,
+    pareto_front,
+    picks,
+    plot,
+    plot_curves,
+    recovery_trend,
+    with_ratios,
+)
 
 
 def row(model, weight_format, ppl, tpot=None):
@@ -61,3 +73,29 @@ def test_the_pareto_front_and_the_pick_for_each_latency_budget(tmp_path):
     assert chosen == {0.75: "pruned20_recovered int4_awq", 0.85: "pruned10_qat int4", 1.0: "dense_qat int4"}
     plot(rows, str(tmp_path / "frontier.png"))
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
+
+
+def test_the_recovery_curve_is_measured_before_training_at_the_studys_budget_at_each_doubling_and_at_the_end():
+    assert curve_steps(983_040, 512) == [0, 60, 120, 240, 480, 960, 1920]
+    assert curve_steps(1_000_000, 1024) == [0, 30, 60, 120, 240, 480, 960, 977]
+    assert curve_steps(20_000, 512) == [0, 40]  # a budget under the first point: before and after only
+
+
+def test_the_trend_is_the_least_squares_line_in_log_tokens_and_gives_the_budget_of_the_goal(tmp_path):
+    # dense 20, pruned 40: 40% of the gap closed at 30,720 tokens, then +5 points per doubling
+    closed = {60: 0.40, 120: 0.45, 240: 0.50}
+    curve = {"windows": 8, "tokens_per_step": 512, "dense": 20.0,
+             "curve": {"0": 40.0, **{str(step): 40.0 - 20.0 * share for step, share in closed.items()}}}
+    trend = recovery_trend(curve, goal=0.75)
+    assert [point["tokens"] for point in trend["points"]] == [30_720, 61_440, 122_880]
+    assert [point["gap_closed"] for point in trend["points"]] == pytest.approx([0.40, 0.45, 0.50])
+    assert trend["fit"]["slope_per_doubling"] == pytest.approx(0.05)
+    assert trend["tokens_for_goal"] == pytest.approx(30_720 * 2 ** 7)  # 7 more doublings of +5 points
+    plot_curves({"pruned10": trend}, str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+    flat = dict(curve, curve={"0": 40.0, "60": 30.0, "120": 30.0})
+    assert recovery_trend(flat, 0.75)["tokens_for_goal"] is None  # a line that does not rise reaches no goal
+    first = dict(curve, curve={"0": 40.0, "60": 30.0})
+    assert recovery_trend(first, 0.75)["fit"] is None and math.isclose(recovery_trend(first, 0.75)["points"][0][
+        "gap_closed"], 0.5)
