@@ -63,7 +63,7 @@ def check_precision(model: nn.Module) -> None:
     dtype = next(model.parameters()).dtype
     if dtype == torch.float16:
         raise ValueError("Recovery does not train float16 weights (updates vanish or overflow). Load the model in "
-                         "float32 (`--dtype float32`, with `--bf16 true` for mixed precision on a GPU) or bfloat16.")
+                         "float32 (`--dtype float32`, with `--bf16 true` for mixed precision) or bfloat16.")
 
 
 def check_sequence_length(model: nn.Module, config: RecoveryConfig) -> None:

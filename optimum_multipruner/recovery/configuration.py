@@ -117,7 +117,7 @@ class RecoveryConfig(ConfigMixin):
     save_steps: int = option(50, "a resumable checkpoint every N optimizer steps in --checkpoint-dir")
     logging_steps: int = option(10, "loss-curve resolution in optimizer steps")
     seed: int = option(42, "seed of the document order")
-    bf16: bool = option(False, "train in bf16 mixed precision")
+    bf16: bool = option(False, "train in bf16 mixed precision (GPU, or CPU autocast)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
     teacher_device: Optional[str] = option(None, "device of the teacher, e.g. cuda:1 (default: the student's)")
     head_chunk_size: int = option(512, "positions per chunk of the teacher's output head", advanced=True)

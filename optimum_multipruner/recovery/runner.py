@@ -312,6 +312,8 @@ def _training_arguments(config: RecoveryConfig, output_dir: Union[str, os.PathLi
         report_to="none",
         disable_tqdm=True,
     )
+    if config.bf16 and not torch.accelerator.is_available():
+        settings["use_cpu"] = True  # bf16 autocast on the CPU: without it `TrainingArguments` asks for a GPU
     return _upstream(TrainingArguments, {**settings, **config.training_args}, "training_args")
 
 

@@ -85,6 +85,16 @@ def test_recovery_lowers_the_kl_to_the_teacher_on_held_out_text(teacher, tokeniz
     assert not student.training
 
 
+def test_bf16_mixed_precision_trains_without_an_accelerator(teacher, tokenizer, training_file, held_out):
+    # on a CPU-only machine `TrainingArguments(bf16=True)` alone asks for a GPU; recovery runs CPU autocast instead
+    student, _ = pruned_copy(teacher)
+    before = mean_kl(student, teacher, held_out)
+    report = recover(student, config(training_file, bf16=True), teacher, tokenizer)
+    assert mean_kl(student, teacher, held_out) < 0.6 * before
+    assert report["loss_curve"][-1]["loss"] < report["loss_curve"][0]["loss"]
+    assert {parameter.dtype for parameter in student.parameters()} == {torch.float32}  # mixed: weights stay fp32
+
+
 def test_cross_entropy_only_trains_without_the_teacher_logits(teacher, tokenizer, training_file, held_out):
     student, _ = pruned_copy(teacher)
     teacher_calls = []
