@@ -49,8 +49,8 @@ def _nncf_hooks(model: nn.Module) -> list[nn.Module]:
 
 def fake_quantize(model: nn.Module, config: RecoveryConfig, calibration: torch.Tensor) -> nn.Module:
     """Compress `model`'s weights in place to `FQ_LORA` (config's group size, ratio, adapter rank; AWQ and scale
-    estimation on `calibration` `[n, seq_len]` unless `quantization_init="rtn"`) and leave only the 4-bit quantizers'
-    adapters and scales trainable. Returns `model`."""
+    estimation on `calibration` `[n, seq_len]` unless `quantization_init="rtn"`, which still traces the model on it)
+    and leave only the 4-bit quantizers' adapters and scales trainable. Returns `model`."""
     import nncf
     from nncf.parameters import CompressionFormat
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
@@ -60,7 +60,7 @@ def fake_quantize(model: nn.Module, config: RecoveryConfig, calibration: torch.T
     # an explicit setting of the user's wins
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
     data_aware = config.quantization_init == "awq_scale_estimation"
-    dataset = nncf.Dataset([{"input_ids": row[None]} for row in calibration]) if data_aware else None
+    dataset = nncf.Dataset([{"input_ids": row[None]} for row in calibration])  # NNCF traces PyTorch models on it
     with torch.random.fork_rng(devices=[]):  # the adapters' random start follows `seed`, the caller's RNG is kept
         torch.manual_seed(config.seed)
         nncf.compress_weights(

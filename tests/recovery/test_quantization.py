@@ -130,6 +130,18 @@ def test_quantization_aware_settings_and_saving_are_checked(teacher, tokenizer, 
     assert not (tmp_path / "ir8").exists()  # the int4 IR and its record: the CLI test
 
 
+def test_a_round_to_nearest_start_is_another_int4_start_and_trains(teacher, tokenizer, training_file):
+    calibration = tokenizer("\n\n".join(make_text(30, seed=5)), return_tensors="pt").input_ids[:, :128].view(-1, 32)
+    sequences = held_out(tokenizer)
+    with torch.no_grad():
+        starts = [fake_quantize(pruned_copy(teacher), config(training_file, quantization_init=init), calibration)(
+            input_ids=sequences).logits for init in ("awq_scale_estimation", "rtn")]
+    assert not torch.allclose(*starts, atol=1e-3)  # scale estimation moved the AWQ start's scales
+    student = pruned_copy(teacher)
+    report = recover(student, config(training_file, quantization_init="rtn", max_tokens=4 * 32), teacher, tokenizer)
+    assert is_fake_quantized(student) and report["config"]["quantization_init"] == "rtn"
+
+
 def test_the_dense_model_may_learn_its_own_int4_weights(teacher, tokenizer, training_file):
     """The fair baseline of a pruned int4 model: the dense model with the same quantization-aware distillation."""
     pruner = MultiPruner(copy.deepcopy(teacher), tokenizer)
