@@ -1,6 +1,6 @@
 """Where pruning pays: quality, speed and size of dense, pruned and recovered SmolLM2-135M as int8 and int4 IRs.
 
-    python benchmarks/frontier.py --workdir frontier-work --max-tokens 200000
+    python benchmarks/frontier.py --workdir frontier-work --max-tokens 983040 --qat-tokens 122880
 
 One command, resumable: every stage skips what its output folder or result file already holds, and a recovery run
 continues from its last checkpoint. Stages, in order (`--stages` runs a subset):
@@ -21,8 +21,8 @@ continues from its last checkpoint. Stages, in order (`--stages` runs a subset):
   also to `int4_awq`: NNCF's data-aware int4 (AWQ + scale estimation, no training) on the search's calibration text,
   the best int4 a user can make without training.
 * `qat`: quantization-aware distillation to int4 (`RecoveryConfig.quantization="int4"`, NNCF FQ_LORA, AWQ + scale
-  estimation start, same token budget and text) of the dense model (`dense_qat`: the fair baseline at equal effort)
-  and of each recovered model (`pruned{10,20}_qat`), each written as its int4 IR.
+  estimation start, `--qat-tokens` tokens of the same text each) of the dense model (`dense_qat`: the fair baseline
+  at equal effort) and of each recovered model (`pruned{10,20}_qat`), each written as its int4 IR.
 * `evaluate`: per IR, WikiText-2 perplexity on the first 40 test windows of 2048 tokens and the 5-task zero-shot mean
   (PIQA, WinoGrande, HellaSwag, ARC-e, ARC-c; first 200 items each; standard errors), int4 IRs first.
 * `speed`: openvino-genai TTFT, TPOT and throughput of every int8/int4 IR, all compiled at once and run interleaved
@@ -103,9 +103,10 @@ def ir_names() -> list[tuple[str, str]]:
 class Frontier:
     """The stages, over one work folder."""
 
-    def __init__(self, workdir: str, max_tokens: int, repetitions: int, pytorch_windows: int) -> None:
+    def __init__(self, workdir: str, max_tokens: int, qat_tokens: int, repetitions: int, pytorch_windows: int) -> None:
         self.workdir = os.path.abspath(workdir)
         self.max_tokens = max_tokens
+        self.qat_tokens = qat_tokens
         self.repetitions = repetitions
         self.pytorch_windows = pytorch_windows
         os.makedirs(os.path.join(self.workdir, "results"), exist_ok=True)
@@ -247,10 +248,10 @@ class Frontier:
         for name, source in QAT_MODELS.items():
             output, run_file = self.ir_dir(name, "int4"), self.path("results", f"{name}_run.json")
             done = os.path.isdir(output) and os.path.isfile(run_file) and read_json(run_file)["tokens_seen"] >= \
-                self.max_tokens
+                self.qat_tokens
             if done or not os.path.isdir(self.model_dir(source)):
                 continue
-            config = recovery_config(self.max_tokens, self.model_dir("dense"), self.training_text(),
+            config = recovery_config(self.qat_tokens, self.model_dir("dense"), self.training_text(),
                                      **QUANTIZATION_AWARE, quantization_group_size=INT4_GROUP_SIZE)
             pruner = MultiPruner.from_pretrained(self.model_dir(source))
             checkpoints = self.path("recovery-checkpoints", name)
@@ -568,7 +569,9 @@ def save_figure(figure, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="frontier-work", help="folder of models, IRs, checkpoints, results")
-    parser.add_argument("--max-tokens", type=int, default=200_000, help="recovery budget per model (tokens)")
+    parser.add_argument("--max-tokens", type=int, default=983_040, help="recovery budget per model (tokens)")
+    parser.add_argument("--qat-tokens", type=int, default=122_880,
+                        help="quantization-aware distillation budget per model, the dense baseline's too (tokens)")
     parser.add_argument("--repetitions", type=int, default=8, help="timed genai runs per IR (after one warm-up)")
     parser.add_argument("--pytorch-windows", type=int, default=WIKITEXT_WINDOWS,
                         help="WikiText-2 windows of 2048 of the PyTorch perplexities (the recovery goals)")
@@ -578,7 +581,7 @@ def main() -> None:
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         parser.error(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
-    frontier = Frontier(args.workdir, args.max_tokens, args.repetitions, args.pytorch_windows)
+    frontier = Frontier(args.workdir, args.max_tokens, args.qat_tokens, args.repetitions, args.pytorch_windows)
     for stage in STAGES:
         if stage in stages:
             start = time.perf_counter()
