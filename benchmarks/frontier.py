@@ -8,8 +8,8 @@ continues from its last checkpoint. Stages, in order (`--stages` runs a subset):
 * `models`: the dense model (examples/smollm2.py) and the results table's MultiPruner 44:52:4 records at 10% and 20%
   applied to it (benchmarks/results/smollm2/multipruner_44_52_4_{10,20}/pruning_record.json).
 * `recover`: each pruned model distilled from the dense one (`MultiPruner.recover` with `RecoveryConfig`'s default
-  recipe, the recipe study's choice: full fine-tuning, KL to the teacher; in bf16 mixed precision) on the local C4 sample
-  (../shared/assets/c4-redpajama-sample: C4 train documents, never evaluation text), `--max-tokens` tokens in
+  recipe, the recipe study's choice: full fine-tuning, KL to the teacher; in bf16 mixed precision) on the local C4
+  sample (../shared/assets/c4-redpajama-sample: C4 train documents, never evaluation text), `--max-tokens` tokens in
   sequences of 512. On the way, the recovery curve: WikiText-2 perplexity on the first `CURVE_WINDOWS` test windows
   before training, after 30,720 tokens (the recipe study's budget) and at every doubling, and at the end
   (`results/pruned{10,20}_curve.json`); the report fits the share of the gap closed against log(tokens) and gives the
@@ -48,7 +48,7 @@ from optimum_multipruner.recovery import RecoveryConfig
 from optimum_multipruner.utils import atomic_write_text, get_logger, read_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-from recovery_recipes import QUANTIZATION_AWARE, MeasuredCurve  # noqa: E402 (benchmarks/ is on sys.path)
+from recovery_recipes import QUANTIZATION_AWARE, MeasuredCurve, tokens_per_step  # noqa: E402 (benchmarks/ on sys.path)
 from smollm2 import ASSETS, DEFAULT_WIKITEXT, LOCAL_ALPACA, prepare_smollm2, pruned_smollm2  # noqa: E402
 
 logger = get_logger("frontier")
@@ -155,10 +155,9 @@ class Frontier:
 
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir("dense"))
         curve_file = self.path("results", f"pruned{ratio}_curve.json")
-        tokens_per_step = config.sequence_length * config.per_device_train_batch_size * \
-            config.gradient_accumulation_steps
+        step_tokens = tokens_per_step(config)
         results = read_json(curve_file) if os.path.isfile(curve_file) else {
-            "windows": CURVE_WINDOWS, "tokens_per_step": tokens_per_step, "curve": {}}
+            "windows": CURVE_WINDOWS, "tokens_per_step": step_tokens, "curve": {}}
 
         def measure(model) -> float:
             return evaluate_perplexity(model, tokenizer, DEFAULT_WIKITEXT, 2048, CURVE_WINDOWS,
@@ -170,7 +169,7 @@ class Frontier:
         if "dense" not in results:
             results["dense"] = measure(AutoModelForCausalLM.from_pretrained(self.model_dir("dense")).eval())
             save()
-        return MeasuredCurve(curve_steps(config.max_tokens, tokens_per_step), measure, results, save)
+        return MeasuredCurve(curve_steps(config.max_tokens, step_tokens), measure, results, save)
 
     def pytorch(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -337,13 +336,18 @@ def recovery_summaries(frontier: Frontier) -> dict[str, Any]:
     return summaries
 
 
+def gap_closed(dense: float, pruned: float, recovered: float) -> float:
+    """The share of the pruned model's perplexity gap to dense that recovery closed (the goals' measure)."""
+    return (pruned - recovered) / (pruned - dense)
+
+
 def recovery_trend(curve: dict[str, Any], goal: float) -> dict[str, Any]:
     """The share of the WikiText-2 gap closed at each measured budget (perplexity, as the goals), and over the points
     after training began the least-squares line `share = intercept + slope * ln(tokens)` with the tokens at which it
     reaches `goal` (None while there are fewer than two points or the line does not rise)."""
     dense, pruned = curve["dense"], curve["curve"]["0"]
     points = [{"tokens": int(step) * curve["tokens_per_step"], "wikitext2": value,
-               "gap_closed": (pruned - value) / (pruned - dense)}
+               "gap_closed": gap_closed(dense, pruned, value)}
               for step, value in sorted(curve["curve"].items(), key=lambda item: int(item[0])) if int(step) > 0]
     trend = {"windows": curve["windows"], "dense": dense, "pruned": pruned, "points": points, "goal": goal,
              "fit": None, "tokens_for_goal": None}
@@ -411,11 +415,10 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     distillation."""
     ppl = {(row["model"], row["format"]): row for row in rows}
     result = {}
-    for ratio, target in ((10, 0.75), (20, 0.65)):
+    for ratio, target in GAP_GOALS.items():
         keys = [("dense", "pytorch"), (f"pruned{ratio}", "pytorch"), (f"pruned{ratio}_recovered", "pytorch")]
         if all(key in ppl for key in keys):
-            dense, pruned, recovered = (ppl[key]["wikitext2"] for key in keys)
-            closed = (pruned - recovered) / (pruned - dense)
+            closed = gap_closed(*(ppl[key]["wikitext2"] for key in keys))
             result[f"gap_closed_{ratio}"] = {"value": closed, "goal": target, "met": closed >= target}
     for ratio, max_ppl, max_tpot in ((10, 1.10, 0.85), (20, 1.25, 0.75)):
         candidates = [ppl[key] for key in ((f"pruned{ratio}_recovered", "int4"), (f"pruned{ratio}_recovered",

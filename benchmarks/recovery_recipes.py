@@ -89,6 +89,11 @@ TEACHER_TEXT = dict(num_sequences=64, new_tokens=480, prefix_tokens=32, temperat
                     batch_size=32)
 
 
+def tokens_per_step(config: RecoveryConfig) -> int:
+    """Training tokens per optimizer step of a one-process run of `config`."""
+    return config.sequence_length * config.per_device_train_batch_size * config.gradient_accumulation_steps
+
+
 class MeasuredCurve(TrainerCallback):
     """`measure(model)` at the given optimizer steps, kept in `results["curve"]` by step and saved after each (a step
     measured before an interruption is not measured again)."""
@@ -200,9 +205,7 @@ class Study:
             dataset = self.teacher_text() if teacher_text == "only" else [dataset, self.teacher_text()]
         max_tokens = self.max_tokens * settings.pop("budget_factor", 1)
         config = RecoveryConfig(teacher=self.dense_dir, dataset=dataset, max_tokens=max_tokens, **settings)
-        tokens_per_step = config.sequence_length * config.per_device_train_batch_size \
-            * config.gradient_accumulation_steps
-        steps = math.ceil(config.max_tokens / tokens_per_step)
+        steps = math.ceil(config.max_tokens / tokens_per_step(config))
         results.setdefault("curve", {})
         start = time.perf_counter()
         measured = {max(1, steps // 2), steps} | ({0} if config.quantization else set())
