@@ -3,7 +3,9 @@
     python benchmarks/frontier.py --workdir frontier-work --max-tokens 983040 --qat-tokens 122880
 
 One command, resumable: every stage skips what its output folder or result file already holds, and a recovery run
-continues from its last checkpoint. Stages, in order (`--stages` runs a subset):
+continues from its last checkpoint. Stages, in order (`--stages` runs a subset; `--models` limits the stages to some
+models, e.g. `--models pruned10_recovered,dense_qat,pruned10_qat` to finish the 10% model's rows first; `speed` and
+`report` always cover every IR there is):
 
 * `models`: the dense model (examples/smollm2.py) and the results table's MultiPruner 44:52:4 records at 10% and 20%
   applied to it (benchmarks/results/smollm2/multipruner_44_52_4_{10,20}/pruning_record.json).
@@ -92,6 +94,11 @@ def model_names() -> list[str]:
     return ["dense", *(f"pruned{ratio}{suffix}" for ratio in RECORDS for suffix in ("", "_recovered"))]
 
 
+def all_model_names() -> list[str]:
+    """Every name `--models` accepts: the PyTorch models and the quantization-aware ones."""
+    return model_names() + list(QAT_MODELS)
+
+
 def ir_names() -> list[tuple[str, str]]:
     """Every IR of the frontier as (model, format): each PyTorch model as int4 and int8, the dense and recovered ones
     also as data-aware int4, and the quantization-aware models as int4."""
@@ -103,8 +110,10 @@ def ir_names() -> list[tuple[str, str]]:
 class Frontier:
     """The stages, over one work folder."""
 
-    def __init__(self, workdir: str, max_tokens: int, qat_tokens: int, repetitions: int, pytorch_windows: int) -> None:
+    def __init__(self, workdir: str, max_tokens: int, qat_tokens: int, repetitions: int, pytorch_windows: int,
+                 models: Optional[set[str]] = None) -> None:
         self.workdir = os.path.abspath(workdir)
+        self.models_selected = set(all_model_names()) if models is None else models
         self.max_tokens = max_tokens
         self.qat_tokens = qat_tokens
         self.repetitions = repetitions
@@ -114,13 +123,17 @@ class Frontier:
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
 
+    def selected(self, name: str) -> bool:
+        return name in self.models_selected
+
     def model_dir(self, name: str) -> str:
         return str(prepare_smollm2()) if name == "dense" else self.path("models", name)
 
     # ------------------------------------------------------------------ stages
     def models(self) -> None:
         for ratio, record in RECORDS.items():
-            pruned_smollm2(record, self.model_dir(f"pruned{ratio}"))
+            if self.selected(f"pruned{ratio}") or self.selected(f"pruned{ratio}_recovered"):
+                pruned_smollm2(record, self.model_dir(f"pruned{ratio}"))
 
     def training_text(self) -> str:
         """The two local C4 sample files as one JSON-lines file (written once)."""
@@ -133,6 +146,8 @@ class Frontier:
     def recover(self) -> None:
         for ratio in RECORDS:
             output = self.model_dir(f"pruned{ratio}_recovered")
+            if not self.selected(f"pruned{ratio}_recovered"):
+                continue
             if os.path.isdir(output) and read_json(os.path.join(output, "pruning_record.json"))["recovery"][
                     "tokens_seen"] >= self.max_tokens:
                 continue  # done; a larger --max-tokens extends the run from its last checkpoint
@@ -179,7 +194,8 @@ class Frontier:
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir("dense"))
         for name in model_names():
             result_file = self.path("results", f"{name}_pytorch.json")
-            if not os.path.isdir(self.model_dir(name)) or self.result_is_current(result_file, name):
+            if (not self.selected(name) or not os.path.isdir(self.model_dir(name))
+                    or self.result_is_current(result_file, name)):
                 continue
             model = AutoModelForCausalLM.from_pretrained(self.model_dir(name)).eval()
             result = {"wikitext2": evaluate_perplexity(model, tokenizer, DEFAULT_WIKITEXT, 2048, self.pytorch_windows,
@@ -215,8 +231,8 @@ class Frontier:
                                                           scale_estimation=True,
                                                           num_samples=AWQ_CALIBRATION_ROWS)}
         for name, weight_format in ir_names():
-            if name in QAT_MODELS:
-                continue  # written by the `qat` stage
+            if name in QAT_MODELS or not self.selected(name):
+                continue  # QAT_MODELS: written by the `qat` stage
             output = self.ir_dir(name, weight_format)
             if os.path.isdir(self.model_dir(name)) and (not os.path.isdir(output) or self.stale(name, output)):
                 export_openvino(self.model_dir(name), output, weight_format=weight_format[:4],
@@ -248,7 +264,7 @@ class Frontier:
             output, run_file = self.ir_dir(name, "int4"), self.path("results", f"{name}_run.json")
             done = os.path.isdir(output) and os.path.isfile(run_file) and read_json(run_file)["tokens_seen"] >= \
                 self.qat_tokens
-            if done or not os.path.isdir(self.model_dir(source)):
+            if done or not self.selected(name) or not os.path.isdir(self.model_dir(source)):
                 continue
             config = recovery_config(self.qat_tokens, self.model_dir("dense"), self.training_text(),
                                      **QUANTIZATION_AWARE, quantization_group_size=INT4_GROUP_SIZE)
@@ -276,7 +292,7 @@ class Frontier:
         int4_first = sorted(ir_names(), key=lambda ir: ir[1] == "int8")  # the comparison that matters most
         for name, weight_format in int4_first:
             ir, result_file = self.ir_dir(name, weight_format), self.path("results", f"{name}_{weight_format}.json")
-            if os.path.isfile(result_file) or not os.path.isdir(ir):
+            if not self.selected(name) or os.path.isfile(result_file) or not os.path.isdir(ir):
                 continue
             logger.warning("Evaluating %s", ir)
             model = OVModelForCausalLM.from_pretrained(ir, ov_config={"INFERENCE_PRECISION_HINT": "f32"})
@@ -498,7 +514,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     from matplotlib.ticker import FuncFormatter
 
     figure, axis = plt.subplots(figsize=(10, 6.5))
-    colours = dict(zip(model_names() + list(QAT_MODELS), plt.get_cmap("tab10").colors))
+    colours = dict(zip(all_model_names(), plt.get_cmap("tab10").colors))
     markers = {"int8": "o", "int4": "s", "int4_awq": "D"}
     for row in rows:
         if "tpot_s" not in row or "wikitext2" not in row:
@@ -569,6 +585,15 @@ def save_figure(figure, path: str) -> None:
     os.replace(tmp, path)
 
 
+def comma_list(parser: argparse.ArgumentParser, option: str, value: str, choices: Any) -> list[str]:
+    """The items of a comma-separated option, each one of `choices` (else the parser's usage error)."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    unknown = sorted(set(items) - set(choices))
+    if unknown:
+        parser.error(f"unknown {option} {unknown}; choose from {', '.join(choices)}")
+    return items
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="frontier-work", help="folder of models, IRs, checkpoints, results")
@@ -579,12 +604,13 @@ def main() -> None:
     parser.add_argument("--pytorch-windows", type=int, default=WIKITEXT_WINDOWS,
                         help="WikiText-2 windows of 2048 of the PyTorch perplexities (the recovery goals)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--models", default=",".join(all_model_names()),
+                        help=f"comma-separated subset of {','.join(all_model_names())}")
     args = parser.parse_args()
-    stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        parser.error(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
-    frontier = Frontier(args.workdir, args.max_tokens, args.qat_tokens, args.repetitions, args.pytorch_windows)
+    stages, models = comma_list(parser, "--stages", args.stages, STAGES), comma_list(
+        parser, "--models", args.models, all_model_names())
+    frontier = Frontier(args.workdir, args.max_tokens, args.qat_tokens, args.repetitions, args.pytorch_windows,
+                        set(models))
     for stage in STAGES:
         if stage in stages:
             start = time.perf_counter()

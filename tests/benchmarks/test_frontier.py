@@ -2,6 +2,7 @@
 each recovered model against the best training-free dense int4 IR, each met or not; the Pareto front and the IR a user
 would pick for a latency budget; the recovery curve's budgets and the trend that extrapolates it to a goal."""
 
+import argparse
 import math
 import os
 import sys
@@ -10,6 +11,9 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 from frontier import (  # noqa: E402
+    Frontier,
+    all_model_names,
+    comma_list,
     curve_steps,
     goals,
     ir_names,
@@ -98,3 +102,13 @@ def test_the_trend_is_the_least_squares_line_in_log_tokens_and_gives_the_budget_
     assert recovery_trend(flat, 0.75)["tokens_for_goal"] is None  # a line that does not rise reaches no goal
     first = recovery_trend(dict(curve, curve={"0": 40.0, "60": 30.0}), 0.75)
     assert first["fit"] is None and math.isclose(first["points"][0]["gap_closed"], 0.5)  # one point: no line
+
+
+def test_models_limits_the_stages_to_the_named_models_and_refuses_an_unknown_one(tmp_path):
+    parser = argparse.ArgumentParser()
+    models = comma_list(parser, "--models", "pruned10_recovered, pruned10_qat", all_model_names())
+    frontier = Frontier(str(tmp_path), 983_040, 122_880, 8, 40, set(models))
+    assert frontier.selected("pruned10_qat") and not frontier.selected("dense")
+    assert all(Frontier(str(tmp_path), 983_040, 122_880, 8, 40).selected(name) for name in all_model_names())
+    with pytest.raises(SystemExit):
+        comma_list(parser, "--models", "pruned10,pruned30", all_model_names())
