@@ -89,7 +89,13 @@ def test_bf16_mixed_precision_trains_without_an_accelerator(teacher, tokenizer, 
     # on a CPU-only machine `TrainingArguments(bf16=True)` alone asks for a GPU; recovery runs CPU autocast instead
     student, _ = pruned_copy(teacher)
     before = mean_kl(student, teacher, held_out)
-    report = recover(student, config(training_file, bf16=True), teacher, tokenizer)
+    output_dtypes = set()
+    handle = student.lm_head.register_forward_hook(lambda module, args, output: output_dtypes.add(output.dtype))
+    try:
+        report = recover(student, config(training_file, bf16=True), teacher, tokenizer)
+    finally:
+        handle.remove()
+    assert output_dtypes == {torch.bfloat16}  # every training forward ran under bf16 autocast
     assert mean_kl(student, teacher, held_out) < 0.6 * before
     assert report["loss_curve"][-1]["loss"] < report["loss_curve"][0]["loss"]
     assert {parameter.dtype for parameter in student.parameters()} == {torch.float32}  # mixed: weights stay fp32
