@@ -46,7 +46,9 @@ class RecoveryConfig(ConfigMixin):
         method (`str`): `"full"` (every weight trains) or `"lora"` (PEFT LoRA adapters, merged back at the end, so the
             result has the pruned shapes).
         learning_rate (`float`), lr_scheduler_type (`str`), warmup_steps (`int`), weight_decay (`float`),
-            max_grad_norm (`float`): AdamW and its schedule, as in `TrainingArguments`.
+            max_grad_norm (`float`): AdamW and its schedule, as in `TrainingArguments`; `"warmup_stable_decay"` holds
+            the rate after warm-up and decays it (cosine, to 0) over the last 20% of the steps (`training_args=
+            {"lr_scheduler_kwargs": {"num_decay_steps": ...}}` sets another length).
         per_device_train_batch_size (`int`), gradient_accumulation_steps (`int`): sequences per step and process;
             the global batch is their product times the number of processes.
         distillation_weight (`float`): share of the KL term in [0, 1]; the rest is next-token cross-entropy.

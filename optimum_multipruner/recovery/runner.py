@@ -52,6 +52,7 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _COMPLETE_MARK = "multipruner_checkpoint_complete.json"
 _EARLIER_COMPLETE_MARK = "trainer_state.json"  # runs of earlier versions (no marks): Trainer's state file
 QUANTIZATION_CALIBRATION_SEQUENCES = 32  # training sequences AWQ and scale estimation start a quantized run from
+WSD_DECAY_SHARE = 0.2  # `warmup_stable_decay`: the share of the steps its decay takes unless `training_args` sets it
 
 
 def recover(model: nn.Module, config: RecoveryConfig, teacher: Union[nn.Module, str, None] = None, tokenizer=None,
@@ -104,6 +105,9 @@ def _train(model: nn.Module, config: RecoveryConfig, teacher: nn.Module, tokeniz
         * args.gradient_accumulation_steps * args.world_size
     steps = math.ceil(config.max_tokens / tokens_per_step)
     args.max_steps = steps
+    if config.lr_scheduler_type == "warmup_stable_decay":  # transformers' WSD schedule needs its decay length
+        decay_steps = max(1, min(round(WSD_DECAY_SHARE * steps), steps - config.warmup_steps))
+        args.lr_scheduler_kwargs = {"num_decay_steps": decay_steps, **(args.lr_scheduler_kwargs or {})}
     data = packed_training_text(tokenizer, config.sources, steps * tokens_per_step // config.sequence_length,
                                 config.sequence_length, config.seed, model.get_input_embeddings().num_embeddings,
                                 config.text_column, config.dataset_weights, config.max_epochs)

@@ -232,6 +232,27 @@ def test_resume_reaches_the_uninterrupted_weights(teacher, tokenizer, training_f
         assert torch.equal(resumed.state_dict()[name], tensor), name
 
 
+class _LearningRates(TrainerCallback):
+    def __init__(self) -> None:
+        self.rates = []
+
+    def on_step_begin(self, args, state, control, lr_scheduler=None, **kwargs):  # the rate this step uses
+        self.rates.append(lr_scheduler.get_last_lr()[0])
+
+
+def test_warmup_stable_decay_holds_the_rate_then_decays_over_the_last_fifth(teacher, tokenizer, training_file):
+    # transformers' WSD schedule cannot run without its decay length: recovery gives it the last 20% of the steps
+    rates = _LearningRates()
+    recover(pruned_copy(teacher)[0], config(training_file, lr_scheduler_type="warmup_stable_decay"), teacher,
+            tokenizer, callbacks=[rates])
+    assert len(rates.rates) == 20  # 40 sequences, 2 a step
+    peak = config(training_file).learning_rate
+    assert rates.rates[:2] == [0.0, pytest.approx(peak / 2)]  # warm-up of 2 steps
+    assert rates.rates[2:17] == [pytest.approx(peak)] * 15  # stable
+    decay = rates.rates[16:]  # cosine over the last 4 steps (20%), to 0 as the run ends
+    assert all(later < earlier for earlier, later in zip(decay, decay[1:])) and decay[-1] < 0.3 * peak
+
+
 def test_a_length_free_schedule_extends_to_a_larger_budget(teacher, tokenizer, training_file, tmp_path):
     settings = dict(save_steps=2, learning_rate=1e-3, training_args={"use_cpu": True})
     whole, _ = pruned_copy(teacher)
