@@ -8,6 +8,7 @@ last) to exactly the weights an uninterrupted run reaches.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from transformers import (
     ProgressCallback,
     TrainerCallback,
     TrainingArguments,
+    get_polynomial_decay_schedule_with_warmup,
 )
 
 from ..architectures import get_adapter
@@ -52,6 +54,8 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _COMPLETE_MARK = "multipruner_checkpoint_complete.json"
 _EARLIER_COMPLETE_MARK = "trainer_state.json"  # runs of earlier versions (no marks): Trainer's state file
 QUANTIZATION_CALIBRATION_SEQUENCES = 32  # training sequences AWQ and scale estimation start a quantized run from
+# the rate transformers' polynomial schedule ends at unless `lr_scheduler_kwargs` sets `lr_end`
+POLYNOMIAL_LR_END = inspect.signature(get_polynomial_decay_schedule_with_warmup).parameters["lr_end"].default
 WSD_DECAY_SHARE = 0.2  # `warmup_stable_decay`: the share of the steps its decay takes unless `training_args` sets it
 
 
@@ -80,7 +84,8 @@ def recover(model: nn.Module, config: RecoveryConfig, teacher: Union[nn.Module, 
         from .quantization import check_group_size
 
         check_group_size(model, config.quantization_group_size)
-    _training_arguments(config, checkpoint_dir or tempfile.gettempdir(), checkpoints=checkpoint_dir is not None)
+    _check_schedule(_training_arguments(config, checkpoint_dir or tempfile.gettempdir(),
+                                        checkpoints=checkpoint_dir is not None))
     if config.method == "lora":
         _lora_config(config)
     resume_from = _check_checkpoint_dir(checkpoint_dir, resume)
@@ -319,6 +324,15 @@ def _training_arguments(config: RecoveryConfig, output_dir: Union[str, os.PathLi
     if config.bf16 and not torch.accelerator.is_available():
         settings["use_cpu"] = True  # bf16 autocast on the CPU: without it `TrainingArguments` asks for a GPU
     return _upstream(TrainingArguments, {**settings, **config.training_args}, "training_args")
+
+
+def _check_schedule(args: TrainingArguments) -> None:
+    """Transformers' polynomial schedule decays to `lr_end` and raises at the first step unless the rate is above it."""
+    if args.lr_scheduler_type == "polynomial":
+        lr_end = (args.lr_scheduler_kwargs or {}).get("lr_end", POLYNOMIAL_LR_END)
+        if not args.learning_rate > lr_end:
+            raise ValueError(f"The polynomial schedule decays to lr_end {lr_end}; `learning_rate` {args.learning_rate} "
+                             "must be larger (or set `training_args={'lr_scheduler_kwargs': {'lr_end': ...}}`).")
 
 
 def _lora_config(config: RecoveryConfig):

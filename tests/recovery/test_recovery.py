@@ -289,6 +289,7 @@ class _NoTrainingStep(TrainerCallback):
     ("no teacher", ValueError, "Recovery needs a teacher"),
     ("training_args", ValueError, r"`training_args` does not make a valid TrainingArguments: .*no_such_argument"),
     ("lora_config", ValueError, r"`lora_config` does not make a valid LoraConfig: .*no_such_field"),
+    ("polynomial", ValueError, r"The polynomial schedule decays to lr_end 1e-07; `learning_rate` 1e-08 must be larger"),
 ])
 def test_bad_input_is_refused_before_training(case, error, match, teacher, tokenizer, training_file, tmp_path):
     student, _ = pruned_copy(teacher)
@@ -319,6 +320,8 @@ def test_bad_input_is_refused_before_training(case, error, match, teacher, token
         settings["training_args"] = {"no_such_argument": 1}
     elif case == "lora_config":
         settings.update(method="lora", lora_config={"no_such_field": 1})
+    elif case == "polynomial":  # transformers would raise only once training starts, after the run file is written
+        settings.update(lr_scheduler_type="polynomial", learning_rate=1e-8)
     start = copy.deepcopy(student.state_dict())
     with pytest.raises(error, match=match):
         recover(student, config(training_file, **settings), other_teacher, tokenizer, callbacks=[_NoTrainingStep()])
